@@ -1,0 +1,18 @@
+//! lookout-ingester: keeps Armada's Lookout database up to date from the
+//! job-set event stream.
+//!
+//! Data flows top to bottom through these modules:
+//! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
+//! `convert` (pure: events to row instructions in `model`) →
+//! `store` (Postgres writer) → acknowledgement back to the source.
+//! `migrate`, `metrics` and `cli` sit at the edges.
+
+pub mod cli;
+pub mod convert;
+pub mod metrics;
+pub mod migrate;
+pub mod model;
+pub mod pipeline;
+pub mod proto;
+pub mod source;
+pub mod store;

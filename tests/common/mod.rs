@@ -1,0 +1,103 @@
+//! Test support shared by the integration tests: a fresh Postgres database
+//! per test, dropped at the end.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio_postgres::{Client, NoTls};
+
+/// The server the tests use; any database on it works as the admin entry point.
+pub fn admin_url() -> String {
+    std::env::var("LOOKOUT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database of its own for one test. Call `drop_db().await` at the end;
+/// if the test panics first, `Drop` removes it from a helper thread.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    dropped: bool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn with_db(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) => format!("{}/{}", &url[..i], db),
+        None => format!("{url}/{db}"),
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+impl TestDb {
+    /// An empty database (no schema).
+    pub async fn empty() -> TestDb {
+        let name = format!(
+            "lookout_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            chrono::Utc::now().timestamp_micros() % 1_000_000
+        );
+        let admin = connect(&admin_url()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        let url = with_db(&admin_url(), &name);
+        TestDb { name, url, dropped: false }
+    }
+
+    /// A database migrated to the latest schema.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::empty().await;
+        let mut client = db.client().await;
+        lookout_ingester::migrate::migrate(&mut client)
+            .await
+            .unwrap_or_else(|e| panic!("migrate {}: {e:#}", db.name));
+        db
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    pub async fn drop_db(mut self) {
+        self.dropped = true;
+        let admin = connect(&admin_url()).await;
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async move {
+                    if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
