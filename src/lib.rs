@@ -14,5 +14,6 @@ pub mod migrate;
 pub mod model;
 pub mod pipeline;
 pub mod proto;
+pub mod sample;
 pub mod source;
 pub mod store;

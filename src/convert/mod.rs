@@ -1,1 +1,728 @@
-//! (in progress)
+//! Converts Armada event sequences into row instructions.
+//!
+//! Pure: no I/O, no clock, no configuration beyond [`Settings`]. Every rule of
+//! the upstream Go ingester's event handling lives here, with its known
+//! text bugs fixed (see [`sanitize`]). Anything that cannot be applied as it
+//! is comes back as a [`Problem`] so the caller can count, log and report it;
+//! nothing here panics on input.
+
+pub mod compress;
+pub mod jobspec;
+pub mod quantity;
+pub mod sanitize;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDateTime, Timelike};
+use prost_types::Timestamp;
+use serde_json::{Map, Value};
+
+use crate::metrics;
+use crate::model::{
+    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, InstructionSet, UpdateJob,
+    UpdateJobRun,
+};
+use crate::proto::armadaevents as ev;
+use ev::event_sequence::event::Event as Kind;
+use sanitize::Changes;
+
+/// Column limits in bytes. Upstream's where it has them; otherwise the
+/// column's width, so a long value cannot fail the row.
+pub mod limits {
+    pub const QUEUE: usize = 512;
+    pub const OWNER: usize = 512;
+    pub const JOBSET: usize = 1024;
+    pub const CLUSTER: usize = 512;
+    pub const NODE: usize = 512;
+    pub const ANNOTATION_KEY: usize = 1024;
+    pub const ANNOTATION_VALUE: usize = 1024;
+    pub const PRIORITY_CLASS: usize = 63;
+    pub const TERMINATION_MESSAGE: usize = 4096;
+    pub const NAMESPACE: usize = 512;
+    pub const CANCEL_REASON: usize = 512;
+    pub const CANCEL_USER: usize = 512;
+    pub const EXTERNAL_JOB_URI: usize = 1024;
+    /// `job.job_id` is varchar(32): an id is never truncated (that could merge
+    /// two jobs), an event with a longer one is reported instead.
+    pub const JOB_ID: usize = 32;
+    /// `job_run.run_id` and `job.latest_run_id` are varchar(36).
+    pub const RUN_ID: usize = 36;
+}
+
+/// The annotation whose value becomes `job.external_job_uri`.
+pub const EXTERNAL_JOB_URI_ANNOTATION: &str = "armadaproject.io/externalJobUri";
+
+/// Conversion settings; defaults are upstream's `config/lookoutingester/config.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Stripped from user annotation keys before they are stored.
+    pub user_annotation_prefix: String,
+    /// Annotation keys never stored (compared case-insensitively).
+    pub annotation_blocklist: Vec<String>,
+    /// Payloads longer than this are zlib-compressed at speed level; shorter
+    /// ones are wrapped in an uncompressed zlib stream, as upstream does.
+    pub min_job_spec_compression_size: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            user_annotation_prefix: "armadaproject.io/".to_string(),
+            annotation_blocklist: Vec::new(),
+            min_job_spec_compression_size: 1024,
+        }
+    }
+}
+
+/// Why an input could not be used as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The bytes are not an EventSequence.
+    Decode,
+    EmptyQueue,
+    EmptyJobSet,
+    MissingCreated,
+    InvalidCreated,
+    /// An event kind this build does not know (from a newer Armada); ignored.
+    UnknownEventKind,
+    MissingId,
+    IdTooLong,
+    /// Parts of a submitted job that could not be read (bad quantity,
+    /// unsupported object, undecodable pod spec); the job is still stored.
+    JobSpec,
+    Compression,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Decode => "decode",
+            Reason::EmptyQueue => "empty_queue",
+            Reason::EmptyJobSet => "empty_job_set",
+            Reason::MissingCreated => "missing_created",
+            Reason::InvalidCreated => "invalid_created",
+            Reason::UnknownEventKind => "unknown_event_kind",
+            Reason::MissingId => "missing_id",
+            Reason::IdTooLong => "id_too_long",
+            Reason::JobSpec => "job_spec",
+            Reason::Compression => "compression",
+        }
+    }
+}
+
+/// Something about one sequence or event that the caller should report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Index of the event in its sequence; `None` for the whole sequence.
+    pub event_index: Option<usize>,
+    pub reason: Reason,
+    pub detail: String,
+    /// True when the event (or sequence) produced no rows because of it.
+    pub skipped: bool,
+}
+
+/// The result of converting one sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Converted {
+    pub instructions: InstructionSet,
+    /// Events seen, by kind name (see [`event_kind`]).
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    pub problems: Vec<Problem>,
+}
+
+impl Converted {
+    pub fn skipped(&self) -> usize {
+        self.problems.iter().filter(|p| p.skipped).count()
+    }
+}
+
+/// The name of an event's kind, as used in metrics and summaries.
+pub fn event_kind(event: &ev::event_sequence::Event) -> &'static str {
+    match &event.event {
+        None => "unknown",
+        Some(k) => match k {
+            Kind::SubmitJob(_) => "submit_job",
+            Kind::ReprioritiseJob(_) => "reprioritise_job",
+            Kind::ReprioritiseJobSet(_) => "reprioritise_job_set",
+            Kind::ReprioritisedJob(_) => "reprioritised_job",
+            Kind::CancelJob(_) => "cancel_job",
+            Kind::CancelJobSet(_) => "cancel_job_set",
+            Kind::CancelledJob(_) => "cancelled_job",
+            Kind::JobSucceeded(_) => "job_succeeded",
+            Kind::JobErrors(_) => "job_errors",
+            Kind::JobRunLeased(_) => "job_run_leased",
+            Kind::JobRunAssigned(_) => "job_run_assigned",
+            Kind::JobRunRunning(_) => "job_run_running",
+            Kind::JobRunSucceeded(_) => "job_run_succeeded",
+            Kind::JobRunErrors(_) => "job_run_errors",
+            Kind::StandaloneIngressInfo(_) => "standalone_ingress_info",
+            Kind::ResourceUtilisation(_) => "resource_utilisation",
+            Kind::JobRunPreempted(_) => "job_run_preempted",
+            Kind::PartitionMarker(_) => "partition_marker",
+            Kind::JobRunPreemptionRequested(_) => "job_run_preemption_requested",
+            Kind::JobRequeued(_) => "job_requeued",
+            Kind::JobPreemptionRequested(_) => "job_preemption_requested",
+            Kind::JobRunCancelled(_) => "job_run_cancelled",
+            Kind::JobValidated(_) => "job_validated",
+        },
+    }
+}
+
+/// Converts event sequences into row instructions.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    settings: Settings,
+    blocklist: BTreeSet<String>,
+}
+
+/// A sequence's header fields, cleaned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub queue: String,
+    pub jobset: String,
+    pub owner: String,
+}
+
+/// An event's time, in the forms the rows need.
+#[derive(Clone, Copy)]
+struct Time {
+    ts: NaiveDateTime,
+    seconds: i64,
+    proto: Timestamp,
+}
+
+/// Per-event conversion state: where rows and problems go.
+struct Out<'a> {
+    set: &'a mut InstructionSet,
+    problems: &'a mut Vec<Problem>,
+    index: usize,
+}
+
+impl Out<'_> {
+    fn problem(&mut self, reason: Reason, detail: String, skipped: bool) {
+        self.problems.push(Problem { event_index: Some(self.index), reason, detail, skipped });
+    }
+}
+
+/// Counts what sanitising did, so an operator can see text being altered.
+fn count(changes: Changes) {
+    if changes.invalid_utf8 {
+        metrics::SANITISED.with_label_values(&["invalid_utf8_replaced"]).inc();
+    }
+    if changes.nul_removed {
+        metrics::SANITISED.with_label_values(&["nul_removed"]).inc();
+    }
+    if changes.truncated {
+        metrics::SANITISED.with_label_values(&["truncated"]).inc();
+    }
+}
+
+/// Text for a column with a byte limit.
+fn text(b: &[u8], limit: usize) -> String {
+    let (s, c) = sanitize::clean_bytes(b, limit);
+    count(c);
+    s
+}
+
+/// Text for a column without a limit (text, jsonb).
+fn free_text(b: &[u8]) -> String {
+    text(b, usize::MAX)
+}
+
+/// Text that is only ever carried inside job_spec bytes (no column limit,
+/// NULs allowed in bytea), decoded lossily.
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Converts a protobuf timestamp to the `timestamp` column's form (UTC wall
+/// clock, microseconds, truncated as Postgres' binary format requires).
+fn to_time(ts: &Timestamp) -> Option<Time> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    let dt = DateTime::from_timestamp(ts.seconds, ts.nanos as u32)?;
+    let naive = dt.naive_utc();
+    // Postgres' timestamp starts at 4713 BC; chrono reaches further back.
+    if naive.and_utc().timestamp() < -210_866_803_200 {
+        return None;
+    }
+    // Postgres keeps microseconds; drop the rest as its binary format does.
+    let naive = naive.with_nanosecond(naive.nanosecond() / 1000 * 1000)?;
+    Some(Time { ts: naive, seconds: ts.seconds, proto: *ts })
+}
+
+impl Converter {
+    pub fn new(settings: Settings) -> Converter {
+        let blocklist = settings.annotation_blocklist.iter().map(|k| k.to_lowercase()).collect();
+        Converter { settings, blocklist }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Converts one sequence. `fallback_created` stands in for events that
+    /// lack a `created` time (live mode passes the message's publish time,
+    /// as upstream does); without it such events are skipped and reported.
+    pub fn convert(
+        &self,
+        seq: &ev::EventSequence,
+        fallback_created: Option<&Timestamp>,
+    ) -> Converted {
+        let mut out = Converted::default();
+        let header = match check_sequence(seq) {
+            Ok(h) => h,
+            Err(p) => {
+                metrics::INPUT_ERRORS.with_label_values(&[p.reason.as_str()]).inc();
+                out.problems.push(p);
+                return out;
+            }
+        };
+        for (index, event) in seq.events.iter().enumerate() {
+            let kind = event_kind(event);
+            *out.events_by_kind.entry(kind).or_insert(0) += 1;
+            metrics::EVENTS.with_label_values(&[kind]).inc();
+            let mut o = Out { set: &mut out.instructions, problems: &mut out.problems, index };
+            let created = match (&event.created, fallback_created) {
+                (Some(c), _) => c,
+                (None, Some(f)) => f,
+                (None, None) => {
+                    o.problem(Reason::MissingCreated, format!("{kind} event has no created time"), true);
+                    continue;
+                }
+            };
+            let Some(time) = to_time(created) else {
+                o.problem(
+                    Reason::InvalidCreated,
+                    format!("{kind} event has an out-of-range created time {}s {}ns", created.seconds, created.nanos),
+                    true,
+                );
+                continue;
+            };
+            self.convert_event(&header, time, event, &mut o);
+        }
+        for p in &out.problems {
+            metrics::INPUT_ERRORS.with_label_values(&[p.reason.as_str()]).inc();
+        }
+        out
+    }
+
+    fn convert_event(&self, h: &Header, t: Time, event: &ev::event_sequence::Event, o: &mut Out) {
+        let Some(kind) = &event.event else {
+            o.problem(
+                Reason::UnknownEventKind,
+                "event of a kind this version does not know (newer Armada?); ignored".into(),
+                false,
+            );
+            return;
+        };
+        match kind {
+            Kind::SubmitJob(e) => self.submit_job(h, t, e, o),
+            Kind::ReprioritisedJob(e) => {
+                let Some(job_id) = job_id(&e.job_id, o) else { return };
+                o.set.jobs_to_update.push(UpdateJob {
+                    job_id,
+                    priority: Some(i64::from(e.priority)),
+                    ..Default::default()
+                });
+            }
+            Kind::CancelledJob(e) => {
+                let Some(job_id) = job_id(&e.job_id, o) else { return };
+                let reason = text(&e.reason, limits::CANCEL_REASON);
+                let user = text(&e.cancel_user, limits::CANCEL_USER);
+                o.set.jobs_to_update.push(UpdateJob {
+                    job_id,
+                    state: Some(job_state::CANCELLED),
+                    cancelled: Some(t.ts),
+                    cancel_reason: (!reason.is_empty()).then_some(reason),
+                    cancel_user: (!user.is_empty()).then_some(user),
+                    ..transition(t)
+                });
+            }
+            Kind::JobSucceeded(e) => job_transition(&e.job_id, job_state::SUCCEEDED, None, t, o),
+            Kind::JobRequeued(e) => job_transition(&e.job_id, job_state::QUEUED, None, t, o),
+            Kind::JobErrors(e) => self.job_errors(t, e, o),
+            Kind::JobRunLeased(e) => {
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                o.set.jobs_to_update.push(UpdateJob {
+                    job_id: job_id.clone(),
+                    state: Some(job_state::LEASED),
+                    latest_run_id: Some(run_id.clone()),
+                    ..transition(t)
+                });
+                o.set.runs_to_create.push(CreateJobRun {
+                    run_id,
+                    job_id,
+                    cluster: text(&e.executor_id, limits::CLUSTER),
+                    // Upstream stores the node even when empty.
+                    node: Some(text(&e.node_id, limits::NODE)),
+                    pool: free_text(&e.pool),
+                    leased: Some(t.ts),
+                    pending: None,
+                    job_run_state: run_state::LEASED,
+                });
+            }
+            Kind::JobRunAssigned(e) => {
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                o.set.jobs_to_update.push(UpdateJob {
+                    job_id,
+                    state: Some(job_state::PENDING),
+                    latest_run_id: Some(run_id.clone()),
+                    ..transition(t)
+                });
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    pending: Some(t.ts),
+                    job_run_state: Some(run_state::PENDING),
+                    ..Default::default()
+                });
+            }
+            Kind::JobRunRunning(e) => {
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                o.set.jobs_to_update.push(UpdateJob {
+                    job_id,
+                    state: Some(job_state::RUNNING),
+                    latest_run_id: Some(run_id.clone()),
+                    ..transition(t)
+                });
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    node: Some(running_node(&e.resource_infos)),
+                    started: Some(t.ts),
+                    job_run_state: Some(run_state::RUNNING),
+                    ..Default::default()
+                });
+            }
+            Kind::JobRunSucceeded(e) => {
+                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    finished: Some(t.ts),
+                    job_run_state: Some(run_state::SUCCEEDED),
+                    exit_code: Some(0),
+                    ..Default::default()
+                });
+            }
+            Kind::JobRunCancelled(e) => {
+                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    finished: Some(t.ts),
+                    job_run_state: Some(run_state::CANCELLED),
+                    ..Default::default()
+                });
+            }
+            Kind::JobRunErrors(e) => self.job_run_errors(t, e, o),
+            Kind::JobRunPreempted(e) => {
+                let Some(run_id) = run_id(&e.preempted_run_id, o) else { return };
+                let error = self.compress(&e.reason, o);
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    job_run_state: Some(run_state::PREEMPTED),
+                    finished: Some(t.ts),
+                    error,
+                    ..Default::default()
+                });
+            }
+            Kind::StandaloneIngressInfo(e) => {
+                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                let addresses: BTreeMap<i32, String> = e
+                    .ingress_addresses
+                    .iter()
+                    .map(|a| (a.port, free_text(&a.address)))
+                    .collect();
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    // An empty map leaves what is stored, as upstream's nil map does.
+                    ingress_addresses: (!addresses.is_empty()).then_some(addresses),
+                    ..Default::default()
+                });
+            }
+            // Kinds the Lookout tables do not reflect; upstream ignores them too.
+            Kind::ReprioritiseJob(_)
+            | Kind::ReprioritiseJobSet(_)
+            | Kind::CancelJob(_)
+            | Kind::CancelJobSet(_)
+            | Kind::ResourceUtilisation(_)
+            | Kind::PartitionMarker(_)
+            | Kind::JobValidated(_)
+            | Kind::JobRunPreemptionRequested(_)
+            | Kind::JobPreemptionRequested(_) => {}
+        }
+    }
+
+    fn submit_job(&self, h: &Header, t: Time, e: &ev::SubmitJob, o: &mut Out) {
+        let Some(job_id) = job_id(&e.job_id, o) else { return };
+        let ctx = jobspec::SubmitContext {
+            owner: &h.owner,
+            queue: &h.queue,
+            jobset: &h.jobset,
+            created: t.proto,
+        };
+        let built = jobspec::build(&ctx, e);
+        for p in &built.problems {
+            o.problem(Reason::JobSpec, format!("job {job_id}: {p}"), false);
+        }
+        let job_spec = match compress::zlib(&built.encoded, self.settings.min_job_spec_compression_size) {
+            Ok(b) => b,
+            Err(err) => {
+                o.problem(Reason::Compression, format!("job {job_id}: cannot compress job spec: {err}"), true);
+                return;
+            }
+        };
+        let meta_annotations = e.object_meta.as_ref().map(|m| m.annotations.as_slice()).unwrap_or(&[]);
+        let (annotations, external_job_uri) = self.user_annotations(meta_annotations);
+        let priority_class = built
+            .facts
+            .priority_class
+            .as_deref()
+            .map(|pc| text(pc.as_bytes(), limits::PRIORITY_CLASS));
+        o.set.jobs_to_create.push(CreateJob {
+            job_id,
+            queue: h.queue.clone(),
+            owner: h.owner.clone(),
+            namespace: text(built.namespace.as_bytes(), limits::NAMESPACE),
+            jobset: h.jobset.clone(),
+            cpu: built.facts.cpu_millis,
+            memory: built.facts.memory,
+            ephemeral_storage: built.facts.ephemeral_storage,
+            gpu: built.facts.gpu,
+            priority: i64::from(e.priority),
+            submitted: t.ts,
+            state: job_state::QUEUED,
+            last_transition_time: t.ts,
+            last_transition_time_seconds: t.seconds,
+            job_spec,
+            priority_class,
+            annotations,
+            external_job_uri,
+        });
+    }
+
+    /// Strips the user prefix from keys, drops blocklisted keys (compared
+    /// case-insensitively, before stripping, as upstream) and cleans keys and
+    /// values. Also returns the external job URI. Entries are applied in
+    /// wire order, so a repeated key keeps its last value (protobuf map
+    /// semantics); keys that collide after stripping keep the later entry.
+    fn user_annotations(&self, entries: &[ev::StringEntry]) -> (BTreeMap<String, String>, String) {
+        let mut out = BTreeMap::new();
+        let mut external = String::new();
+        let prefix = self.settings.user_annotation_prefix.as_bytes();
+        for entry in entries {
+            let key_raw = lossy(&entry.key);
+            if key_raw == EXTERNAL_JOB_URI_ANNOTATION {
+                external = text(&entry.value, limits::EXTERNAL_JOB_URI);
+            }
+            if self.blocklist.contains(&key_raw.to_lowercase()) {
+                continue;
+            }
+            let stripped = entry.key.strip_prefix(prefix).unwrap_or(&entry.key);
+            out.insert(
+                text(stripped, limits::ANNOTATION_KEY),
+                text(&entry.value, limits::ANNOTATION_VALUE),
+            );
+        }
+        (out, external)
+    }
+
+    fn job_errors(&self, t: Time, e: &ev::JobErrors, o: &mut Out) {
+        // The first terminal error decides; non-terminal ones change nothing.
+        let Some(first) = e.errors.iter().find(|err| err.terminal) else { return };
+        let Some(job_id) = job_id(&e.job_id, o) else { return };
+        use ev::error::Reason as R;
+        let state = match &first.reason {
+            Some(R::JobRunPreemptedError(_)) => job_state::PREEMPTED,
+            Some(R::JobRejected(r)) => {
+                let Some(error) = self.compress(&r.message, o) else { return };
+                o.set.job_errors_to_create.push(CreateJobError { job_id: job_id.clone(), error });
+                job_state::REJECTED
+            }
+            _ => job_state::FAILED,
+        };
+        job_transition_id(job_id, state, None, t, o);
+    }
+
+    fn job_run_errors(&self, t: Time, e: &ev::JobRunErrors, o: &mut Out) {
+        use ev::error::Reason as R;
+        // The first error that is not a preemption decides: preemption is
+        // recorded from the JobRunPreempted event instead.
+        let Some(first) = e
+            .errors
+            .iter()
+            .find(|err| !matches!(err.reason, Some(R::JobRunPreemptedError(_))))
+        else {
+            return;
+        };
+        let Some(run_id) = run_id(&e.run_id, o) else { return };
+        let mut update = UpdateJobRun {
+            run_id,
+            finished: first.terminal.then_some(t.ts),
+            ..Default::default()
+        };
+        match &first.reason {
+            Some(R::PodError(p)) => {
+                update.node = non_empty_node(&p.node_name);
+                update.job_run_state = Some(run_state::FAILED);
+                update.error = self.compress(&p.message, o);
+                update.debug = self.compress(&p.debug_message, o);
+                let exit = p.container_errors.iter().map(|c| c.exit_code).find(|&c| c != 0);
+                update.exit_code = Some(exit.unwrap_or(0));
+            }
+            Some(R::PodLeaseReturned(p)) => {
+                update.job_run_state = Some(run_state::LEASE_RETURNED);
+                update.error = self.compress(&p.message, o);
+                update.debug = self.compress(&p.debug_message, o);
+            }
+            Some(R::LeaseExpired(_)) => {
+                update.job_run_state = Some(run_state::LEASE_EXPIRED);
+                update.error = self.compress(b"Lease expired", o);
+            }
+            Some(R::ReconciliationError(r)) => {
+                update.job_run_state = Some(run_state::FAILED);
+                update.error = self.compress(&r.message, o);
+            }
+            _ => {
+                update.job_run_state = Some(run_state::FAILED);
+                update.error = self.compress(b"Unknown error", o);
+            }
+        }
+        // Only a terminal error's FailureInfo is final; a transient one may be
+        // followed by a retry.
+        if first.terminal {
+            update.failure_info = first.failure_info.as_ref().and_then(failure_info_json);
+        }
+        o.set.runs_to_update.push(update);
+    }
+
+    /// Compresses error text for a bytea column. NULs are kept: bytea takes them.
+    fn compress(&self, b: &[u8], o: &mut Out) -> Option<Vec<u8>> {
+        match compress::zlib(b, self.settings.min_job_spec_compression_size) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                o.problem(Reason::Compression, format!("cannot compress error text: {err}"), false);
+                None
+            }
+        }
+    }
+}
+
+/// The sparse JSON form of a FailureInfo: only its non-zero fields; `None`
+/// when all are zero (stored as SQL NULL).
+pub fn failure_info_json(fi: &ev::FailureInfo) -> Option<Value> {
+    let mut m = Map::new();
+    if fi.exit_code != 0 {
+        m.insert("exitCode".into(), Value::from(fi.exit_code));
+    }
+    if !fi.termination_message.is_empty() {
+        m.insert(
+            "terminationMessage".into(),
+            Value::from(text(&fi.termination_message, limits::TERMINATION_MESSAGE)),
+        );
+    }
+    if !fi.categories.is_empty() {
+        let cats: Vec<Value> = fi.categories.iter().map(|c| Value::from(free_text(c))).collect();
+        m.insert("categories".into(), Value::Array(cats));
+    }
+    if !fi.container_name.is_empty() {
+        m.insert("containerName".into(), Value::from(free_text(&fi.container_name)));
+    }
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
+/// Validates and cleans a sequence's header. A sequence without a queue or
+/// job set cannot be attributed to anything in Lookout; upstream rejects it
+/// at decode time and so do we.
+pub fn check_sequence(seq: &ev::EventSequence) -> Result<Header, Problem> {
+    let queue = text(&seq.queue, limits::QUEUE);
+    let jobset = text(&seq.job_set_name, limits::JOBSET);
+    let owner = text(&seq.user_id, limits::OWNER);
+    let fail = |reason: Reason, what: &str| Problem {
+        event_index: None,
+        reason,
+        detail: format!("sequence of {} event(s) has an empty {what}", seq.events.len()),
+        skipped: true,
+    };
+    if queue.is_empty() {
+        return Err(fail(Reason::EmptyQueue, "queue"));
+    }
+    if jobset.is_empty() {
+        return Err(fail(Reason::EmptyJobSet, "job set name"));
+    }
+    Ok(Header { queue, jobset, owner })
+}
+
+fn transition(t: Time) -> UpdateJob {
+    UpdateJob {
+        last_transition_time: Some(t.ts),
+        last_transition_time_seconds: Some(t.seconds),
+        ..Default::default()
+    }
+}
+
+fn job_transition(raw_id: &[u8], state: i16, latest_run: Option<String>, t: Time, o: &mut Out) {
+    let Some(job_id) = job_id(raw_id, o) else { return };
+    job_transition_id(job_id, state, latest_run, t, o);
+}
+
+fn job_transition_id(job_id: String, state: i16, latest_run: Option<String>, t: Time, o: &mut Out) {
+    o.set.jobs_to_update.push(UpdateJob {
+        job_id,
+        state: Some(state),
+        latest_run_id: latest_run,
+        ..transition(t)
+    });
+}
+
+/// An id for a key column: NULs removed, never truncated.
+fn id(raw: &[u8], what: &str, limit: usize, o: &mut Out) -> Option<String> {
+    let s = free_text(raw);
+    if s.is_empty() {
+        o.problem(Reason::MissingId, format!("event has no {what}"), true);
+        return None;
+    }
+    if s.chars().count() > limit {
+        o.problem(
+            Reason::IdTooLong,
+            format!("{what} {s:?} is longer than the column's {limit} characters"),
+            true,
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn job_id(raw: &[u8], o: &mut Out) -> Option<String> {
+    id(raw, "job id", limits::JOB_ID, o)
+}
+
+fn run_id(raw: &[u8], o: &mut Out) -> Option<String> {
+    id(raw, "run id", limits::RUN_ID, o)
+}
+
+fn ids(job: &[u8], run: &[u8], o: &mut Out) -> Option<(String, String)> {
+    let j = job_id(job, o)?;
+    let r = run_id(run, o)?;
+    Some((j, r))
+}
+
+fn non_empty_node(raw: &[u8]) -> Option<String> {
+    let n = text(raw, limits::NODE);
+    (!n.is_empty()).then_some(n)
+}
+
+/// The node of the first pod that names one, else `UNKNOWN` (as upstream).
+fn running_node(infos: &[ev::KubernetesResourceInfo]) -> String {
+    use ev::kubernetes_resource_info::Info;
+    infos
+        .iter()
+        .filter_map(|r| match &r.info {
+            Some(Info::PodInfo(p)) => non_empty_node(&p.node_name),
+            _ => None,
+        })
+        .next()
+        .unwrap_or_else(|| "UNKNOWN".to_string())
+}
+
+#[cfg(test)]
+mod tests;
