@@ -1,1 +1,856 @@
-//! (in progress)
+//! Lookout database schema migrations.
+//!
+//! The schema is the same as the one Armada's own Lookout migrations build
+//! (numbered files `migrations/001_*.sql` … `migrations/031_*.sql`, embedded
+//! into the binary), and the version bookkeeping is the same too, so a
+//! database migrated by Armada's Go tooling can be taken over as is and vice
+//! versa:
+//!
+//! * The current schema version is `SELECT last_value FROM database_version`,
+//!   a sequence created with `START WITH 0 MINVALUE 0` (so an empty database
+//!   is version 0). Once migration `N` has been applied, the sequence is set
+//!   to `N` with `setval('database_version', N)`.
+//! * Every migration whose number is greater than the current version is
+//!   applied, in order. A database already at 30 therefore gets only 031.
+//!
+//! Differences from the Go runner, all of them about safety:
+//!
+//! * **One transaction per migration.** A migration's SQL and its version bump
+//!   commit together or not at all. `setval` on its own is *not*
+//!   transactional in PostgreSQL (a rolled back `setval` still sticks), so the
+//!   bump is done as `ALTER SEQUENCE database_version RESTART WITH N` (which
+//!   gives the sequence new storage inside the transaction, so it is undone on
+//!   rollback) followed by `setval('database_version', N)` (which leaves the
+//!   sequence in exactly the state the Go runner leaves it in).
+//! * **Non-transactional migrations.** `CREATE INDEX CONCURRENTLY` cannot run
+//!   inside a transaction block; it is used (as upstream does) for indexes on
+//!   the big `job` and `job_run` tables so that building them does not block
+//!   ingestion. A file whose first line is
+//!   `-- lookout-ingester: no-transaction` ([`NO_TRANSACTION_MARKER`]) is run
+//!   one statement at a time outside any transaction (a multi-statement simple
+//!   query would run as one implicit transaction), and the version is bumped
+//!   afterwards in a transaction of its own. Such files must be idempotent:
+//!   every `CREATE INDEX CONCURRENTLY` in them must say `IF NOT EXISTS`, and,
+//!   because a failed concurrent build leaves an `INVALID` index behind that
+//!   `IF NOT EXISTS` would then silently keep, an invalid index of the same
+//!   name on the same schema is dropped (`DROP INDEX CONCURRENTLY`) right
+//!   before the build. If the process dies between the statements and the
+//!   version bump, the next run simply repeats the file.
+//! * **Advisory lock.** The whole run holds the session-level advisory lock
+//!   [`MIGRATION_LOCK_KEY`] (scoped to the current database), so replicas
+//!   starting together migrate one at a time: the second waits, then finds
+//!   the database up to date and applies nothing. The lock is taken by
+//!   polling `pg_try_advisory_lock` rather than by a blocking
+//!   `pg_advisory_lock`: a session blocked inside `pg_advisory_lock` holds a
+//!   snapshot, `CREATE INDEX CONCURRENTLY` in the lock holder waits for every
+//!   such snapshot to go away, and PostgreSQL resolves the cycle by killing
+//!   one side with "deadlock detected". The lock is released at the end, on
+//!   success and on error (if the future is dropped half-way it is released
+//!   when the connection closes).
+//! * **Newer databases are left alone.** If the database's version is higher
+//!   than the newest migration this binary knows, `migrate` fails without
+//!   changing anything.
+//!
+//! The role running the migrations needs to own the tables (as upstream) and
+//! the `database_version` sequence (for `ALTER SEQUENCE`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_postgres::{Client, GenericClient};
+
+/// One numbered schema migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// The number at the start of the file name; also the schema version the
+    /// database is at once this migration has been applied.
+    pub version: i64,
+    /// The file name under `migrations/`, e.g. `031_add_failure_info_to_job_run.sql`.
+    pub name: &'static str,
+    /// The file's contents.
+    pub sql: &'static str,
+    /// `false` when the file starts with [`NO_TRANSACTION_MARKER`]: its
+    /// statements are run one by one outside a transaction.
+    pub transactional: bool,
+}
+
+/// First line of a migration file that must not run inside a transaction.
+pub const NO_TRANSACTION_MARKER: &str = "-- lookout-ingester: no-transaction";
+
+/// Name from which [`MIGRATION_LOCK_KEY`] is derived.
+pub const MIGRATION_LOCK_NAME: &str = "lookout-ingester:schema-migrations";
+
+/// Key of the session-level advisory lock held while migrating: the 64-bit
+/// FNV-1a hash of [`MIGRATION_LOCK_NAME`], read as a signed integer
+/// (`-942064953667972313`). In `pg_locks` it shows up as `locktype =
+/// 'advisory'`, `classid = 4075625706`, `objid = 2034668327`, `objsubid = 1`.
+pub const MIGRATION_LOCK_KEY: i64 = fnv1a64(MIGRATION_LOCK_NAME.as_bytes()) as i64;
+
+/// How often a waiting migrator retries the advisory lock.
+const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a waiting migrator says that it is still waiting.
+const LOCK_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+const fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+const fn starts_with(text: &str, prefix: &str) -> bool {
+    let (text, prefix) = (text.as_bytes(), prefix.as_bytes());
+    if text.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if text[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+macro_rules! migration {
+    ($version:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $file,
+            sql: include_str!(concat!("../migrations/", $file)),
+            transactional: !starts_with(
+                include_str!(concat!("../migrations/", $file)),
+                NO_TRANSACTION_MARKER,
+            ),
+        }
+    };
+}
+
+static MIGRATIONS: &[Migration] = &[
+    migration!(1, "001_initial_schema.sql"),
+    migration!(2, "002_cancel_reason.sql"),
+    migration!(3, "003_run_leased_column.sql"),
+    migration!(4, "004_job_namespace.sql"),
+    migration!(5, "005_annotations.sql"),
+    migration!(6, "006_annotations_constraint.sql"),
+    migration!(7, "007_queue.sql"),
+    migration!(8, "008_run_debug_column.sql"),
+    migration!(9, "009_job_deduplication.sql"),
+    migration!(10, "010_drop_unused_table_and_indexes.sql"),
+    migration!(11, "011_add_job_error.sql"),
+    migration!(12, "012_add_job_submitted_index.sql"),
+    migration!(13, "013_add_job_spec_table.sql"),
+    migration!(14, "014_add_external_job_uri.sql"),
+    migration!(15, "015_add_cancel_user.sql"),
+    migration!(16, "016_add_job_run_pool.sql"),
+    migration!(17, "017_create_job_run_state_pool_idx.sql"),
+    migration!(18, "018_optimise_ingest_performance.sql"),
+    migration!(
+        19,
+        "019_optimise_ingest_performance_new_annotation_index.sql"
+    ),
+    migration!(20, "020_readd_jobset_index.sql"),
+    migration!(21, "021_create_job_run_run_id_cluster_node_idx.sql"),
+    migration!(22, "022_create_job_run_run_id_node_idx.sql"),
+    migration!(23, "023_create_job_latest_run_id_idx.sql"),
+    migration!(24, "024_create_job_queue_namespace_idx.sql"),
+    migration!(25, "025_create_job_run_ingress_addresses_column.sql"),
+    migration!(26, "026_create_job_run_run_id_pool_idx.sql"),
+    migration!(27, "027_create_job_ltt_jobid_idx.sql"),
+    migration!(28, "028_drop_redundant_idx_job_queue.sql"),
+    migration!(29, "029_create_job_run_cluster_run_id_idx.sql"),
+    migration!(30, "030_create_job_active_queue_jobset_idx.sql"),
+    migration!(31, "031_add_failure_info_to_job_run.sql"),
+];
+
+/// All migrations this binary knows, sorted by version.
+pub fn migrations() -> &'static [Migration] {
+    MIGRATIONS
+}
+
+/// The version a fully migrated database is at.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Where a database stands relative to this binary's migrations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// The database's schema version (0 if it has never been migrated).
+    pub current: i64,
+    /// [`latest_version`].
+    pub latest: i64,
+    /// Migrations `migrate` would apply, in order.
+    pub pending: Vec<(i64, &'static str)>,
+}
+
+/// The outcome of a migration run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Version before the run.
+    pub from: i64,
+    /// Version after the run.
+    pub to: i64,
+    /// Migrations applied by this run, in order (empty if it was up to date).
+    pub applied: Vec<(i64, &'static str)>,
+}
+
+/// Reads the schema version without creating or changing anything: a
+/// database without the `database_version` sequence reports version 0.
+pub async fn status(client: &Client) -> Result<Status> {
+    let current = read_version(client).await?.unwrap_or(0);
+    let pending = MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current)
+        .map(|m| (m.version, m.name))
+        .collect();
+    Ok(Status {
+        current,
+        latest: latest_version(),
+        pending,
+    })
+}
+
+/// Brings the database up to [`latest_version`]. See the module docs.
+pub async fn migrate(client: &mut Client) -> Result<Report> {
+    migrate_with(client, MIGRATIONS, latest_version()).await
+}
+
+/// Applies the pending migrations up to and including `target` only (for
+/// tests and tools, e.g. to build a database as an older release left it).
+/// A database already at or past `target` is left as it is (but one past
+/// [`latest_version`] is still an error).
+pub async fn migrate_to(client: &mut Client, target: i64) -> Result<Report> {
+    migrate_with(client, MIGRATIONS, target).await
+}
+
+/// The runner behind [`migrate`] and [`migrate_to`], over an arbitrary list
+/// of migrations (sorted by strictly increasing version). Exposed for tests
+/// that need migrations that fail; production code uses [`migrate`].
+#[doc(hidden)]
+pub async fn migrate_with(client: &mut Client, list: &[Migration], target: i64) -> Result<Report> {
+    check_list(list)?;
+    let known_latest = list.last().map_or(0, |m| m.version);
+    if !(0..=known_latest).contains(&target) {
+        bail!("cannot migrate to version {target}: known versions are 0..={known_latest}");
+    }
+
+    acquire_lock(client).await?;
+    let result = migrate_locked(client, list, known_latest, target).await;
+    let released = release_lock(client).await;
+    match (result, released) {
+        (Ok(report), Ok(())) => Ok(report),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(unlock_err)) => {
+            tracing::warn!(error = %format!("{unlock_err:#}"), "releasing the migration lock failed");
+            Err(e)
+        }
+    }
+}
+
+fn check_list(list: &[Migration]) -> Result<()> {
+    let mut previous = 0;
+    for m in list {
+        if m.version <= previous {
+            bail!(
+                "migration list is not sorted by strictly increasing positive version at {} (version {})",
+                m.name,
+                m.version
+            );
+        }
+        previous = m.version;
+    }
+    Ok(())
+}
+
+async fn migrate_locked(
+    client: &mut Client,
+    list: &[Migration],
+    known_latest: i64,
+    target: i64,
+) -> Result<Report> {
+    let existing = read_version(&*client).await?;
+    let from = existing.unwrap_or(0);
+    if from > known_latest {
+        bail!(
+            "database schema version {from} is newer than the newest migration this binary knows \
+             ({known_latest}); refusing to touch it (run a lookout-ingester built for that schema)"
+        );
+    }
+    if existing.is_none() {
+        client
+            .batch_execute("CREATE SEQUENCE IF NOT EXISTS database_version START WITH 0 MINVALUE 0")
+            .await
+            .context("creating the database_version sequence")?;
+    }
+
+    let pending: Vec<&Migration> = list
+        .iter()
+        .filter(|m| m.version > from && m.version <= target)
+        .collect();
+    if pending.is_empty() {
+        tracing::info!(
+            version = from,
+            latest = known_latest,
+            "Lookout schema is up to date"
+        );
+        return Ok(Report {
+            from,
+            to: from,
+            applied: Vec::new(),
+        });
+    }
+    tracing::info!(
+        from,
+        to = target,
+        count = pending.len(),
+        "applying Lookout schema migrations"
+    );
+
+    let mut version = from;
+    let mut applied = Vec::with_capacity(pending.len());
+    for m in pending {
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            transactional = m.transactional,
+            "applying migration"
+        );
+        let started = Instant::now();
+        let outcome = if m.transactional {
+            apply_transactional(client, m).await
+        } else {
+            apply_non_transactional(client, m).await
+        };
+        outcome.with_context(|| {
+            format!(
+                "migration {} failed; the database is still at version {version}",
+                m.name
+            )
+        })?;
+        version = m.version;
+        applied.push((m.version, m.name));
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "applied migration"
+        );
+    }
+    tracing::info!(from, to = version, "Lookout schema migrated");
+    Ok(Report {
+        from,
+        to: version,
+        applied,
+    })
+}
+
+/// `None` if there is no `database_version` sequence (never migrated).
+async fn read_version(client: &Client) -> Result<Option<i64>> {
+    let row = client
+        .query_one("SELECT to_regclass('database_version') IS NOT NULL", &[])
+        .await
+        .context("looking for the database_version sequence")?;
+    let exists: bool = row
+        .try_get(0)
+        .context("looking for the database_version sequence")?;
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT last_value FROM database_version", &[])
+        .await
+        .context("reading the schema version from database_version")?;
+    let version: i64 = row
+        .try_get(0)
+        .context("reading the schema version from database_version")?;
+    Ok(Some(version))
+}
+
+/// Sets the schema version inside the caller's transaction; see the module
+/// docs for why this is more than a `setval`.
+async fn bump_version(tx: &impl GenericClient, version: i64) -> Result<()> {
+    tx.batch_execute(&format!(
+        "ALTER SEQUENCE database_version RESTART WITH {version}"
+    ))
+    .await
+    .with_context(|| format!("setting the schema version to {version}"))?;
+    tx.execute("SELECT setval('database_version', $1)", &[&version])
+        .await
+        .with_context(|| format!("setting the schema version to {version}"))?;
+    Ok(())
+}
+
+async fn apply_transactional(client: &mut Client, m: &Migration) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .context("starting a transaction")?;
+    tx.batch_execute(m.sql).await.context("executing the SQL")?;
+    bump_version(&tx, m.version).await?;
+    tx.commit().await.context("committing")?;
+    Ok(())
+}
+
+async fn apply_non_transactional(client: &mut Client, m: &Migration) -> Result<()> {
+    for step in plan_non_transactional(m.sql)? {
+        if let Some(index) = &step.concurrent_index {
+            drop_invalid_index(client, index).await?;
+        }
+        client
+            .batch_execute(&step.sql)
+            .await
+            .with_context(|| format!("executing `{}`", one_line(&step.sql)))?;
+    }
+    let tx = client
+        .transaction()
+        .await
+        .context("starting a transaction")?;
+    bump_version(&tx, m.version).await?;
+    tx.commit().await.context("committing the version bump")?;
+    Ok(())
+}
+
+/// Drops `index` if it exists, next to its table, and is INVALID (what a
+/// failed or interrupted `CREATE INDEX CONCURRENTLY` leaves behind).
+async fn drop_invalid_index(client: &Client, index: &ConcurrentIndex) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(ic.relname) \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace \
+             WHERE ic.relname::text = $1::text \
+               AND ic.relnamespace = (SELECT t.relnamespace FROM pg_catalog.pg_class t \
+                                      WHERE t.oid = to_regclass($2::text)) \
+               AND NOT i.indisvalid",
+            &[&index.name, &index.table],
+        )
+        .await
+        .with_context(|| format!("checking for an invalid index {}", index.name))?;
+    for row in rows {
+        let qualified: String = row
+            .try_get(0)
+            .with_context(|| format!("checking for an invalid index {}", index.name))?;
+        tracing::warn!(
+            index = %qualified,
+            "dropping INVALID index left behind by an earlier failed concurrent build"
+        );
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+            .await
+            .with_context(|| format!("dropping invalid index {qualified}"))?;
+    }
+    Ok(())
+}
+
+async fn acquire_lock(client: &Client) -> Result<()> {
+    let started = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .context("taking the migration advisory lock")?;
+        let locked: bool = row
+            .try_get(0)
+            .context("taking the migration advisory lock")?;
+        if locked {
+            if last_log.is_some() {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "got the migration lock"
+                );
+            }
+            return Ok(());
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= LOCK_WAIT_LOG_INTERVAL) {
+            tracing::info!(
+                lock_key = MIGRATION_LOCK_KEY,
+                waited_s = started.elapsed().as_secs(),
+                "another process is migrating the Lookout schema; waiting for it"
+            );
+            last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(LOCK_POLL_INTERVAL).await;
+    }
+}
+
+async fn release_lock(client: &Client) -> Result<()> {
+    let row = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .context("releasing the migration advisory lock")?;
+    let released: bool = row
+        .try_get(0)
+        .context("releasing the migration advisory lock")?;
+    if !released {
+        tracing::warn!(
+            lock_key = MIGRATION_LOCK_KEY,
+            "the migration lock was not held at release"
+        );
+    }
+    Ok(())
+}
+
+/// A `CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ON table` statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConcurrentIndex {
+    name: String,
+    table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    sql: String,
+    concurrent_index: Option<ConcurrentIndex>,
+}
+
+/// Splits a non-transactional migration into statements and recognises the
+/// concurrent index builds in it.
+fn plan_non_transactional(sql: &str) -> Result<Vec<Step>> {
+    split_statements(sql)?
+        .into_iter()
+        .map(|stmt| {
+            let concurrent_index = parse_concurrent_index(&stmt)?;
+            Ok(Step {
+                sql: stmt,
+                concurrent_index,
+            })
+        })
+        .collect()
+}
+
+/// Recognises `CREATE [UNIQUE] INDEX CONCURRENTLY ...`; such a statement must
+/// be idempotent and name its index plainly, or it is refused.
+fn parse_concurrent_index(stmt: &str) -> Result<Option<ConcurrentIndex>> {
+    let spaced = stmt.replace('(', " ( ");
+    let tokens: Vec<String> = spaced
+        .split_whitespace()
+        .map(|t| t.to_ascii_uppercase())
+        .collect();
+    let raw: Vec<&str> = spaced.split_whitespace().collect();
+    let mut i = 0;
+    let expect = |word: &str, i: &mut usize| -> bool {
+        if tokens.get(*i).map(String::as_str) == Some(word) {
+            *i += 1;
+            true
+        } else {
+            false
+        }
+    };
+    if !expect("CREATE", &mut i) {
+        return Ok(None);
+    }
+    expect("UNIQUE", &mut i);
+    if !(expect("INDEX", &mut i) && expect("CONCURRENTLY", &mut i)) {
+        return Ok(None);
+    }
+    let refuse = |why: &str| anyhow!("{why}: `{}`", one_line(stmt));
+    if !(expect("IF", &mut i) && expect("NOT", &mut i) && expect("EXISTS", &mut i)) {
+        return Err(refuse(
+            "CREATE INDEX CONCURRENTLY in a non-transactional migration must say IF NOT EXISTS",
+        ));
+    }
+    let name = raw.get(i).copied().unwrap_or_default();
+    i += 1;
+    if !expect("ON", &mut i) {
+        return Err(refuse(
+            "cannot find the index name (an unnamed index is not idempotent)",
+        ));
+    }
+    expect("ONLY", &mut i);
+    let table = raw.get(i).copied().unwrap_or_default();
+    if !is_plain_identifier(name) || !is_plain_identifier(table) {
+        return Err(refuse(
+            "index and table must be plain lower-case identifiers (no quoting or schema)",
+        ));
+    }
+    Ok(Some(ConcurrentIndex {
+        name: name.to_string(),
+        table: table.to_string(),
+    }))
+}
+
+fn is_plain_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Splits SQL text into statements at top-level semicolons, dropping
+/// comments and empty statements. Understands `--` and (nested) `/* */`
+/// comments, '…' strings (including E'…' escapes), "…" identifiers and
+/// $tag$…$tag$ bodies, which is all the migration files use.
+fn split_statements(sql: &str) -> Result<Vec<String>> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        match c {
+            '-' if next == Some('-') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                current.push(' ');
+            }
+            '/' if next == Some('*') => {
+                let mut depth = 0usize;
+                loop {
+                    match (chars.get(i), chars.get(i + 1)) {
+                        (Some('/'), Some('*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (Some('*'), Some('/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        (Some(_), _) => i += 1,
+                        (None, _) => bail!("unterminated /* comment in SQL"),
+                    }
+                }
+                current.push(' ');
+            }
+            '\'' | '"' => {
+                let escapes = c == '\''
+                    && i > 0
+                    && matches!(chars[i - 1], 'e' | 'E')
+                    && !chars
+                        .get(i.wrapping_sub(2))
+                        .is_some_and(|p| p.is_alphanumeric() || *p == '_');
+                current.push(c);
+                i += 1;
+                loop {
+                    let Some(&d) = chars.get(i) else {
+                        bail!("unterminated {c} quote in SQL");
+                    };
+                    current.push(d);
+                    i += 1;
+                    if escapes && d == '\\' {
+                        if let Some(&e) = chars.get(i) {
+                            current.push(e);
+                            i += 1;
+                        }
+                    } else if d == c {
+                        if chars.get(i) == Some(&c) {
+                            current.push(c);
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            '$' if dollar_tag(&chars, i).is_some() => {
+                let tag = dollar_tag(&chars, i).unwrap_or_default();
+                current.push_str(&tag);
+                i += tag.chars().count();
+                loop {
+                    if i >= chars.len() {
+                        bail!("unterminated {tag} quote in SQL");
+                    }
+                    if chars[i..].starts_with(&tag.chars().collect::<Vec<_>>()) {
+                        current.push_str(&tag);
+                        i += tag.chars().count();
+                        break;
+                    }
+                    current.push(chars[i]);
+                    i += 1;
+                }
+                continue;
+            }
+            ';' => {
+                push_statement(&mut statements, &mut current);
+                i += 1;
+                continue;
+            }
+            _ => current.push(c),
+        }
+        i += 1;
+    }
+    push_statement(&mut statements, &mut current);
+    Ok(statements)
+}
+
+fn push_statement(statements: &mut Vec<String>, current: &mut String) {
+    let stmt = current.trim();
+    if !stmt.is_empty() {
+        statements.push(stmt.to_string());
+    }
+    current.clear();
+}
+
+/// The `$tag$` opening a dollar-quoted string at `chars[i]`, if any (and not
+/// a positional parameter such as `$1` or part of an identifier).
+fn dollar_tag(chars: &[char], i: usize) -> Option<String> {
+    if i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_' || chars[i - 1] == '$') {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
+        if j == i + 1 && chars[j].is_ascii_digit() {
+            return None;
+        }
+        j += 1;
+    }
+    (chars.get(j) == Some(&'$')).then(|| chars[i..=j].iter().collect())
+}
+
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_contiguous_from_one() {
+        let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=31).collect::<Vec<_>>());
+        assert_eq!(latest_version(), 31);
+        check_list(migrations()).expect("sorted");
+    }
+
+    #[test]
+    fn names_match_the_migration_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read migrations dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let names: Vec<&str> = migrations().iter().map(|m| m.name).collect();
+        assert_eq!(names, files);
+        for m in migrations() {
+            let prefix: i64 = m
+                .name
+                .split('_')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("numbered");
+            assert_eq!(prefix, m.version, "{}", m.name);
+            assert_eq!(&m.name[..3], format!("{:03}", m.version), "{}", m.name);
+            let on_disk = std::fs::read_to_string(dir.join(m.name)).expect("read file");
+            assert_eq!(on_disk, m.sql, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn concurrently_iff_non_transactional() {
+        let non_tx: Vec<i64> = migrations()
+            .iter()
+            .filter(|m| !m.transactional)
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(non_tx, vec![12, 17, 19, 20, 21, 22, 23, 24, 26, 27, 29, 30]);
+        for m in migrations() {
+            let stmts = split_statements(m.sql).expect("splits");
+            assert!(!stmts.is_empty(), "{}", m.name);
+            let concurrent = stmts
+                .iter()
+                .any(|s| s.to_ascii_uppercase().contains("CONCURRENTLY"));
+            assert_eq!(concurrent, !m.transactional, "{}", m.name);
+            for s in &stmts {
+                let first = s
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                assert!(
+                    !["BEGIN", "COMMIT", "ROLLBACK", "START", "END"].contains(&first.as_str()),
+                    "{}: transaction control inside a migration",
+                    m.name
+                );
+            }
+            if !m.transactional {
+                let plan = plan_non_transactional(m.sql).expect("plan");
+                for step in plan {
+                    assert!(step.concurrent_index.is_some(), "{}: {}", m.name, step.sql);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lock_key_is_stable() {
+        assert_eq!(MIGRATION_LOCK_KEY, -942064953667972313);
+        let k = MIGRATION_LOCK_KEY as u64;
+        assert_eq!((k >> 32, k & 0xffff_ffff), (4075625706, 2034668327));
+    }
+
+    #[test]
+    fn splits_statements() {
+        let sql = "-- a; comment\nCREATE TABLE a (x text DEFAULT 'a;''b');\n\
+                   /* block ; /* nested ; */ */ SELECT \"we;ird\" ;;\n\
+                   DO $$ BEGIN PERFORM 1; END $$;\n\
+                   DO $fn$ BEGIN PERFORM $1; END $fn$; SELECT E'x\\';y'";
+        assert_eq!(
+            split_statements(sql).unwrap(),
+            vec![
+                "CREATE TABLE a (x text DEFAULT 'a;''b')",
+                "SELECT \"we;ird\"",
+                "DO $$ BEGIN PERFORM 1; END $$",
+                "DO $fn$ BEGIN PERFORM $1; END $fn$",
+                "SELECT E'x\\';y'",
+            ]
+        );
+        assert!(split_statements("SELECT 'x").is_err());
+        assert!(split_statements("/* x").is_err());
+        assert!(split_statements("-- only a comment\n  ")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn recognises_concurrent_index_builds() {
+        let idx = |s: &str| parse_concurrent_index(s);
+        assert_eq!(
+            idx("create index concurrently if not exists idx_a on job(a)").unwrap(),
+            Some(ConcurrentIndex {
+                name: "idx_a".into(),
+                table: "job".into()
+            })
+        );
+        assert_eq!(
+            idx("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS idx_b\n ON ONLY job_run USING gin (x)")
+                .unwrap(),
+            Some(ConcurrentIndex {
+                name: "idx_b".into(),
+                table: "job_run".into()
+            })
+        );
+        assert_eq!(
+            idx("CREATE INDEX IF NOT EXISTS idx_a ON job (a)").unwrap(),
+            None
+        );
+        assert_eq!(
+            idx("DROP INDEX CONCURRENTLY IF EXISTS idx_a").unwrap(),
+            None
+        );
+        assert!(idx("CREATE INDEX CONCURRENTLY idx_a ON job (a)").is_err());
+        assert!(idx("CREATE INDEX CONCURRENTLY IF NOT EXISTS ON job (a)").is_err());
+        assert!(idx("CREATE INDEX CONCURRENTLY IF NOT EXISTS \"Idx\" ON job (a)").is_err());
+        assert!(idx("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx ON public.job (a)").is_err());
+    }
+}

@@ -53,7 +53,11 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
         let url = with_db(&admin_url(), &name);
-        TestDb { name, url, dropped: false }
+        TestDb {
+            name,
+            url,
+            dropped: false,
+        }
     }
 
     /// A database migrated to the latest schema.
@@ -74,7 +78,10 @@ impl TestDb {
         self.dropped = true;
         let admin = connect(&admin_url()).await;
         let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
             .await;
     }
 }
@@ -87,12 +94,17 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(async move {
                     if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {
                         tokio::spawn(conn);
                         let _ = client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
                             .await;
                     }
                 });
@@ -100,4 +112,47 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Every row of the tables the ingester writes, as text, in key order: two
+/// databases hold the same data exactly when their dumps are equal.
+pub async fn dump(client: &Client) -> String {
+    let queries = [
+        ("job", "SELECT to_jsonb(t)::text FROM job t ORDER BY job_id"),
+        (
+            "job_spec",
+            "SELECT job_id || ' ' || md5(job_spec) FROM job_spec ORDER BY job_id",
+        ),
+        (
+            "job_run",
+            "SELECT to_jsonb(t)::text FROM job_run t ORDER BY run_id",
+        ),
+        (
+            "job_error",
+            "SELECT job_id || ' ' || md5(error) FROM job_error ORDER BY job_id",
+        ),
+    ];
+    let mut out = String::new();
+    for (table, q) in queries {
+        out.push_str(&format!("== {table}\n"));
+        for row in client
+            .query(q, &[])
+            .await
+            .unwrap_or_else(|e| panic!("dump {table}: {e}"))
+        {
+            let line: String = row.get(0);
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Row count of a table.
+pub async fn count(client: &Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
+        .get(0)
 }
