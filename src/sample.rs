@@ -11,11 +11,17 @@ use ev::event_sequence::{event::Event as Kind, Event};
 
 /// A timestamp `secs` seconds after 2026-01-01T00:00:00Z.
 pub fn ts(secs: i64) -> Timestamp {
-    Timestamp { seconds: 1_767_225_600 + secs, nanos: 0 }
+    Timestamp {
+        seconds: 1_767_225_600 + secs,
+        nanos: 0,
+    }
 }
 
 pub fn event(created: Option<Timestamp>, kind: Kind) -> Event {
-    Event { created, event: Some(kind) }
+    Event {
+        created,
+        event: Some(kind),
+    }
 }
 
 pub fn sequence(queue: &str, jobset: &str, user: &str, events: Vec<Event>) -> ev::EventSequence {
@@ -29,7 +35,10 @@ pub fn sequence(queue: &str, jobset: &str, user: &str, events: Vec<Event>) -> ev
 }
 
 pub fn entry(k: &str, v: &str) -> ev::StringEntry {
-    ev::StringEntry { key: k.into(), value: v.into() }
+    ev::StringEntry {
+        key: k.into(),
+        value: v.into(),
+    }
 }
 
 /// A SubmitJob with one container requesting `requests`.
@@ -54,10 +63,12 @@ pub fn submit(
         }),
         main_object: Some(ev::KubernetesMainObject {
             object_meta: None,
-            object: Some(ev::kubernetes_main_object::Object::PodSpec(ev::PodSpecWithAvoidList {
-                pod_spec: Some(pod),
-                node_avoidlist: vec![],
-            })),
+            object: Some(ev::kubernetes_main_object::Object::PodSpec(
+                ev::PodSpecWithAvoidList {
+                    pod_spec: Some(pod),
+                    node_avoidlist: vec![],
+                },
+            )),
         }),
         ..Default::default()
     })
@@ -110,11 +121,22 @@ pub fn run_succeeded(job_id: &str, run_id: &str) -> Kind {
 }
 
 pub fn job_succeeded(job_id: &str) -> Kind {
-    Kind::JobSucceeded(ev::JobSucceeded { job_id: job_id.into(), ..Default::default() })
+    Kind::JobSucceeded(ev::JobSucceeded {
+        job_id: job_id.into(),
+        ..Default::default()
+    })
 }
 
-pub fn error(terminal: bool, reason: ev::error::Reason, failure: Option<ev::FailureInfo>) -> ev::Error {
-    ev::Error { terminal, reason: Some(reason), failure_info: failure }
+pub fn error(
+    terminal: bool,
+    reason: ev::error::Reason,
+    failure: Option<ev::FailureInfo>,
+) -> ev::Error {
+    ev::Error {
+        terminal,
+        reason: Some(reason),
+        failure_info: failure,
+    }
 }
 
 pub fn pod_error(message: &str, node: &str, exit_codes: &[i32]) -> ev::error::Reason {
@@ -124,13 +146,21 @@ pub fn pod_error(message: &str, node: &str, exit_codes: &[i32]) -> ev::error::Re
         debug_message: format!("debug: {message}").into_bytes(),
         container_errors: exit_codes
             .iter()
-            .map(|&c| ev::ContainerError { exit_code: c, ..Default::default() })
+            .map(|&c| ev::ContainerError {
+                exit_code: c,
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     })
 }
 
-pub fn failure(exit_code: i32, message: &str, categories: &[&str], container: &str) -> ev::FailureInfo {
+pub fn failure(
+    exit_code: i32,
+    message: &str,
+    categories: &[&str],
+    container: &str,
+) -> ev::FailureInfo {
     ev::FailureInfo {
         exit_code,
         termination_message: message.into(),
@@ -140,11 +170,18 @@ pub fn failure(exit_code: i32, message: &str, categories: &[&str], container: &s
 }
 
 pub fn run_errors(job_id: &str, run_id: &str, errors: Vec<ev::Error>) -> Kind {
-    Kind::JobRunErrors(ev::JobRunErrors { job_id: job_id.into(), run_id: run_id.into(), errors })
+    Kind::JobRunErrors(ev::JobRunErrors {
+        job_id: job_id.into(),
+        run_id: run_id.into(),
+        errors,
+    })
 }
 
 pub fn job_errors(job_id: &str, errors: Vec<ev::Error>) -> Kind {
-    Kind::JobErrors(ev::JobErrors { job_id: job_id.into(), errors })
+    Kind::JobErrors(ev::JobErrors {
+        job_id: job_id.into(),
+        errors,
+    })
 }
 
 pub fn cancelled(job_id: &str, reason: &str, user: &str) -> Kind {
@@ -156,7 +193,10 @@ pub fn cancelled(job_id: &str, reason: &str, user: &str) -> Kind {
 }
 
 pub fn run_cancelled(job_id: &str, run_id: &str) -> Kind {
-    Kind::JobRunCancelled(ev::JobRunCancelled { job_id: job_id.into(), run_id: run_id.into() })
+    Kind::JobRunCancelled(ev::JobRunCancelled {
+        job_id: job_id.into(),
+        run_id: run_id.into(),
+    })
 }
 
 pub fn run_preempted(job_id: &str, run_id: &str, reason: &str) -> Kind {
@@ -168,11 +208,17 @@ pub fn run_preempted(job_id: &str, run_id: &str, reason: &str) -> Kind {
 }
 
 pub fn reprioritised(job_id: &str, priority: u32) -> Kind {
-    Kind::ReprioritisedJob(ev::ReprioritisedJob { job_id: job_id.into(), priority })
+    Kind::ReprioritisedJob(ev::ReprioritisedJob {
+        job_id: job_id.into(),
+        priority,
+    })
 }
 
 pub fn requeued(job_id: &str) -> Kind {
-    Kind::JobRequeued(ev::JobRequeued { job_id: job_id.into(), update_sequence_number: 1 })
+    Kind::JobRequeued(ev::JobRequeued {
+        job_id: job_id.into(),
+        update_sequence_number: 1,
+    })
 }
 
 pub fn ingress(job_id: &str, run_id: &str, addresses: &[(i32, &str)]) -> Kind {
@@ -181,7 +227,10 @@ pub fn ingress(job_id: &str, run_id: &str, addresses: &[(i32, &str)]) -> Kind {
         run_id: run_id.into(),
         ingress_addresses: addresses
             .iter()
-            .map(|(p, a)| ev::IngressAddress { port: *p, address: a.as_bytes().to_vec() })
+            .map(|(p, a)| ev::IngressAddress {
+                port: *p,
+                address: a.as_bytes().to_vec(),
+            })
             .collect(),
         ..Default::default()
     })
@@ -196,7 +245,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -206,7 +255,7 @@ impl Rng {
     }
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -225,6 +274,29 @@ pub enum Fate {
 /// sequence per life-cycle step (as Armada publishes them), interleaved
 /// between jobs in a deterministic order.
 pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
+    generate_jobs(seed, jobs).sequences
+}
+
+/// A generated stream and, for each job, its id, run id and fate (what the
+/// tables should end up saying about it).
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub sequences: Vec<ev::EventSequence>,
+    pub jobs: Vec<GeneratedJob>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedJob {
+    pub job_id: String,
+    pub run_id: String,
+    pub fate: Fate,
+    /// The exit code of a failed job's run.
+    pub exit_code: Option<i32>,
+}
+
+/// Like [`generate`], with the expected outcome of every job.
+pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
+    let mut expected = Vec::with_capacity(jobs);
     let mut rng = Rng::new(seed);
     let queues = ["analytics", "research", "batch-prod"];
     let mut per_job: Vec<Vec<ev::EventSequence>> = Vec::with_capacity(jobs);
@@ -248,7 +320,9 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
             17 => Fate::Rejected,
             _ => Fate::StillRunning,
         };
-        let seq = |secs: i64, kind: Kind| sequence(queue, &jobset, &user, vec![event(Some(ts(secs)), kind)]);
+        let seq = |secs: i64, kind: Kind| {
+            sequence(queue, &jobset, &user, vec![event(Some(ts(secs)), kind)])
+        };
         let mut steps = vec![seq(
             t0,
             submit(
@@ -257,7 +331,13 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
                 (j % 4) as u32,
                 &[("cpu", cpu), ("memory", mem), ("nvidia.com/gpu", gpu)],
                 Some("armada-default"),
-                &[("armadaproject.io/team", "sample"), ("armadaproject.io/externalJobUri", "https://example.invalid/job")],
+                &[
+                    ("armadaproject.io/team", "sample"),
+                    (
+                        "armadaproject.io/externalJobUri",
+                        "https://example.invalid/job",
+                    ),
+                ],
             ),
         )];
         if fate == Fate::Rejected {
@@ -267,17 +347,29 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
                     &job_id,
                     vec![error(
                         true,
-                        ev::error::Reason::JobRejected(ev::JobRejected { message: b"queue does not exist".to_vec() }),
+                        ev::error::Reason::JobRejected(ev::JobRejected {
+                            message: b"queue does not exist".to_vec(),
+                        }),
                         None,
                     )],
                 ),
             ));
             per_job.push(steps);
+            expected.push(GeneratedJob {
+                job_id,
+                run_id,
+                fate,
+                exit_code: None,
+            });
             continue;
         }
-        steps.push(seq(t0 + 1, leased(&job_id, &run_id, &cluster, &node, "cpu-pool")));
+        steps.push(seq(
+            t0 + 1,
+            leased(&job_id, &run_id, &cluster, &node, "cpu-pool"),
+        ));
         steps.push(seq(t0 + 2, assigned(&job_id, &run_id)));
         steps.push(seq(t0 + 3, running(&job_id, &run_id, Some(&node))));
+        let mut exit_code = None;
         match fate {
             Fate::Succeeded => {
                 steps.push(seq(t0 + 10, run_succeeded(&job_id, &run_id)));
@@ -285,9 +377,22 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
             }
             Fate::Failed => {
                 let code = [1, 2, 137, 139][rng.below(4) as usize];
-                let cats: &[&str] = if code == 137 { &["oom"] } else { &["user-error"] };
+                exit_code = Some(code);
+                let cats: &[&str] = if code == 137 {
+                    &["oom"]
+                } else {
+                    &["user-error"]
+                };
                 let fi = failure(code, &format!("exited with {code}"), cats, "main");
-                let err = error(true, pod_error(&format!("container main failed with {code}"), &node, &[0, code]), Some(fi));
+                let err = error(
+                    true,
+                    pod_error(
+                        &format!("container main failed with {code}"),
+                        &node,
+                        &[0, code],
+                    ),
+                    Some(fi),
+                );
                 steps.push(seq(t0 + 9, run_errors(&job_id, &run_id, vec![err.clone()])));
                 steps.push(seq(t0 + 9, job_errors(&job_id, vec![err])));
             }
@@ -296,18 +401,32 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
                 steps.push(seq(t0 + 5, run_cancelled(&job_id, &run_id)));
             }
             Fate::Preempted => {
-                steps.push(seq(t0 + 6, run_preempted(&job_id, &run_id, "preempted by a higher priority job")));
-                let err = error(true, ev::error::Reason::JobRunPreemptedError(ev::JobRunPreemptedError::default()), None);
+                steps.push(seq(
+                    t0 + 6,
+                    run_preempted(&job_id, &run_id, "preempted by a higher priority job"),
+                ));
+                let err = error(
+                    true,
+                    ev::error::Reason::JobRunPreemptedError(ev::JobRunPreemptedError::default()),
+                    None,
+                );
                 steps.push(seq(t0 + 6, job_errors(&job_id, vec![err])));
             }
             Fate::StillRunning | Fate::Rejected => {}
         }
         per_job.push(steps);
+        expected.push(GeneratedJob {
+            job_id,
+            run_id,
+            fate,
+            exit_code,
+        });
     }
     // Interleave: take steps round-robin across jobs, as a live topic would
     // carry many job sets at once; each job's own steps stay in order.
     let mut out = Vec::new();
-    let mut cursors: Vec<std::vec::IntoIter<ev::EventSequence>> = per_job.into_iter().map(Vec::into_iter).collect();
+    let mut cursors: Vec<std::vec::IntoIter<ev::EventSequence>> =
+        per_job.into_iter().map(Vec::into_iter).collect();
     loop {
         let mut any = false;
         for c in cursors.iter_mut() {
@@ -320,5 +439,8 @@ pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
             break;
         }
     }
-    out
+    Generated {
+        sequences: out,
+        jobs: expected,
+    }
 }

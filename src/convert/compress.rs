@@ -7,7 +7,11 @@ use flate2::Compression;
 use std::io::Write;
 
 pub fn zlib(data: &[u8], min_compression_size: usize) -> std::io::Result<Vec<u8>> {
-    let level = if data.len() > min_compression_size { Compression::fast() } else { Compression::none() };
+    let level = if data.len() > min_compression_size {
+        Compression::fast()
+    } else {
+        Compression::none()
+    };
     let mut enc = ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 16), level);
     enc.write_all(data)?;
     enc.finish()

@@ -200,14 +200,21 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn problem(&mut self, reason: Reason, detail: String, skipped: bool) {
-        self.problems.push(Problem { event_index: Some(self.index), reason, detail, skipped });
+        self.problems.push(Problem {
+            event_index: Some(self.index),
+            reason,
+            detail,
+            skipped,
+        });
     }
 }
 
 /// Counts what sanitising did, so an operator can see text being altered.
 fn count(changes: Changes) {
     if changes.invalid_utf8 {
-        metrics::SANITISED.with_label_values(&["invalid_utf8_replaced"]).inc();
+        metrics::SANITISED
+            .with_label_values(&["invalid_utf8_replaced"])
+            .inc();
     }
     if changes.nul_removed {
         metrics::SANITISED.with_label_values(&["nul_removed"]).inc();
@@ -249,13 +256,24 @@ fn to_time(ts: &Timestamp) -> Option<Time> {
     }
     // Postgres keeps microseconds; drop the rest as its binary format does.
     let naive = naive.with_nanosecond(naive.nanosecond() / 1000 * 1000)?;
-    Some(Time { ts: naive, seconds: ts.seconds, proto: *ts })
+    Some(Time {
+        ts: naive,
+        seconds: ts.seconds,
+        proto: *ts,
+    })
 }
 
 impl Converter {
     pub fn new(settings: Settings) -> Converter {
-        let blocklist = settings.annotation_blocklist.iter().map(|k| k.to_lowercase()).collect();
-        Converter { settings, blocklist }
+        let blocklist = settings
+            .annotation_blocklist
+            .iter()
+            .map(|k| k.to_lowercase())
+            .collect();
+        Converter {
+            settings,
+            blocklist,
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -274,7 +292,9 @@ impl Converter {
         let header = match check_sequence(seq) {
             Ok(h) => h,
             Err(p) => {
-                metrics::INPUT_ERRORS.with_label_values(&[p.reason.as_str()]).inc();
+                metrics::INPUT_ERRORS
+                    .with_label_values(&[p.reason.as_str()])
+                    .inc();
                 out.problems.push(p);
                 return out;
             }
@@ -283,19 +303,30 @@ impl Converter {
             let kind = event_kind(event);
             *out.events_by_kind.entry(kind).or_insert(0) += 1;
             metrics::EVENTS.with_label_values(&[kind]).inc();
-            let mut o = Out { set: &mut out.instructions, problems: &mut out.problems, index };
+            let mut o = Out {
+                set: &mut out.instructions,
+                problems: &mut out.problems,
+                index,
+            };
             let created = match (&event.created, fallback_created) {
                 (Some(c), _) => c,
                 (None, Some(f)) => f,
                 (None, None) => {
-                    o.problem(Reason::MissingCreated, format!("{kind} event has no created time"), true);
+                    o.problem(
+                        Reason::MissingCreated,
+                        format!("{kind} event has no created time"),
+                        true,
+                    );
                     continue;
                 }
             };
             let Some(time) = to_time(created) else {
                 o.problem(
                     Reason::InvalidCreated,
-                    format!("{kind} event has an out-of-range created time {}s {}ns", created.seconds, created.nanos),
+                    format!(
+                        "{kind} event has an out-of-range created time {}s {}ns",
+                        created.seconds, created.nanos
+                    ),
                     true,
                 );
                 continue;
@@ -303,7 +334,9 @@ impl Converter {
             self.convert_event(&header, time, event, &mut o);
         }
         for p in &out.problems {
-            metrics::INPUT_ERRORS.with_label_values(&[p.reason.as_str()]).inc();
+            metrics::INPUT_ERRORS
+                .with_label_values(&[p.reason.as_str()])
+                .inc();
         }
         out
     }
@@ -320,7 +353,9 @@ impl Converter {
         match kind {
             Kind::SubmitJob(e) => self.submit_job(h, t, e, o),
             Kind::ReprioritisedJob(e) => {
-                let Some(job_id) = job_id(&e.job_id, o) else { return };
+                let Some(job_id) = job_id(&e.job_id, o) else {
+                    return;
+                };
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id,
                     priority: Some(i64::from(e.priority)),
@@ -328,7 +363,9 @@ impl Converter {
                 });
             }
             Kind::CancelledJob(e) => {
-                let Some(job_id) = job_id(&e.job_id, o) else { return };
+                let Some(job_id) = job_id(&e.job_id, o) else {
+                    return;
+                };
                 let reason = text(&e.reason, limits::CANCEL_REASON);
                 let user = text(&e.cancel_user, limits::CANCEL_USER);
                 o.set.jobs_to_update.push(UpdateJob {
@@ -344,7 +381,9 @@ impl Converter {
             Kind::JobRequeued(e) => job_transition(&e.job_id, job_state::QUEUED, None, t, o),
             Kind::JobErrors(e) => self.job_errors(t, e, o),
             Kind::JobRunLeased(e) => {
-                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else {
+                    return;
+                };
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id: job_id.clone(),
                     state: Some(job_state::LEASED),
@@ -364,7 +403,9 @@ impl Converter {
                 });
             }
             Kind::JobRunAssigned(e) => {
-                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else {
+                    return;
+                };
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id,
                     state: Some(job_state::PENDING),
@@ -379,7 +420,9 @@ impl Converter {
                 });
             }
             Kind::JobRunRunning(e) => {
-                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else { return };
+                let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else {
+                    return;
+                };
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id,
                     state: Some(job_state::RUNNING),
@@ -395,7 +438,9 @@ impl Converter {
                 });
             }
             Kind::JobRunSucceeded(e) => {
-                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                let Some(run_id) = run_id(&e.run_id, o) else {
+                    return;
+                };
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
                     finished: Some(t.ts),
@@ -405,7 +450,9 @@ impl Converter {
                 });
             }
             Kind::JobRunCancelled(e) => {
-                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                let Some(run_id) = run_id(&e.run_id, o) else {
+                    return;
+                };
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
                     finished: Some(t.ts),
@@ -415,7 +462,9 @@ impl Converter {
             }
             Kind::JobRunErrors(e) => self.job_run_errors(t, e, o),
             Kind::JobRunPreempted(e) => {
-                let Some(run_id) = run_id(&e.preempted_run_id, o) else { return };
+                let Some(run_id) = run_id(&e.preempted_run_id, o) else {
+                    return;
+                };
                 let error = self.compress(&e.reason, o);
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
@@ -426,7 +475,9 @@ impl Converter {
                 });
             }
             Kind::StandaloneIngressInfo(e) => {
-                let Some(run_id) = run_id(&e.run_id, o) else { return };
+                let Some(run_id) = run_id(&e.run_id, o) else {
+                    return;
+                };
                 let addresses: BTreeMap<i32, String> = e
                     .ingress_addresses
                     .iter()
@@ -453,7 +504,9 @@ impl Converter {
     }
 
     fn submit_job(&self, h: &Header, t: Time, e: &ev::SubmitJob, o: &mut Out) {
-        let Some(job_id) = job_id(&e.job_id, o) else { return };
+        let Some(job_id) = job_id(&e.job_id, o) else {
+            return;
+        };
         let ctx = jobspec::SubmitContext {
             owner: &h.owner,
             queue: &h.queue,
@@ -464,14 +517,23 @@ impl Converter {
         for p in &built.problems {
             o.problem(Reason::JobSpec, format!("job {job_id}: {p}"), false);
         }
-        let job_spec = match compress::zlib(&built.encoded, self.settings.min_job_spec_compression_size) {
-            Ok(b) => b,
-            Err(err) => {
-                o.problem(Reason::Compression, format!("job {job_id}: cannot compress job spec: {err}"), true);
-                return;
-            }
-        };
-        let meta_annotations = e.object_meta.as_ref().map(|m| m.annotations.as_slice()).unwrap_or(&[]);
+        let job_spec =
+            match compress::zlib(&built.encoded, self.settings.min_job_spec_compression_size) {
+                Ok(b) => b,
+                Err(err) => {
+                    o.problem(
+                        Reason::Compression,
+                        format!("job {job_id}: cannot compress job spec: {err}"),
+                        true,
+                    );
+                    return;
+                }
+            };
+        let meta_annotations = e
+            .object_meta
+            .as_ref()
+            .map(|m| m.annotations.as_slice())
+            .unwrap_or(&[]);
         let (annotations, external_job_uri) = self.user_annotations(meta_annotations);
         let priority_class = built
             .facts
@@ -528,14 +590,23 @@ impl Converter {
 
     fn job_errors(&self, t: Time, e: &ev::JobErrors, o: &mut Out) {
         // The first terminal error decides; non-terminal ones change nothing.
-        let Some(first) = e.errors.iter().find(|err| err.terminal) else { return };
-        let Some(job_id) = job_id(&e.job_id, o) else { return };
+        let Some(first) = e.errors.iter().find(|err| err.terminal) else {
+            return;
+        };
+        let Some(job_id) = job_id(&e.job_id, o) else {
+            return;
+        };
         use ev::error::Reason as R;
         let state = match &first.reason {
             Some(R::JobRunPreemptedError(_)) => job_state::PREEMPTED,
             Some(R::JobRejected(r)) => {
-                let Some(error) = self.compress(&r.message, o) else { return };
-                o.set.job_errors_to_create.push(CreateJobError { job_id: job_id.clone(), error });
+                let Some(error) = self.compress(&r.message, o) else {
+                    return;
+                };
+                o.set.job_errors_to_create.push(CreateJobError {
+                    job_id: job_id.clone(),
+                    error,
+                });
                 job_state::REJECTED
             }
             _ => job_state::FAILED,
@@ -554,7 +625,9 @@ impl Converter {
         else {
             return;
         };
-        let Some(run_id) = run_id(&e.run_id, o) else { return };
+        let Some(run_id) = run_id(&e.run_id, o) else {
+            return;
+        };
         let mut update = UpdateJobRun {
             run_id,
             finished: first.terminal.then_some(t.ts),
@@ -566,7 +639,11 @@ impl Converter {
                 update.job_run_state = Some(run_state::FAILED);
                 update.error = self.compress(&p.message, o);
                 update.debug = self.compress(&p.debug_message, o);
-                let exit = p.container_errors.iter().map(|c| c.exit_code).find(|&c| c != 0);
+                let exit = p
+                    .container_errors
+                    .iter()
+                    .map(|c| c.exit_code)
+                    .find(|&c| c != 0);
                 update.exit_code = Some(exit.unwrap_or(0));
             }
             Some(R::PodLeaseReturned(p)) => {
@@ -600,7 +677,11 @@ impl Converter {
         match compress::zlib(b, self.settings.min_job_spec_compression_size) {
             Ok(v) => Some(v),
             Err(err) => {
-                o.problem(Reason::Compression, format!("cannot compress error text: {err}"), false);
+                o.problem(
+                    Reason::Compression,
+                    format!("cannot compress error text: {err}"),
+                    false,
+                );
                 None
             }
         }
@@ -621,11 +702,18 @@ pub fn failure_info_json(fi: &ev::FailureInfo) -> Option<Value> {
         );
     }
     if !fi.categories.is_empty() {
-        let cats: Vec<Value> = fi.categories.iter().map(|c| Value::from(free_text(c))).collect();
+        let cats: Vec<Value> = fi
+            .categories
+            .iter()
+            .map(|c| Value::from(free_text(c)))
+            .collect();
         m.insert("categories".into(), Value::Array(cats));
     }
     if !fi.container_name.is_empty() {
-        m.insert("containerName".into(), Value::from(free_text(&fi.container_name)));
+        m.insert(
+            "containerName".into(),
+            Value::from(free_text(&fi.container_name)),
+        );
     }
     (!m.is_empty()).then_some(Value::Object(m))
 }
@@ -640,7 +728,10 @@ pub fn check_sequence(seq: &ev::EventSequence) -> Result<Header, Problem> {
     let fail = |reason: Reason, what: &str| Problem {
         event_index: None,
         reason,
-        detail: format!("sequence of {} event(s) has an empty {what}", seq.events.len()),
+        detail: format!(
+            "sequence of {} event(s) has an empty {what}",
+            seq.events.len()
+        ),
         skipped: true,
     };
     if queue.is_empty() {
@@ -649,7 +740,11 @@ pub fn check_sequence(seq: &ev::EventSequence) -> Result<Header, Problem> {
     if jobset.is_empty() {
         return Err(fail(Reason::EmptyJobSet, "job set name"));
     }
-    Ok(Header { queue, jobset, owner })
+    Ok(Header {
+        queue,
+        jobset,
+        owner,
+    })
 }
 
 fn transition(t: Time) -> UpdateJob {
@@ -661,7 +756,9 @@ fn transition(t: Time) -> UpdateJob {
 }
 
 fn job_transition(raw_id: &[u8], state: i16, latest_run: Option<String>, t: Time, o: &mut Out) {
-    let Some(job_id) = job_id(raw_id, o) else { return };
+    let Some(job_id) = job_id(raw_id, o) else {
+        return;
+    };
     job_transition_id(job_id, state, latest_run, t, o);
 }
 

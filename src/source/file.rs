@@ -43,12 +43,16 @@ pub struct RecordReader<R: Read> {
 
 impl<R: Read> RecordReader<R> {
     pub fn new(inner: R) -> Self {
-        RecordReader { inner: BufReader::with_capacity(256 * 1024, inner) }
+        RecordReader {
+            inner: BufReader::with_capacity(256 * 1024, inner),
+        }
     }
 
     /// The next record, `Ok(None)` at a clean end of stream.
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
-        let Some(len) = self.read_varint()? else { return Ok(None) };
+        let Some(len) = self.read_varint()? else {
+            return Ok(None);
+        };
         if len > MAX_RECORD_BYTES {
             return Err(ReadError::TooLong(len));
         }
@@ -98,11 +102,21 @@ impl<R: Read> Read for Counting<R> {
 
 /// Opens a recorded file, plain or gzip. `progress` receives the number of
 /// file bytes read (compressed bytes for gzip).
-pub fn open(path: &Path, progress: Arc<AtomicU64>) -> io::Result<RecordReader<Box<dyn Read + Send>>> {
+pub fn open(
+    path: &Path,
+    progress: Arc<AtomicU64>,
+) -> io::Result<RecordReader<Box<dyn Read + Send>>> {
     let mut file = BufReader::new(File::open(path)?);
     let gz = file.fill_buf()?.starts_with(&GZIP_MAGIC);
-    let counted = Counting { inner: file, count: progress };
-    let inner: Box<dyn Read + Send> = if gz { Box::new(MultiGzDecoder::new(counted)) } else { Box::new(counted) };
+    let counted = Counting {
+        inner: file,
+        count: progress,
+    };
+    let inner: Box<dyn Read + Send> = if gz {
+        Box::new(MultiGzDecoder::new(counted))
+    } else {
+        Box::new(counted)
+    };
     Ok(RecordReader::new(inner))
 }
 
@@ -135,8 +149,11 @@ impl RecordWriter {
     /// Creates `path`; gzip when `gzip` is set.
     pub fn create(path: &Path, gzip: bool) -> io::Result<RecordWriter> {
         let file = BufWriter::new(File::create(path)?);
-        let inner: Box<dyn WriteFinish> =
-            if gzip { Box::new(GzEncoder::new(file, Compression::default())) } else { Box::new(file) };
+        let inner: Box<dyn WriteFinish> = if gzip {
+            Box::new(GzEncoder::new(file, Compression::default()))
+        } else {
+            Box::new(file)
+        };
         Ok(RecordWriter { inner, records: 0 })
     }
 
@@ -222,7 +239,9 @@ mod tests {
         b.extend([1, 2, 3]);
         let (recs, err) = read_all(&b);
         assert_eq!(recs, vec![vec![9, 9]]);
-        assert!(err.expect("error").contains("10 bytes announced, 3 present"));
+        assert!(err
+            .expect("error")
+            .contains("10 bytes announced, 3 present"));
     }
 
     #[test]
