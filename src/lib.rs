@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod http;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
