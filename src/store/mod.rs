@@ -1,1 +1,444 @@
-//! (in progress)
+//! The Postgres writer: applies one [`InstructionSet`] to the Lookout tables.
+//!
+//! Order as upstream: job and job-spec creations; then job updates, run
+//! creations and job errors; then run updates (which must see runs created in
+//! the same batch). Updates are first conflated per job/run
+//! ([`conflate`]), then everything is written set-based ([`copy`]).
+//!
+//! Failure handling, from the fast path down:
+//! 1. the whole batch in ONE transaction on one connection; retryable errors
+//!    ([`retry`]) retry the whole batch with capped exponential backoff;
+//! 2. a non-retryable error redoes the batch step by step, each step in its
+//!    own transaction (retryable errors retried per step);
+//! 3. a step that fails non-retryably again goes row by row, one statement
+//!    per row; a row that fails non-retryably is reported in
+//!    [`WriteReport::failed`] (and counted and logged), the others are written.
+//!
+//! Nothing is dropped silently: every row is either written, reported as
+//! failed, or the call returns [`StoreError`] and the caller must not
+//! acknowledge the batch.
+
+pub mod conflate;
+pub mod copy;
+pub mod retry;
+
+use crate::metrics;
+use crate::model::InstructionSet;
+use anyhow::Context;
+use copy::{Applied, Batch, OpError, Step, STEPS};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use regex::Regex;
+use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+/// Retry behaviour of the store.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Longest wait between retries; waits start at 1s (or this, if smaller) and double.
+    pub max_backoff: Duration,
+    /// Retries after the first attempt; `None` retries forever (upstream's default),
+    /// so a database outage stalls ingestion instead of losing data.
+    pub max_retries: Option<u32>,
+    /// Errors whose text matches any of these are never retried
+    /// (upstream's `fatalInsertionErrors`); matched against
+    /// `ERROR: message (SQLSTATE xxxxx)` as pgx formats it.
+    pub fatal_errors: Vec<Regex>,
+}
+
+impl Default for StoreSettings {
+    /// Upstream's defaults: `maxBackoff: 60`, retry forever, no fatal patterns.
+    fn default() -> Self {
+        StoreSettings {
+            max_backoff: Duration::from_secs(60),
+            max_retries: None,
+            fatal_errors: Vec::new(),
+        }
+    }
+}
+
+/// Instructions attempted and rows actually changed, for one table/operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Instructions sent (after conflation and de-duplication).
+    pub attempted: u64,
+    /// Rows inserted or updated (an insert of an existing key or an update of
+    /// a missing or terminal row changes nothing).
+    pub affected: u64,
+}
+
+/// A row instruction that could not be written even on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    /// `job`, `job_spec`, `job_run` or `job_error`.
+    pub table: &'static str,
+    /// `insert` or `update`.
+    pub operation: &'static str,
+    /// The row's primary key (job id or run id).
+    pub key: String,
+    /// The database's message, with SQLSTATE.
+    pub error: String,
+}
+
+/// What [`Store::write`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub job_inserted: TableCounts,
+    pub job_spec_inserted: TableCounts,
+    pub job_updated: TableCounts,
+    pub job_run_inserted: TableCounts,
+    pub job_error_inserted: TableCounts,
+    pub job_run_updated: TableCounts,
+    /// Job updates not applied because the job was already terminal.
+    pub filtered_terminal: u64,
+    /// Rows that failed even row by row.
+    pub failed: Vec<FailedRow>,
+    /// Retries after retryable errors, over all levels.
+    pub retries: u32,
+    /// True when the single-transaction write failed and the batch was
+    /// applied step by step instead (then not atomically).
+    pub fell_back: bool,
+}
+
+impl WriteReport {
+    fn counts_mut(&mut self, step: Step) -> &mut TableCounts {
+        match step {
+            Step::JobInsert => &mut self.job_inserted,
+            Step::JobSpecInsert => &mut self.job_spec_inserted,
+            Step::JobUpdate => &mut self.job_updated,
+            Step::RunInsert => &mut self.job_run_inserted,
+            Step::JobErrorInsert => &mut self.job_error_inserted,
+            Step::RunUpdate => &mut self.job_run_updated,
+        }
+    }
+
+    /// Adds the outcome of (part of) a committed step and counts it in the metrics.
+    fn record(&mut self, step: Step, attempted: u64, applied: Applied) {
+        let c = self.counts_mut(step);
+        c.attempted += attempted;
+        c.affected += applied.affected;
+        self.filtered_terminal += applied.filtered;
+        metrics::ROWS
+            .with_label_values(&[step.table(), step.operation()])
+            .inc_by(attempted);
+        metrics::TERMINAL_FILTERED.inc_by(applied.filtered);
+    }
+}
+
+/// Why a write was abandoned. The batch may be partly applied (only after a
+/// fallback, see [`WriteReport::fell_back`]); it must not be acknowledged, and
+/// writing it again is safe: inserts ignore existing keys and updates are
+/// idempotent.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database write failed after {attempts} attempts: {last}")]
+    RetriesExhausted { attempts: u32, last: String },
+    #[error("shutdown requested while retrying: {last}")]
+    Shutdown { last: String },
+    #[error("connection pool unusable: {0}")]
+    Pool(String),
+}
+
+/// Any failure of one attempt.
+#[derive(Debug)]
+enum DbFailure {
+    Pool(PoolError),
+    Op(OpError),
+}
+
+impl From<OpError> for DbFailure {
+    fn from(e: OpError) -> Self {
+        DbFailure::Op(e)
+    }
+}
+
+impl RetryableError for DbFailure {
+    fn class(&self, fatal: &[Regex]) -> ErrorClass {
+        match self {
+            DbFailure::Pool(e) => retry::classify_pool(e, fatal),
+            DbFailure::Op(e) => e.class(fatal),
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            DbFailure::Pool(e) => retry::describe_pool(e),
+            DbFailure::Op(e) => e.text(),
+        }
+    }
+    fn operation(&self) -> &'static str {
+        match self {
+            DbFailure::Pool(_) => "connect",
+            DbFailure::Op(e) => e.op,
+        }
+    }
+}
+
+fn op(op: &'static str) -> impl Fn(tokio_postgres::Error) -> DbFailure {
+    move |err| DbFailure::Op(OpError { op, err })
+}
+
+/// Outcome of one retried unit of work, after the retry loop.
+enum Outcome<T> {
+    Done(T),
+    /// Not retryable: the caller falls back (or reports the row).
+    Fatal(String),
+}
+
+/// Writes instruction sets to the Lookout database.
+pub struct Store {
+    pool: Pool,
+    settings: StoreSettings,
+    policy: RetryPolicy,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Store {
+    pub fn new(pool: Pool, settings: StoreSettings) -> Store {
+        let policy = RetryPolicy {
+            max_backoff: settings.max_backoff,
+            max_retries: settings.max_retries,
+        };
+        Store {
+            pool,
+            settings,
+            policy,
+            shutdown: None,
+        }
+    }
+
+    /// Stops retrying (returning [`StoreError::Shutdown`]) once `shutdown`
+    /// turns true, so a stalled database does not block a graceful stop.
+    /// Attempts in flight are not interrupted.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Store {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Applies `set`. The fast path is a single transaction, so a crash or a
+    /// failed attempt leaves all or nothing of the batch: with at-least-once
+    /// delivery the unacknowledged batch is simply written again, and the
+    /// database never shows a batch half-applied (e.g. a run update without
+    /// the job update of the same event).
+    pub async fn write(&self, set: InstructionSet) -> Result<WriteReport, StoreError> {
+        let started = Instant::now();
+        let mut report = WriteReport::default();
+        if set.is_empty() {
+            return Ok(report);
+        }
+        let batch = Batch {
+            jobs: conflate::dedup_job_creations(set.jobs_to_create),
+            job_updates: conflate::conflate_job_updates(set.jobs_to_update),
+            runs: conflate::dedup_run_creations(set.runs_to_create),
+            run_updates: conflate::conflate_run_updates(set.runs_to_update),
+            job_errors: conflate::dedup_job_errors(set.job_errors_to_create),
+        };
+
+        match self
+            .retrying("batch", &mut report, || {
+                self.write_in_one_transaction(&batch)
+            })
+            .await?
+        {
+            Outcome::Done(applied) => {
+                for (step, a) in STEPS.iter().zip(applied) {
+                    report.record(*step, batch.len(*step) as u64, a);
+                }
+            }
+            Outcome::Fatal(error) => {
+                tracing::warn!(%error, "batch write failed; applying it step by step");
+                report.fell_back = true;
+                self.write_step_by_step(&batch, &mut report).await?;
+            }
+        }
+
+        metrics::BATCHES.inc();
+        metrics::BATCH_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            jobs_created = report.job_inserted.attempted,
+            jobs_updated = report.job_updated.attempted,
+            runs_created = report.job_run_inserted.attempted,
+            runs_updated = report.job_run_updated.attempted,
+            job_errors = report.job_error_inserted.attempted,
+            filtered_terminal = report.filtered_terminal,
+            failed = report.failed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
+        Ok(report)
+    }
+
+    /// Runs `op` under the retry policy; non-retryable errors come back as
+    /// [`Outcome::Fatal`], except an unusable pool, which aborts the write
+    /// (failing rows because the pool is closed would lose them).
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        report: &mut WriteReport,
+        op: F,
+    ) -> Result<Outcome<T>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbFailure>>,
+    {
+        let result = retry::retry(
+            &self.policy,
+            &self.settings.fatal_errors,
+            self.shutdown.as_ref(),
+            what,
+            op,
+        )
+        .await;
+        match result {
+            Ok((v, retries)) => {
+                report.retries = report.retries.saturating_add(retries);
+                Ok(Outcome::Done(v))
+            }
+            Err(RetryError::Fatal(DbFailure::Pool(e))) => {
+                Err(StoreError::Pool(retry::describe_pool(&e)))
+            }
+            Err(RetryError::Fatal(e)) => Ok(Outcome::Fatal(e.text())),
+            Err(RetryError::Exhausted { attempts, last }) => Err(StoreError::RetriesExhausted {
+                attempts,
+                last: last.text(),
+            }),
+            Err(RetryError::Shutdown { last }) => Err(StoreError::Shutdown { last: last.text() }),
+        }
+    }
+
+    /// Every step in one transaction on one connection.
+    async fn write_in_one_transaction(&self, batch: &Batch) -> Result<[Applied; 6], DbFailure> {
+        let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
+        let tx = conn.transaction().await.map_err(op("begin"))?;
+        let mut applied = [Applied::default(); 6];
+        for (slot, step) in applied.iter_mut().zip(STEPS) {
+            *slot = copy::run_batch(&tx, batch, step).await?;
+        }
+        tx.commit().await.map_err(op("commit"))?;
+        Ok(applied)
+    }
+
+    /// One step in its own transaction.
+    async fn write_step(&self, batch: &Batch, step: Step) -> Result<Applied, DbFailure> {
+        let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
+        let tx = conn.transaction().await.map_err(op("begin"))?;
+        let applied = copy::run_batch(&tx, batch, step).await?;
+        tx.commit().await.map_err(op("commit"))?;
+        Ok(applied)
+    }
+
+    /// One row as one auto-committed statement.
+    async fn write_row(&self, batch: &Batch, step: Step, i: usize) -> Result<Applied, DbFailure> {
+        let conn = self.pool.get().await.map_err(DbFailure::Pool)?;
+        Ok(copy::run_row(&conn, batch, step, i).await?)
+    }
+
+    async fn write_step_by_step(
+        &self,
+        batch: &Batch,
+        report: &mut WriteReport,
+    ) -> Result<(), StoreError> {
+        for step in STEPS {
+            let n = batch.len(step);
+            if n == 0 {
+                continue;
+            }
+            let what = step_name(step);
+            match self
+                .retrying(what, report, || self.write_step(batch, step))
+                .await?
+            {
+                Outcome::Done(applied) => report.record(step, n as u64, applied),
+                Outcome::Fatal(error) => {
+                    tracing::warn!(step = what, rows = n, %error, "step failed; writing its rows one by one");
+                    metrics::FALLBACKS.with_label_values(&[step.table()]).inc();
+                    self.write_rows(batch, step, report).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_rows(
+        &self,
+        batch: &Batch,
+        step: Step,
+        report: &mut WriteReport,
+    ) -> Result<(), StoreError> {
+        let what = step_name(step);
+        for i in 0..batch.len(step) {
+            match self
+                .retrying(what, report, || self.write_row(batch, step, i))
+                .await?
+            {
+                Outcome::Done(applied) => report.record(step, 1, applied),
+                Outcome::Fatal(error) => {
+                    let key = batch.key(step, i);
+                    tracing::warn!(
+                        table = step.table(),
+                        operation = step.operation(),
+                        %key,
+                        %error,
+                        "row could not be written"
+                    );
+                    metrics::ROWS_FAILED
+                        .with_label_values(&[step.table()])
+                        .inc();
+                    report.counts_mut(step).attempted += 1;
+                    report.failed.push(FailedRow {
+                        table: step.table(),
+                        operation: step.operation(),
+                        key,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::JobInsert => "job insert",
+        Step::JobSpecInsert => "job_spec insert",
+        Step::JobUpdate => "job update",
+        Step::RunInsert => "job_run insert",
+        Step::JobErrorInsert => "job_error insert",
+        Step::RunUpdate => "job_run update",
+    }
+}
+
+/// A connection pool for the store (no TLS, as upstream's default
+/// `sslmode: disable`). Connections are opened on first use, so a database
+/// that is still starting does not stop the process; the store retries.
+/// Creating or waiting for a connection times out after 30s (retryable),
+/// so a black-holed network cannot hang a write forever.
+pub async fn connect_pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let config: tokio_postgres::Config = database_url
+        .parse()
+        .context("invalid Postgres connection string")?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let timeout = Some(Duration::from_secs(30));
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(timeout)
+        .wait_timeout(timeout)
+        .build()
+        .context("cannot build Postgres connection pool")
+}

@@ -1,0 +1,1021 @@
+//! The store against a real Postgres: every test gets its own migrated database.
+
+mod common;
+
+use chrono::NaiveDateTime;
+use common::TestDb;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use lookout_ingester::model::{
+    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, InstructionSet, UpdateJob,
+    UpdateJobRun,
+};
+use lookout_ingester::store::retry::{classify, ErrorClass};
+use lookout_ingester::store::{connect_pool, Store, StoreError, StoreSettings, WriteReport};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+fn ts(secs: i64) -> NaiveDateTime {
+    chrono::DateTime::from_timestamp(1_700_000_000 + secs, 123_456_000)
+        .unwrap()
+        .naive_utc()
+}
+
+fn fast() -> StoreSettings {
+    StoreSettings {
+        max_backoff: Duration::from_millis(10),
+        max_retries: Some(50),
+        fatal_errors: vec![],
+    }
+}
+
+/// A pool whose sessions run with extra server options (e.g. `-c lock_timeout=50ms`).
+fn pool_with_options(url: &str, options: &str) -> Pool {
+    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+    cfg.options(options);
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(2)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .unwrap()
+}
+
+async fn store(db: &TestDb, settings: StoreSettings) -> Store {
+    Store::new(connect_pool(&db.url, 2).await.unwrap(), settings)
+}
+
+fn job(id: &str) -> CreateJob {
+    let mut annotations = BTreeMap::new();
+    annotations.insert("team".to_string(), "blue".to_string());
+    annotations.insert("a/b".to_string(), "c \"quoted\"".to_string());
+    CreateJob {
+        job_id: id.to_string(),
+        queue: "queue-a".to_string(),
+        owner: "alice".to_string(),
+        namespace: "ns".to_string(),
+        jobset: "set-1".to_string(),
+        cpu: 1500,
+        memory: 2 << 30,
+        ephemeral_storage: 10 << 30,
+        gpu: 2,
+        priority: 7,
+        submitted: ts(0),
+        state: job_state::QUEUED,
+        last_transition_time: ts(1),
+        last_transition_time_seconds: 1_700_000_001,
+        job_spec: vec![0x78, 0x9c, 0, 1, 2, 255],
+        priority_class: Some("armada-default".to_string()),
+        annotations,
+        external_job_uri: "https://example.com/job".to_string(),
+    }
+}
+
+fn job_in(id: &str, state: i16) -> CreateJob {
+    CreateJob { state, ..job(id) }
+}
+
+fn run(run_id: &str, job_id: &str) -> CreateJobRun {
+    CreateJobRun {
+        run_id: run_id.to_string(),
+        job_id: job_id.to_string(),
+        cluster: "cluster-1".to_string(),
+        node: Some("node-1".to_string()),
+        pool: "default".to_string(),
+        leased: Some(ts(2)),
+        pending: None,
+        job_run_state: run_state::LEASED,
+    }
+}
+
+fn upd(id: &str) -> UpdateJob {
+    UpdateJob {
+        job_id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+fn run_upd(id: &str) -> UpdateJobRun {
+    UpdateJobRun {
+        run_id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn write(store: &Store, set: InstructionSet) -> WriteReport {
+    store.write(set).await.unwrap()
+}
+
+/// Every table as ordered JSON text, for equality checks.
+async fn dump(c: &Client) -> Vec<String> {
+    let mut out = vec![];
+    for (table, key) in [
+        ("job", "job_id"),
+        ("job_spec", "job_id"),
+        ("job_run", "run_id"),
+        ("job_error", "job_id"),
+    ] {
+        for row in c
+            .query(
+                &format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"),
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            out.push(format!("{table}: {}", row.get::<_, String>(0)));
+        }
+    }
+    out
+}
+
+async fn job_state_of(c: &Client, id: &str) -> i16 {
+    c.query_one("SELECT state FROM job WHERE job_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn creations_land_with_exact_values() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+
+    let j = job("job-1");
+    let bare = CreateJob {
+        priority_class: None,
+        annotations: BTreeMap::new(),
+        ..job("job-2")
+    };
+    let r = run("run-1", "job-1");
+    let e = CreateJobError {
+        job_id: "job-2".into(),
+        error: vec![1, 2, 3, 0, 4],
+    };
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_create: vec![j.clone(), bare.clone()],
+            runs_to_create: vec![r.clone()],
+            job_errors_to_create: vec![e.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(report.job_inserted.attempted, 2);
+    assert_eq!(report.job_inserted.affected, 2);
+    assert_eq!(report.job_spec_inserted.affected, 2);
+    assert_eq!(report.job_run_inserted.affected, 1);
+    assert_eq!(report.job_error_inserted.affected, 1);
+    assert!(report.failed.is_empty());
+    assert!(!report.fell_back);
+
+    let row = c
+        .query_one("SELECT * FROM job WHERE job_id = 'job-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>("job_id"), j.job_id);
+    assert_eq!(row.get::<_, String>("queue"), j.queue);
+    assert_eq!(row.get::<_, String>("owner"), j.owner);
+    assert_eq!(row.get::<_, String>("namespace"), j.namespace);
+    assert_eq!(row.get::<_, String>("jobset"), j.jobset);
+    assert_eq!(row.get::<_, i64>("cpu"), j.cpu);
+    assert_eq!(row.get::<_, i64>("memory"), j.memory);
+    assert_eq!(row.get::<_, i64>("ephemeral_storage"), j.ephemeral_storage);
+    assert_eq!(row.get::<_, i64>("gpu"), j.gpu);
+    assert_eq!(row.get::<_, i64>("priority"), j.priority);
+    assert_eq!(row.get::<_, NaiveDateTime>("submitted"), j.submitted);
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("cancelled"), None);
+    assert_eq!(row.get::<_, i16>("state"), j.state);
+    assert_eq!(
+        row.get::<_, NaiveDateTime>("last_transition_time"),
+        j.last_transition_time
+    );
+    assert_eq!(
+        row.get::<_, i64>("last_transition_time_seconds"),
+        j.last_transition_time_seconds
+    );
+    assert_eq!(row.get::<_, Option<Vec<u8>>>("job_spec"), None);
+    assert!(!row.get::<_, bool>("duplicate"));
+    assert_eq!(
+        row.get::<_, Option<String>>("priority_class"),
+        j.priority_class
+    );
+    assert_eq!(row.get::<_, Option<String>>("latest_run_id"), None);
+    assert_eq!(row.get::<_, Option<String>>("cancel_reason"), None);
+    assert_eq!(row.get::<_, Option<String>>("cancel_user"), None);
+    assert_eq!(
+        row.get::<_, serde_json::Value>("annotations"),
+        json!({"team": "blue", "a/b": "c \"quoted\""})
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>("external_job_uri").as_deref(),
+        Some(j.external_job_uri.as_str())
+    );
+    assert_eq!(row.len(), 23, "a column was added: check it here");
+
+    let row = c
+        .query_one("SELECT * FROM job WHERE job_id = 'job-2'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>("priority_class"), None);
+    assert_eq!(row.get::<_, serde_json::Value>("annotations"), json!({}));
+
+    for id in ["job-1", "job-2"] {
+        let spec: Vec<u8> = c
+            .query_one("SELECT job_spec FROM job_spec WHERE job_id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(spec, j.job_spec);
+    }
+
+    let row = c
+        .query_one("SELECT * FROM job_run WHERE run_id = 'run-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>("run_id"), r.run_id);
+    assert_eq!(row.get::<_, String>("job_id"), r.job_id);
+    assert_eq!(row.get::<_, String>("cluster"), r.cluster);
+    assert_eq!(row.get::<_, Option<String>>("node"), r.node);
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("pending"), None);
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("started"), None);
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("finished"), None);
+    assert_eq!(row.get::<_, i16>("job_run_state"), r.job_run_state);
+    assert_eq!(row.get::<_, Option<Vec<u8>>>("error"), None);
+    assert_eq!(row.get::<_, Option<i32>>("exit_code"), None);
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("leased"), r.leased);
+    assert_eq!(row.get::<_, Option<Vec<u8>>>("debug"), None);
+    assert_eq!(row.get::<_, Option<String>>("pool"), Some(r.pool.clone()));
+    assert_eq!(
+        row.get::<_, Option<serde_json::Value>>("ingress_addresses"),
+        None
+    );
+    assert_eq!(
+        row.get::<_, Option<serde_json::Value>>("failure_info"),
+        None
+    );
+    assert_eq!(row.len(), 15, "a column was added: check it here");
+
+    let err: Vec<u8> = c
+        .query_one("SELECT error FROM job_error WHERE job_id = 'job-2'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(err, e.error);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn updates_keep_columns_they_lack() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_create: vec![job("job-1")],
+            runs_to_create: vec![run("run-1", "job-1")],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Only the state, then only the latest run id.
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_update: vec![UpdateJob {
+                state: Some(job_state::RUNNING),
+                ..upd("job-1")
+            }],
+            runs_to_update: vec![UpdateJobRun {
+                started: Some(ts(10)),
+                job_run_state: Some(run_state::RUNNING),
+                ..run_upd("run-1")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(report.job_updated.affected, 1);
+    assert_eq!(report.job_run_updated.affected, 1);
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_update: vec![UpdateJob {
+                latest_run_id: Some("run-1".into()),
+                ..upd("job-1")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let row = c
+        .query_one("SELECT * FROM job WHERE job_id = 'job-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i16>("state"), job_state::RUNNING);
+    assert_eq!(row.get::<_, i64>("priority"), 7);
+    assert_eq!(row.get::<_, NaiveDateTime>("last_transition_time"), ts(1));
+    assert_eq!(
+        row.get::<_, Option<String>>("latest_run_id").as_deref(),
+        Some("run-1")
+    );
+    assert!(!row.get::<_, bool>("duplicate"));
+
+    let row = c
+        .query_one("SELECT * FROM job_run WHERE run_id = 'run-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>("node").as_deref(),
+        Some("node-1")
+    );
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("leased"), Some(ts(2)));
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("started"), Some(ts(10)));
+    assert_eq!(row.get::<_, i16>("job_run_state"), run_state::RUNNING);
+
+    // Every run column at once, then an empty update that must change nothing.
+    let mut ingress = BTreeMap::new();
+    ingress.insert(8080, "10.0.0.1:8080".to_string());
+    ingress.insert(443, "10.0.0.2".to_string());
+    let full = UpdateJobRun {
+        node: Some("node-2".into()),
+        pending: Some(ts(3)),
+        started: Some(ts(11)),
+        finished: Some(ts(20)),
+        job_run_state: Some(run_state::FAILED),
+        error: Some(vec![9, 8, 7]),
+        debug: Some(vec![6, 5]),
+        exit_code: Some(137),
+        ingress_addresses: Some(ingress),
+        failure_info: Some(json!({"exitCode": 137, "terminationMessage": "oom"})),
+        ..run_upd("run-1")
+    };
+    write(
+        &s,
+        InstructionSet {
+            runs_to_update: vec![full],
+            jobs_to_update: vec![UpdateJob {
+                priority: Some(1),
+                duplicate: Some(true),
+                cancelled: Some(ts(30)),
+                last_transition_time: Some(ts(30)),
+                last_transition_time_seconds: Some(30),
+                ..upd("job-1")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = dump(&c).await;
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_update: vec![upd("job-1")],
+            runs_to_update: vec![run_upd("run-1")],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(dump(&c).await, before);
+
+    let row = c
+        .query_one("SELECT * FROM job_run WHERE run_id = 'run-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>("node").as_deref(),
+        Some("node-2")
+    );
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("pending"), Some(ts(3)));
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("started"), Some(ts(11)));
+    assert_eq!(
+        row.get::<_, Option<NaiveDateTime>>("finished"),
+        Some(ts(20))
+    );
+    assert_eq!(row.get::<_, i16>("job_run_state"), run_state::FAILED);
+    assert_eq!(row.get::<_, Option<Vec<u8>>>("error"), Some(vec![9, 8, 7]));
+    assert_eq!(row.get::<_, Option<Vec<u8>>>("debug"), Some(vec![6, 5]));
+    assert_eq!(row.get::<_, Option<i32>>("exit_code"), Some(137));
+    assert_eq!(
+        row.get::<_, Option<serde_json::Value>>("ingress_addresses"),
+        Some(json!({"443": "10.0.0.2", "8080": "10.0.0.1:8080"}))
+    );
+    assert_eq!(
+        row.get::<_, Option<serde_json::Value>>("failure_info"),
+        Some(json!({"exitCode": 137, "terminationMessage": "oom"}))
+    );
+    let row = c
+        .query_one("SELECT * FROM job WHERE job_id = 'job-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>("priority"), 1);
+    assert!(row.get::<_, bool>("duplicate"));
+    assert_eq!(
+        row.get::<_, Option<NaiveDateTime>>("cancelled"),
+        Some(ts(30))
+    );
+    assert_eq!(row.get::<_, NaiveDateTime>("last_transition_time"), ts(30));
+    assert_eq!(row.get::<_, i64>("last_transition_time_seconds"), 30);
+    assert_eq!(row.get::<_, i16>("state"), job_state::RUNNING);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn cancel_fields_survive_conflation() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_create: vec![job("job-1"), job("job-2")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let cancel = |id: &str| UpdateJob {
+        state: Some(job_state::CANCELLED),
+        cancelled: Some(ts(5)),
+        cancel_reason: Some("user asked".into()),
+        cancel_user: Some("bob".into()),
+        ..upd(id)
+    };
+    let other = |id: &str| UpdateJob {
+        priority: Some(3),
+        ..upd(id)
+    };
+    // Cancel after another update, and before one, in the same batch.
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_update: vec![
+                other("job-1"),
+                cancel("job-1"),
+                cancel("job-2"),
+                other("job-2"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(report.job_updated.attempted, 2);
+    for (id, priority) in [("job-1", 3i64), ("job-2", 7)] {
+        let row = c
+            .query_one("SELECT * FROM job WHERE job_id = $1", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i16>("state"), job_state::CANCELLED, "{id}");
+        assert_eq!(
+            row.get::<_, Option<String>>("cancel_reason").as_deref(),
+            Some("user asked")
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>("cancel_user").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            row.get::<_, Option<NaiveDateTime>>("cancelled"),
+            Some(ts(5))
+        );
+        // job-2's later priority update came after its terminal state: ignored.
+        assert_eq!(row.get::<_, i64>("priority"), priority, "{id}");
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn run_pending_survives_conflation_and_same_batch_creation() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    // Run created, then pending, then running, all in one batch with its job.
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_create: vec![job("job-1")],
+            runs_to_create: vec![run("run-1", "job-1")],
+            runs_to_update: vec![
+                UpdateJobRun {
+                    pending: Some(ts(4)),
+                    job_run_state: Some(run_state::PENDING),
+                    ..run_upd("run-1")
+                },
+                UpdateJobRun {
+                    started: Some(ts(5)),
+                    job_run_state: Some(run_state::RUNNING),
+                    node: Some("node-9".into()),
+                    ..run_upd("run-1")
+                },
+            ],
+            jobs_to_update: vec![UpdateJob {
+                state: Some(job_state::RUNNING),
+                latest_run_id: Some("run-1".into()),
+                ..upd("job-1")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let row = c
+        .query_one("SELECT * FROM job_run WHERE run_id = 'run-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("pending"), Some(ts(4)));
+    assert_eq!(row.get::<_, Option<NaiveDateTime>>("started"), Some(ts(5)));
+    assert_eq!(row.get::<_, i16>("job_run_state"), run_state::RUNNING);
+    assert_eq!(
+        row.get::<_, Option<String>>("node").as_deref(),
+        Some("node-9")
+    );
+    assert_eq!(job_state_of(&c, "job-1").await, job_state::RUNNING);
+    db.drop_db().await;
+}
+
+/// Jobs for the terminal-filter tests and the updates sent to them.
+fn terminal_fixture() -> (InstructionSet, Vec<UpdateJob>) {
+    let create = InstructionSet {
+        jobs_to_create: vec![
+            job_in("succ-run", job_state::SUCCEEDED),
+            job_in("succ-pre", job_state::SUCCEEDED),
+            job_in("canc-pre", job_state::CANCELLED),
+            job_in("pre-fail", job_state::PREEMPTED),
+            job_in("rej-pre", job_state::REJECTED),
+            job_in("queued", job_state::QUEUED),
+        ],
+        ..Default::default()
+    };
+    let to = |id: &str, state: i16| UpdateJob {
+        state: Some(state),
+        priority: Some(99),
+        ..upd(id)
+    };
+    let updates = vec![
+        to("succ-run", job_state::RUNNING),
+        to("succ-pre", job_state::PREEMPTED),
+        to("canc-pre", job_state::PREEMPTED),
+        to("pre-fail", job_state::FAILED),
+        to("rej-pre", job_state::PREEMPTED),
+        to("queued", job_state::RUNNING),
+        to("missing", job_state::RUNNING),
+    ];
+    (create, updates)
+}
+
+async fn check_terminal(c: &Client, report: &WriteReport) {
+    for (id, state, priority) in [
+        ("succ-run", job_state::SUCCEEDED, 7i64),
+        ("succ-pre", job_state::PREEMPTED, 99),
+        ("canc-pre", job_state::PREEMPTED, 99),
+        ("pre-fail", job_state::PREEMPTED, 7),
+        ("rej-pre", job_state::REJECTED, 7),
+        ("queued", job_state::RUNNING, 99),
+    ] {
+        let row = c
+            .query_one("SELECT state, priority FROM job WHERE job_id = $1", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i16>(0), state, "{id}");
+        assert_eq!(row.get::<_, i64>(1), priority, "{id}");
+    }
+    assert_eq!(report.filtered_terminal, 3);
+    assert_eq!(report.job_updated.affected, 3);
+}
+
+#[tokio::test]
+async fn terminal_jobs_ignore_updates_except_preemption() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    let (create, updates) = terminal_fixture();
+    write(&s, create).await;
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_update: updates,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!report.fell_back);
+    check_terminal(&c, &report).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn terminal_filter_also_applies_row_by_row() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    let (mut create, mut updates) = terminal_fixture();
+    create.jobs_to_create.push(job("bad-update"));
+    write(&s, create).await;
+    // cancel_reason is varchar(512): this row forces the row-by-row path.
+    updates.insert(
+        2,
+        UpdateJob {
+            cancel_reason: Some("x".repeat(600)),
+            ..upd("bad-update")
+        },
+    );
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_update: updates,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(report.fell_back);
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(report.failed[0].key, "bad-update");
+    assert_eq!(report.failed[0].table, "job");
+    assert_eq!(report.failed[0].operation, "update");
+    assert!(
+        report.failed[0].error.contains("22001"),
+        "{}",
+        report.failed[0].error
+    );
+    assert_eq!(report.job_updated.attempted, 8);
+    check_terminal(&c, &report).await;
+    db.drop_db().await;
+}
+
+fn rich_set() -> InstructionSet {
+    let mut ingress = BTreeMap::new();
+    ingress.insert(80, "1.2.3.4".to_string());
+    InstructionSet {
+        jobs_to_create: vec![
+            job("job-1"),
+            job("job-2"),
+            job_in("job-3", job_state::REJECTED),
+        ],
+        jobs_to_update: vec![
+            UpdateJob {
+                state: Some(job_state::LEASED),
+                latest_run_id: Some("run-1".into()),
+                ..upd("job-1")
+            },
+            UpdateJob {
+                state: Some(job_state::SUCCEEDED),
+                last_transition_time: Some(ts(9)),
+                last_transition_time_seconds: Some(9),
+                ..upd("job-1")
+            },
+            UpdateJob {
+                state: Some(job_state::CANCELLED),
+                cancel_reason: Some("r".into()),
+                cancel_user: Some("u".into()),
+                cancelled: Some(ts(8)),
+                ..upd("job-2")
+            },
+        ],
+        runs_to_create: vec![run("run-1", "job-1"), run("run-2", "job-2")],
+        runs_to_update: vec![
+            UpdateJobRun {
+                pending: Some(ts(3)),
+                ..run_upd("run-1")
+            },
+            UpdateJobRun {
+                finished: Some(ts(9)),
+                job_run_state: Some(run_state::SUCCEEDED),
+                exit_code: Some(0),
+                ingress_addresses: Some(ingress),
+                ..run_upd("run-1")
+            },
+        ],
+        job_errors_to_create: vec![CreateJobError {
+            job_id: "job-3".into(),
+            error: vec![42],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn same_set_twice_gives_identical_tables() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    let first = write(&s, rich_set()).await;
+    let after_first = dump(&c).await;
+    assert_eq!(after_first.len(), 3 + 3 + 2 + 1);
+    let second = write(&s, rich_set()).await;
+    assert_eq!(dump(&c).await, after_first);
+    assert_eq!(first.job_inserted.affected, 3);
+    assert_eq!(second.job_inserted.affected, 0);
+    assert_eq!(second.job_run_inserted.affected, 0);
+    assert_eq!(second.job_error_inserted.affected, 0);
+    // Second time round both jobs are terminal.
+    assert_eq!(second.filtered_terminal, 2);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn bad_rows_do_not_stop_the_others() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE job ADD CONSTRAINT test_no_bad_queue CHECK (queue <> 'bad-queue')",
+    )
+    .await
+    .unwrap();
+    let s = store(&db, fast()).await;
+    let long_job = "j".repeat(40); // job_id is varchar(32)
+    let long_run = "r".repeat(40); // run_id is varchar(36)
+    let set = InstructionSet {
+        jobs_to_create: vec![
+            job("good-1"),
+            job(&long_job),
+            CreateJob {
+                queue: "bad-queue".into(),
+                ..job("check-fail")
+            },
+            job("good-2"),
+        ],
+        jobs_to_update: vec![UpdateJob {
+            state: Some(job_state::RUNNING),
+            ..upd("good-2")
+        }],
+        runs_to_create: vec![run("run-1", "good-1"), run(&long_run, "good-1")],
+        runs_to_update: vec![UpdateJobRun {
+            started: Some(ts(6)),
+            ..run_upd("run-1")
+        }],
+        ..Default::default()
+    };
+    let report = write(&s, set).await;
+    assert!(report.fell_back);
+    let mut failed: Vec<(&str, &str, String)> = report
+        .failed
+        .iter()
+        .map(|f| (f.table, f.operation, f.key.clone()))
+        .collect();
+    failed.sort();
+    let mut want = vec![
+        ("job", "insert", long_job.clone()),
+        ("job", "insert", "check-fail".to_string()),
+        ("job_spec", "insert", long_job.clone()),
+        ("job_run", "insert", long_run.clone()),
+    ];
+    want.sort();
+    assert_eq!(failed, want);
+    for f in &report.failed {
+        if f.key == "check-fail" {
+            assert!(f.error.contains("SQLSTATE 23514"), "{}", f.error);
+            assert!(f.error.contains("test_no_bad_queue"), "{}", f.error);
+        } else {
+            assert!(f.error.contains("SQLSTATE 22001"), "{}", f.error);
+        }
+    }
+    assert_eq!(report.job_inserted.attempted, 4);
+    assert_eq!(report.job_inserted.affected, 2);
+
+    let jobs: Vec<String> = c
+        .query("SELECT job_id FROM job ORDER BY job_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(jobs, ["good-1", "good-2"]);
+    let specs: i64 = c
+        .query_one("SELECT count(*) FROM job_spec", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(specs, 3); // good-1, good-2, check-fail (its spec row is valid)
+    assert_eq!(job_state_of(&c, "good-2").await, job_state::RUNNING);
+    let started: Option<NaiveDateTime> = c
+        .query_one("SELECT started FROM job_run WHERE run_id = 'run-1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, Some(ts(6)));
+    db.drop_db().await;
+}
+
+/// Holds `LOCK TABLE job IN ACCESS EXCLUSIVE MODE` in another session until
+/// the returned sender fires (or is dropped).
+async fn lock_job_table(db: &TestDb) -> tokio::sync::oneshot::Sender<()> {
+    let c = db.client().await;
+    c.batch_execute("BEGIN; LOCK TABLE job IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = rx.await;
+        let _ = c.batch_execute("ROLLBACK").await;
+    });
+    tx
+}
+
+#[tokio::test]
+async fn lock_timeout_is_retried_until_the_lock_goes() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = Store::new(pool_with_options(&db.url, "-c lock_timeout=50ms"), fast());
+    let release = lock_job_table(&db).await;
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _ = release.send(());
+    });
+    let started = Instant::now();
+    let report = write(&s, rich_set()).await;
+    releaser.await.unwrap();
+    assert!(report.retries >= 1, "{report:?}");
+    assert!(!report.fell_back);
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(dump(&c).await.len(), 9);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn exhausted_retries_leave_nothing_behind() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = Store::new(
+        pool_with_options(&db.url, "-c lock_timeout=20ms"),
+        StoreSettings {
+            max_retries: Some(2),
+            ..fast()
+        },
+    );
+    let release = lock_job_table(&db).await;
+    let err = s.write(rich_set()).await.unwrap_err();
+    let _ = release.send(());
+    match &err {
+        StoreError::RetriesExhausted { attempts, last } => {
+            assert_eq!(*attempts, 3);
+            assert!(last.contains("55P03"), "{last}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The batch is one transaction: nothing of it is visible.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(dump(&c).await.is_empty());
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_retrying() {
+    let db = TestDb::migrated().await;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let s = Store::new(
+        pool_with_options(&db.url, "-c lock_timeout=20ms"),
+        StoreSettings {
+            max_retries: None,
+            ..fast()
+        },
+    )
+    .with_shutdown(stop_rx);
+    let release = lock_job_table(&db).await;
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = stop.send(true);
+        stop
+    });
+    let started = Instant::now();
+    let err = s.write(rich_set()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Shutdown { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _ = release.send(());
+    let _ = stopper.await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn terminated_backend_is_retried() {
+    let db = TestDb::migrated().await;
+    let admin = db.client().await;
+    let s = store(&db, fast()).await;
+    let release = lock_job_table(&db).await;
+    let writer = tokio::spawn(async move {
+        let report = s.write(rich_set()).await;
+        (s, report)
+    });
+    // Wait until the store's backend blocks on the lock, then kill it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%INSERT INTO job%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = rows.first() {
+            break r.get(0);
+        }
+        assert!(Instant::now() < deadline, "store never blocked on the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let _ = release.send(());
+    let (_s, report) = writer.await.unwrap();
+    let report = report.unwrap();
+    assert!(report.retries >= 1, "{report:?}");
+    assert!(!report.fell_back);
+    assert_eq!(dump(&admin).await.len(), 9);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn real_errors_are_classified() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let none: &[regex::Regex] = &[];
+    let e = c.query("SELECT 1/0", &[]).await.unwrap_err();
+    assert_eq!(classify(&e, none), ErrorClass::NotRetryable);
+    let e = c
+        .query("SELECT * FROM no_such_table", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&e, none), ErrorClass::NotRetryable);
+    // 55P03, made for real.
+    let release = lock_job_table(&db).await;
+    let e = c
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '10ms'; LOCK TABLE job; COMMIT")
+        .await
+        .unwrap_err();
+    let _ = c.batch_execute("ROLLBACK").await;
+    let _ = release.send(());
+    assert_eq!(e.code().map(|c| c.code()), Some("55P03"));
+    assert_eq!(classify(&e, none), ErrorClass::Retryable);
+    // A fatal regex wins, matched against pgx-style text.
+    let fatal = [regex::Regex::new(r"SQLSTATE 55P03").unwrap()];
+    assert_eq!(classify(&e, &fatal), ErrorClass::NotRetryable);
+    let fatal = [regex::Regex::new(r"lock").unwrap()];
+    assert_eq!(classify(&e, &fatal), ErrorClass::NotRetryable);
+
+    // Our own backend terminated: the error and the closed connection both retry.
+    let victim = db.client().await;
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let e = victim.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(classify(&e, none), ErrorClass::Retryable, "{e:?}");
+    let e = victim.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(classify(&e, none), ErrorClass::Retryable, "{e:?}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn bulk_batch_10k() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    let n = 10_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("{i:026}")).collect();
+    let set = InstructionSet {
+        jobs_to_create: ids.iter().map(|id| job(id)).collect(),
+        jobs_to_update: ids
+            .iter()
+            .map(|id| UpdateJob {
+                state: Some(job_state::PENDING),
+                last_transition_time: Some(ts(5)),
+                last_transition_time_seconds: Some(5),
+                ..upd(id)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let report = write(&s, set).await;
+    let elapsed = started.elapsed();
+    eprintln!("10k job creations + 10k job updates written in {elapsed:?}");
+    assert_eq!(report.job_inserted.affected, n as u64);
+    assert_eq!(report.job_updated.affected, n as u64);
+    let pending: i64 = c
+        .query_one(
+            "SELECT count(*) FROM job WHERE state = $1",
+            &[&job_state::PENDING],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, n as i64);
+    db.drop_db().await;
+}
