@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod model;
 pub mod pipeline;
 pub mod proto;
+pub mod replay;
 pub mod sample;
 pub mod source;
 pub mod store;

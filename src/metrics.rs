@@ -39,9 +39,8 @@ pub static MESSAGES_RECEIVED: Lazy<IntCounter> =
     Lazy::new(|| counter("messages_received_total", "Messages read from the source"));
 
 /// Events converted, by event kind.
-pub static EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec("events_total", "Events seen, by event kind", &["kind"])
-});
+pub static EVENTS: Lazy<IntCounterVec> =
+    Lazy::new(|| counter_vec("events_total", "Events seen, by event kind", &["kind"]));
 
 /// Inputs that could not be used whole, by reason (decode, empty_queue, missing_created, ...).
 pub static INPUT_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -63,27 +62,46 @@ pub static SANITISED: Lazy<IntCounterVec> = Lazy::new(|| {
 
 /// Rows written, by table and operation (insert, update).
 pub static ROWS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec("rows_total", "Row instructions applied, by table and operation", &["table", "operation"])
+    counter_vec(
+        "rows_total",
+        "Row instructions applied, by table and operation",
+        &["table", "operation"],
+    )
 });
 
 /// Row instructions that could not be written even row by row.
 pub static ROWS_FAILED: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec("rows_failed_total", "Row instructions that failed even row by row, by table", &["table"])
+    counter_vec(
+        "rows_failed_total",
+        "Row instructions that failed even row by row, by table",
+        &["table"],
+    )
 });
 
 /// Job updates dropped because the job is already terminal.
 pub static TERMINAL_FILTERED: Lazy<IntCounter> = Lazy::new(|| {
-    counter("job_updates_filtered_total", "Job updates dropped because the job was already terminal")
+    counter(
+        "job_updates_filtered_total",
+        "Job updates dropped because the job was already terminal",
+    )
 });
 
 /// Postgres errors, by class (retryable or not) and operation.
 pub static DB_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec("db_errors_total", "Postgres errors, by class and operation", &["class", "operation"])
+    counter_vec(
+        "db_errors_total",
+        "Postgres errors, by class and operation",
+        &["class", "operation"],
+    )
 });
 
 /// Batches fallen back to row-by-row writing.
 pub static FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec("row_fallbacks_total", "Batches that fell back to row-by-row writes, by table", &["table"])
+    counter_vec(
+        "row_fallbacks_total",
+        "Batches that fell back to row-by-row writes, by table",
+        &["table"],
+    )
 });
 
 /// Batches committed.
@@ -94,7 +112,9 @@ pub static BATCH_WRITE_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     let h = Histogram::with_opts(
         HistogramOpts::new("batch_write_seconds", "Time to write one batch to Postgres")
             .namespace("lookout_ingester")
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
     )
     .unwrap_or_else(|e| panic!("metric batch_write_seconds is malformed: {e}"));
     let _ = REGISTRY.register(Box::new(h.clone()));
@@ -102,8 +122,12 @@ pub static BATCH_WRITE_SECONDS: Lazy<Histogram> = Lazy::new(|| {
 });
 
 /// Messages waiting in the pipeline (received, not yet acknowledged).
-pub static IN_FLIGHT: Lazy<IntGauge> =
-    Lazy::new(|| gauge("messages_in_flight", "Messages received and not yet acknowledged"));
+pub static IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "messages_in_flight",
+        "Messages received and not yet acknowledged",
+    )
+});
 
 /// The text exposition of every metric, for `/metrics`.
 pub fn render() -> String {
