@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
 
 use crate::convert::{self, Converter};
-use crate::{migrate, pipeline, replay, sample, source, store};
+use crate::{config, live, migrate, pipeline, record, replay, sample, source, store};
 
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
@@ -28,6 +28,38 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Consume the job-set events topic and keep the Lookout database up to date.
+    Run {
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+    /// Copy a topic's messages into a recorded event file (no subscription is touched).
+    Record {
+        #[command(flatten)]
+        live: LiveArgs,
+        /// File to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Gzip the file.
+        #[arg(long)]
+        gzip: bool,
+        /// Skip messages published before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop once the topic has been quiet this long (e.g. 5s).
+        #[arg(long, default_value = "5s")]
+        idle: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        max_messages: Option<u64>,
+    },
+    /// Publish recorded event files to the topic, one message per record (demos, tests).
+    Publish {
+        #[command(flatten)]
+        live: LiveArgs,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Bring the Lookout schema up to date (or show its state with --status).
     Migrate {
         #[command(flatten)]
@@ -63,6 +95,58 @@ pub enum Command {
         #[arg(long)]
         gzip: bool,
     },
+}
+
+/// Settings of live mode: upstream's YAML files, environment, and overrides.
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// Upstream lookoutingester YAML; repeatable, later files override earlier ones.
+    #[arg(long = "config")]
+    pub config: Vec<PathBuf>,
+    /// Postgres URL or key=value string; overrides postgres.connection.
+    #[arg(long, env = "LOOKOUT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Pulsar service URL; overrides pulsar.URL.
+    #[arg(long)]
+    pub pulsar_url: Option<String>,
+    /// Topic; overrides pulsar.jobsetEventsTopic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Subscription name; overrides subscriptionName.
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// Failover (default), Exclusive, Shared or KeyShared; overrides subscriptionType.
+    #[arg(long)]
+    pub subscription_type: Option<String>,
+    /// Events per batch; overrides batchSize.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, e.g. 500ms; overrides batchDuration.
+    #[arg(long)]
+    pub batch_duration: Option<String>,
+    /// Port of /metrics, /healthz and /readyz (0 = off); overrides metricsPort.
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+}
+
+impl LiveArgs {
+    pub fn load(&self) -> anyhow::Result<config::Config> {
+        let overrides = config::Overrides {
+            database_url: self.database_url.clone(),
+            pulsar_url: self.pulsar_url.clone(),
+            topic: self.topic.clone(),
+            subscription: self.subscription.clone(),
+            subscription_type: self.subscription_type.clone(),
+            batch_size: self.batch_size,
+            batch_duration: self.batch_duration.clone(),
+            metrics_port: self.metrics_port,
+        };
+        let loaded = config::load(&self.config, std::env::vars(), &overrides)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(loaded.config)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,6 +286,65 @@ pub fn redact(url: &str) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { live: args } => {
+            let cfg = args.load()?;
+            tracing::info!(
+                "lookout-ingester {} starting: topic {} on {}, subscription {} ({:?}), database {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.pulsar.topic,
+                cfg.pulsar.url,
+                cfg.pulsar.subscription,
+                cfg.pulsar.subscription_kind,
+                redact(&cfg.database_url)
+            );
+            let (_keep, stop) = live::signal_stop()?;
+            live::run(cfg, stop).await?;
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record {
+            live: args,
+            out,
+            gzip,
+            since,
+            idle,
+            max_messages,
+        } => {
+            let cfg = args.load()?;
+            let since_ms = match since {
+                None => None,
+                Some(s) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| {
+                        anyhow::anyhow!("--since {s:?} is not an RFC 3339 time: {e}")
+                    })?;
+                    Some(u64::try_from(t.timestamp_millis()).unwrap_or(0))
+                }
+            };
+            let idle = config::parse_duration(&idle).map_err(|e| anyhow::anyhow!("--idle: {e}"))?;
+            let opts = record::RecordOptions {
+                since_ms,
+                idle,
+                max_messages,
+                gzip,
+            };
+            let r = record::record(&cfg.pulsar, &out, &opts).await?;
+            println!(
+                "recorded {} messages from {} to {} ({} events given their publish time as created, {} undecodable kept raw, {} before --since skipped)",
+                r.messages,
+                cfg.pulsar.topic,
+                out.display(),
+                r.created_filled,
+                r.undecodable_kept_raw,
+                r.skipped_before_since
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { live: args, files } => {
+            let cfg = args.load()?;
+            let n = record::publish(&cfg.pulsar, &files).await?;
+            println!("published {n} messages to {}", cfg.pulsar.topic);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate { db, status } => {
             let mut client = connect(&db.database_url).await?;
             if status {

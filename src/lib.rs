@@ -7,15 +7,18 @@
 //! `store` (Postgres writer) → acknowledgement back to the source.
 //! `migrate`, `metrics` and `cli` sit at the edges.
 
+pub mod ack;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod pipeline;
 pub mod proto;
+pub mod record;
 pub mod replay;
 pub mod sample;
 pub mod source;

@@ -104,6 +104,27 @@ pub static FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Broker-side problems, by kind (connect, stream, ack).
+pub static SOURCE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "source_errors_total",
+        "Pulsar connect, receive and acknowledge failures, by kind",
+        &["kind"],
+    )
+});
+
+/// Acknowledgements sent to the broker.
+pub static ACKS: Lazy<IntCounter> =
+    Lazy::new(|| counter("acks_total", "Acknowledgements sent to the broker"));
+
+/// Redelivered messages already received in this process, not processed again.
+pub static DUPLICATES_SKIPPED: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "duplicates_skipped_total",
+        "Redelivered messages at or below the highest id already received on their partition",
+    )
+});
+
 /// Batches committed.
 pub static BATCHES: Lazy<IntCounter> = Lazy::new(|| counter("batches_total", "Batches committed"));
 

@@ -14,7 +14,7 @@
 
 use super::retry::{classify, describe, ErrorClass, RetryableError};
 use crate::model::{CreateJob, CreateJobError, CreateJobRun, UpdateJob, UpdateJobRun};
-use futures_util::pin_mut;
+use futures::pin_mut;
 use regex::Regex;
 use std::collections::BTreeMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;

@@ -2,6 +2,8 @@
 //! per test, dropped at the end.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_postgres::{Client, NoTls};
 

@@ -1,0 +1,195 @@
+//! `run`: live ingestion from the Pulsar topic.
+//!
+//! ```text
+//! pulsar consumer ─► pipeline (batch, convert, store) ─► acknowledger ─► acks back to the consumer
+//! ```
+//!
+//! A message is acknowledged only after every row it produced is committed
+//! (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
+//! pipeline commits what is in flight, the acks are sent, and the process
+//! exits; if that takes longer than the grace period, it exits anyway and
+//! the unacknowledged messages are redelivered to the next consumer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::convert::Converter;
+use crate::http::{self, Health};
+use crate::source::pulsar::{self, Ack};
+use crate::store::{self, Store, StoreSettings};
+use crate::{ack, pipeline};
+
+/// How long shutdown may take before the process gives up on the in-flight batch.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
+
+/// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
+pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let metrics_task =
+        if config.metrics_port != 0 {
+            let addr = SocketAddr::from(([0, 0, 0, 0], config.metrics_port));
+            Some(http::serve(addr, health.clone()).await.map_err(|e| {
+                anyhow::anyhow!("cannot serve metrics on {addr} (metricsPort): {e}")
+            })?)
+        } else {
+            None
+        };
+
+    let fatal = config
+        .fatal_insertion_errors
+        .iter()
+        .map(|r| regex::Regex::new(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("fatalInsertionErrors: {e}"))?;
+    let pool = store::connect_pool(&config.database_url, 4).await?;
+    // The store stops retrying only when shutdown is forced (grace expired).
+    let (force_tx, force_rx) = watch::channel(false);
+    let store = Arc::new(
+        Store::new(
+            pool.clone(),
+            StoreSettings {
+                max_backoff: config.max_backoff,
+                max_retries: None,
+                fatal_errors: fatal,
+            },
+        )
+        .with_shutdown(force_rx),
+    );
+    probe_database(&pool, &health).await;
+
+    let (msg_tx, msg_rx) = mpsc::channel(config.pulsar.receiver_queue_size.max(1) as usize);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Ack>>();
+    let source = tokio::spawn(pulsar::run(
+        config.pulsar.clone(),
+        msg_tx,
+        ack_rx,
+        stop.clone(),
+        health.clone(),
+    ));
+
+    let settings = pipeline::Settings {
+        batch_size: config.batch_size,
+        batch_duration: config.batch_duration,
+        ..pipeline::Settings::default()
+    };
+    let (mut committed, stages) = pipeline::spawn(
+        msg_rx,
+        Converter::new(config.convert.clone()),
+        store,
+        settings,
+    );
+    let ordered = config.pulsar.subscription_kind.ordered();
+    let acknowledger = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            while let Some(c) = committed.recv().await {
+                health.database_ok.store(true, Ordering::Relaxed);
+                for f in &c.write.failed {
+                    tracing::error!(
+                        "row not written: {} {} {}: {}",
+                        f.table,
+                        f.operation,
+                        f.key,
+                        f.error
+                    );
+                }
+                let acks = ack::plan(&c.origins, ordered);
+                if ack_tx.send(acks).is_err() {
+                    // The consumer is gone; the broker redelivers what was not acknowledged.
+                    break;
+                }
+            }
+        })
+    };
+
+    // Wait for the pipeline to end: on its own (an error) or after a stop.
+    let mut stop_wait = stop.clone();
+    let stages_result = tokio::select! {
+        r = stages.join() => r,
+        _ = async {
+            while !*stop_wait.borrow_and_update() {
+                if stop_wait.changed().await.is_err() {
+                    break;
+                }
+            }
+        } => {
+            // Stop requested: give the pipeline the grace period to drain.
+            match tokio::time::timeout(SHUTDOWN_GRACE, stages_join_after_stop(source, acknowledger)).await {
+                Ok(r) => {
+                    if let Some(t) = metrics_task { t.abort(); }
+                    return r;
+                }
+                Err(_) => {
+                    let _ = force_tx.send(true);
+                    if let Some(t) = metrics_task { t.abort(); }
+                    tracing::warn!("shutdown grace period expired; unacknowledged messages will be redelivered");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    if stages_result.is_ok() && *stop.borrow() {
+        // Stopped, and the pipeline drained before the stop branch noticed.
+        let r = tokio::time::timeout(SHUTDOWN_GRACE, stages_join_after_stop(source, acknowledger))
+            .await;
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        return r.unwrap_or(Ok(()));
+    }
+    // The pipeline ended without a stop: that is an error (the store gave up).
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    source.abort();
+    acknowledger.abort();
+    match stages_result {
+        Ok(()) => anyhow::bail!("the pipeline ended unexpectedly"),
+        Err(e) => Err(e),
+    }
+}
+
+/// After a stop: the source drops its sender, the pipeline drains and ends,
+/// the acknowledger forwards the last acks and ends, the source sends them
+/// and ends.
+async fn stages_join_after_stop(
+    source: tokio::task::JoinHandle<anyhow::Result<()>>,
+    acknowledger: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    let _ = acknowledger.await;
+    match source.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("consumer task failed: {e}")),
+    }
+}
+
+async fn probe_database(pool: &deadpool_postgres::Pool, health: &Health) {
+    match pool.get().await {
+        Ok(c) => match c.simple_query("SELECT 1").await {
+            Ok(_) => health.database_ok.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!("Postgres is not answering yet: {e}; writes will retry"),
+        },
+        Err(e) => tracing::warn!("Postgres is not reachable yet: {e}; writes will retry"),
+    }
+}
+
+/// A watch that turns true on SIGTERM or SIGINT.
+pub fn signal_stop() -> anyhow::Result<(watch::Sender<bool>, watch::Receiver<bool>)> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let tx2 = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        let _ = tx2.send(true);
+    });
+    Ok((tx, rx))
+}

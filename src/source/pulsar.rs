@@ -1,0 +1,264 @@
+//! The live source: a Pulsar consumer on the job-set events topic.
+//!
+//! One task owns the client and the consumer. It feeds received messages into
+//! the pipeline and performs the acknowledgements the acknowledger asks for,
+//! so acks always go through the live consumer. When the consumer stream
+//! ends or fails (broker restart, dropped connection, a broker refusing the
+//! re-subscribe for a while), it rebuilds client and consumer with capped
+//! exponential backoff; messages that were not acknowledged are redelivered
+//! by the broker, and writes are idempotent, so nothing is lost or doubled.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost_types::Timestamp;
+use pulsar::consumer::{ConsumerOptions, InitialPosition};
+use pulsar::message::proto::MessageIdData;
+use pulsar::{
+    Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Pulsar, SubType,
+    TokioExecutor,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{PulsarConfig, SubscriptionKind};
+use crate::http::Health;
+use crate::metrics;
+use crate::source::{Message, Origin, PulsarId};
+
+/// An acknowledgement the acknowledger asks the consumer to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// This message and everything before it on its partition.
+    Cumulative { topic: Arc<str>, id: PulsarId },
+    /// This message only.
+    Individual { topic: Arc<str>, id: PulsarId },
+}
+
+fn message_id(id: &PulsarId) -> MessageIdData {
+    MessageIdData {
+        ledger_id: id.ledger,
+        entry_id: id.entry,
+        partition: Some(id.partition),
+        batch_index: Some(id.batch_index),
+        ack_set: Vec::new(),
+        batch_size: id.batch_size,
+        first_chunk_message_id: None,
+    }
+}
+
+fn sub_type(kind: SubscriptionKind) -> SubType {
+    match kind {
+        SubscriptionKind::Exclusive => SubType::Exclusive,
+        SubscriptionKind::Failover => SubType::Failover,
+        SubscriptionKind::Shared => SubType::Shared,
+        SubscriptionKind::KeyShared => SubType::KeyShared,
+    }
+}
+
+/// Builds a client. Its own connection retries are kept short: our loop does
+/// the backing off, so a broker outage is visible in logs and metrics.
+pub async fn client(cfg: &PulsarConfig) -> anyhow::Result<Pulsar<TokioExecutor>> {
+    let mut b = Pulsar::builder(cfg.url.clone(), TokioExecutor)
+        .with_connection_retry_options(ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_retries: 3,
+            connection_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            ..ConnectionRetryOptions::default()
+        })
+        .with_operation_retry_options(OperationRetryOptions {
+            operation_timeout: Duration::from_secs(30),
+            retry_delay: Duration::from_millis(500),
+            max_retries: Some(3),
+        });
+    if let Some(path) = &cfg.jwt_token_path {
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read pulsar.jwtTokenPath {}: {e}", path.display())
+        })?;
+        b = b.with_auth(Authentication {
+            name: "token".into(),
+            data: token.trim().as_bytes().to_vec(),
+        });
+    }
+    Ok(b.build().await?)
+}
+
+async fn consumer(
+    client: &Pulsar<TokioExecutor>,
+    cfg: &PulsarConfig,
+) -> anyhow::Result<Consumer<Vec<u8>, TokioExecutor>> {
+    let name = format!("lookout-ingester-{}", std::process::id());
+    let consumer = client
+        .consumer()
+        .with_topic(cfg.topic.clone())
+        .with_subscription(cfg.subscription.clone())
+        .with_subscription_type(sub_type(cfg.subscription_kind))
+        .with_consumer_name(name)
+        .with_batch_size(cfg.receiver_queue_size)
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
+        .build()
+        .await?;
+    Ok(consumer)
+}
+
+/// Runs the consumer until `shutdown` is set, then stops receiving (dropping
+/// `out`, which lets the pipeline flush) and keeps sending the acks that
+/// still arrive until `acks` closes.
+pub async fn run(
+    cfg: PulsarConfig,
+    out: mpsc::Sender<Message>,
+    mut acks: mpsc::UnboundedReceiver<Vec<Ack>>,
+    mut shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let mut out = Some(out);
+    let mut backoff = cfg.backoff.max(Duration::from_millis(50));
+    // Highest id received per partition in this process. In ordered
+    // subscriptions a redelivered message at or below it is already in the
+    // pipeline or committed, so it is not processed again (see README).
+    let mut highest: BTreeMap<Arc<str>, (u64, u64, i32)> = BTreeMap::new();
+    let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    loop {
+        let stopping = *shutdown.borrow();
+        if stopping {
+            out = None;
+        }
+        let connected = async {
+            let c = client(&cfg).await?;
+            let k = consumer(&c, &cfg).await?;
+            anyhow::Ok((c, k))
+        };
+        let (_client, mut consumer) = tokio::select! {
+            r = connected => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    metrics::SOURCE_ERRORS.with_label_values(&["connect"]).inc();
+                    tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, cfg.url, backoff);
+                    if wait_or_done(backoff, &mut shutdown, &mut acks, stopping).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(cfg.max_backoff);
+                    continue;
+                }
+            },
+            _ = shutdown.changed(), if !stopping => continue,
+        };
+        tracing::info!(
+            "subscribed to {} as {} ({:?}) on {}",
+            cfg.topic,
+            cfg.subscription,
+            cfg.subscription_kind,
+            cfg.url
+        );
+        health.broker_connected.store(true, Ordering::Relaxed);
+        backoff = cfg.backoff.max(Duration::from_millis(50));
+        let ended = loop {
+            let receiving = out.is_some();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed(), if receiving => {
+                    tracing::info!("stopping: no more messages are received; committing what is in flight");
+                    out = None;
+                }
+                batch = acks.recv() => match batch {
+                    None => {
+                        let _ = consumer.close().await;
+                        return Ok(());
+                    }
+                    Some(batch) => {
+                        for ack in batch {
+                            let (topic, r) = match &ack {
+                                Ack::Cumulative { topic, id } => (topic, consumer.cumulative_ack_with_id(topic, message_id(id)).await),
+                                Ack::Individual { topic, id } => (topic, consumer.ack_with_id(topic, message_id(id)).await),
+                            };
+                            match r {
+                                Ok(()) => metrics::ACKS.inc(),
+                                Err(e) => {
+                                    // The broker will redeliver; idempotent writes make that harmless.
+                                    metrics::SOURCE_ERRORS.with_label_values(&["ack"]).inc();
+                                    tracing::warn!("acknowledgement on {topic} failed: {e}; the message will be redelivered");
+                                }
+                            }
+                        }
+                    }
+                },
+                msg = consumer.next(), if receiving => match msg {
+                    None => break "the consumer stream ended".to_string(),
+                    Some(Err(e)) => break format!("receive failed: {e}"),
+                    Some(Ok(m)) => {
+                        let topic = topics.entry(m.topic.clone()).or_insert_with(|| Arc::from(m.topic.as_str())).clone();
+                        let raw = m.message_id();
+                        let id = PulsarId {
+                            ledger: raw.ledger_id,
+                            entry: raw.entry_id,
+                            partition: raw.partition.unwrap_or(-1),
+                            batch_index: raw.batch_index.unwrap_or(-1),
+                            batch_size: m.message_id.batch_size.or(raw.batch_size),
+                        };
+                        if cfg.subscription_kind.ordered() {
+                            let key = id.position();
+                            match highest.get(&topic) {
+                                Some(h) if key <= *h => {
+                                    metrics::DUPLICATES_SKIPPED.inc();
+                                    continue;
+                                }
+                                _ => {
+                                    highest.insert(topic.clone(), key);
+                                }
+                            }
+                        }
+                        let ms = m.metadata().publish_time;
+                        let publish_time = Some(Timestamp {
+                            seconds: (ms / 1000) as i64,
+                            nanos: ((ms % 1000) * 1_000_000) as i32,
+                        });
+                        let msg = Message { payload: m.payload.data, origin: Origin::Pulsar { topic, id }, publish_time };
+                        if let Some(o) = &out {
+                            if o.send(msg).await.is_err() {
+                                break "the pipeline stopped".to_string();
+                            }
+                        }
+                    }
+                },
+            }
+        };
+        health.broker_connected.store(false, Ordering::Relaxed);
+        metrics::SOURCE_ERRORS.with_label_values(&["stream"]).inc();
+        tracing::warn!("{ended}; reconnecting in {backoff:?}");
+        drop(consumer);
+        let stopping = out.is_none();
+        if wait_or_done(backoff, &mut shutdown, &mut acks, stopping).await {
+            return Ok(());
+        }
+        backoff = (backoff * 2).min(cfg.max_backoff);
+    }
+}
+
+/// Sleeps for `d` (cut short by shutdown). Returns true when there is
+/// nothing left to do: stopping and the ack channel closed (acks that arrive
+/// while disconnected are dropped; those messages get redelivered).
+async fn wait_or_done(
+    d: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    acks: &mut mpsc::UnboundedReceiver<Vec<Ack>>,
+    stopping: bool,
+) -> bool {
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return false,
+            _ = shutdown.changed(), if !stopping => return false,
+            a = acks.recv(), if stopping => {
+                if a.is_none() {
+                    return true;
+                }
+                metrics::SOURCE_ERRORS.with_label_values(&["ack"]).inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! A real broker for tests: pulsar-lite on a free loopback port, behind the
+//! fix-up proxy (see testkit/pulsar-proxy), plus helpers to publish and to run
+//! the ingester binary as a child process.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use lookout_ingester::config::{PulsarConfig, SubscriptionKind};
+use tokio::process::{Child, Command};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+fn pulsar_lite_bin() -> String {
+    std::env::var("PULSAR_LITE_BIN").unwrap_or_else(|_| "pulsar-lite".to_string())
+}
+
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub broker_addr: SocketAddr,
+    child: Option<Child>,
+    pub proxy: pulsar_proxy::ProxyHandle,
+}
+
+async fn spawn_broker(addr: SocketAddr, db: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("broker log");
+    let err = log.try_clone().expect("broker log");
+    let child = Command::new(pulsar_lite_bin())
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--db-path")
+        .arg(db)
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start pulsar-lite (run scripts/setup.sh): {e}"));
+    // Ready when it accepts connections.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pulsar-lite did not start listening on {addr}");
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = spawn_broker(
+            broker_addr,
+            &dir.path().join("db"),
+            &dir.path().join("broker.log"),
+        )
+        .await;
+        let proxy = pulsar_proxy::start("127.0.0.1:0".parse().expect("addr"), broker_addr)
+            .await
+            .expect("proxy");
+        Broker {
+            dir,
+            broker_addr,
+            child: Some(child),
+            proxy,
+        }
+    }
+
+    /// The URL clients use (through the proxy).
+    pub fn url(&self) -> String {
+        self.proxy.url()
+    }
+
+    pub fn pulsar(&self, topic: &str) -> PulsarConfig {
+        PulsarConfig {
+            url: self.url(),
+            topic: topic.to_string(),
+            subscription: "lookout-ingester-v2".into(),
+            subscription_kind: SubscriptionKind::Failover,
+            receiver_queue_size: 100,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+            jwt_token_path: None,
+        }
+    }
+
+    /// Kills the broker process (data stays on disk).
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the broker again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let child = spawn_broker(
+            self.broker_addr,
+            &self.dir.path().join("db"),
+            &self.dir.path().join("broker.log"),
+        )
+        .await;
+        self.child = Some(child);
+    }
+
+    pub async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) {
+        let n = payloads.len() as u64;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(120),
+            lookout_ingester::record::publish_payloads(&self.pulsar(topic), payloads),
+        )
+        .await
+        .expect("publishing timed out")
+        .expect("publish");
+        assert_eq!(sent, n);
+    }
+
+    pub async fn stop(mut self) {
+        self.kill().await;
+        self.proxy.shutdown().await;
+    }
+}
+
+/// The ingester binary running `run` as a child process.
+pub struct Ingester {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Ingester {
+    pub fn spawn(
+        db_url: &str,
+        pulsar_url: &str,
+        topic: &str,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Ingester {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let err = out.try_clone().expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+            .args([
+                "run",
+                "--database-url",
+                db_url,
+                "--pulsar-url",
+                pulsar_url,
+                "--topic",
+                topic,
+                "--metrics-port",
+                "0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ingester");
+        Ingester { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().map(|p| p as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    pub async fn sigkill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

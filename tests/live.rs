@@ -1,0 +1,280 @@
+//! Live mode against a real broker (pulsar-lite behind the fix-up proxy) and
+//! the real Postgres. Each test compares the final tables with those of a
+//! replay of the same messages (an uninterrupted run), by full dump.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::broker::{Broker, Ingester};
+use common::{dump, TestDb};
+use lookout_ingester::convert::Converter;
+use lookout_ingester::proto::armadaevents as ev;
+use lookout_ingester::source::file::RecordWriter;
+use lookout_ingester::store::{self, Store, StoreSettings};
+use lookout_ingester::{pipeline, replay, sample};
+use prost::Message;
+
+/// Tables an uninterrupted run produces: a replay of the same sequences.
+async fn baseline(seqs: &[ev::EventSequence], dir: &Path) -> String {
+    let path = dir.join("baseline.bin");
+    let mut w = RecordWriter::create(&path, false).expect("file");
+    for s in seqs {
+        w.write_record(&s.encode_to_vec()).expect("write");
+    }
+    w.finish().expect("finish");
+    let db = TestDb::migrated().await;
+    let pool = store::connect_pool(&db.url, 2).await.expect("pool");
+    let store = Arc::new(Store::new(pool, StoreSettings::default()));
+    let s = replay::replay(
+        vec![path],
+        Converter::new(Default::default()),
+        store,
+        pipeline::Settings::default(),
+        false,
+    )
+    .await
+    .expect("replay");
+    assert!(s.clean(), "{s}");
+    let d = dump(&db.client().await).await;
+    db.drop_db().await;
+    d
+}
+
+/// Waits until the database's dump equals `expected`, or fails with the log.
+async fn wait_equal(db: &TestDb, expected: &str, limit: Duration, ingester: Option<&Ingester>) {
+    let client = db.client().await;
+    let start = Instant::now();
+    loop {
+        let now = dump(&client).await;
+        if now == expected {
+            return;
+        }
+        if start.elapsed() > limit {
+            let log = ingester.map(|i| i.log_text()).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "tables did not reach the expected state within {limit:?} ({} vs {} bytes of dump)\nlast log lines:\n{tail}",
+                now.len(),
+                expected.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn job_count(db: &TestDb) -> i64 {
+    common::count(&db.client().await, "job").await
+}
+
+fn payloads(seqs: &[ev::EventSequence]) -> Vec<Vec<u8>> {
+    seqs.iter().map(|s| s.encode_to_vec()).collect()
+}
+
+async fn wait_exit(ing: &mut Ingester, limit: Duration) -> Option<i32> {
+    match tokio::time::timeout(limit, ing.child.wait()).await {
+        Ok(Ok(status)) => status.code(),
+        _ => panic!("ingester did not exit within {limit:?}\n{}", ing.log_text()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_ingestion_matches_replay_and_sigterm_exits_cleanly() {
+    let broker = Broker::start().await;
+    let seqs = sample::generate(21, 300);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish("events", payloads(&seqs)).await;
+    let db = TestDb::migrated().await;
+    let mut ing = Ingester::spawn(
+        &db.url,
+        &broker.url(),
+        "events",
+        broker.dir.path().join("ing.log"),
+        &["--batch-duration", "100ms"],
+    );
+    wait_equal(&db, &expected, Duration::from_secs(90), Some(&ing)).await;
+    ing.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let code = wait_exit(&mut ing, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", ing.log_text());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    db.drop_db().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
+    let broker = Broker::start().await;
+    let seqs = sample::generate(22, 120);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish("events", payloads(&seqs)).await;
+    let db = TestDb::migrated().await;
+    // A batch that would wait a minute to fill: everything received is in flight.
+    let mut ing = Ingester::spawn(
+        &db.url,
+        &broker.url(),
+        "events",
+        broker.dir.path().join("ing.log"),
+        &["--batch-duration", "60s", "--batch-size", "1000000"],
+    );
+    // Wait until the consumer has received everything (nothing committed yet).
+    let start = Instant::now();
+    while !ing.log_text().contains("subscribed to events") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            ing.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        job_count(&db).await,
+        0,
+        "nothing is committed before the batch is cut"
+    );
+    ing.signal(libc::SIGTERM);
+    let code = wait_exit(&mut ing, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", ing.log_text());
+    // Committed: the tables are complete now, without another run.
+    wait_equal(&db, &expected, Duration::from_secs(1), Some(&ing)).await;
+    // Acknowledged: the same subscription delivers nothing more, so a second
+    // ingester writing into an empty database writes nothing.
+    let other = TestDb::migrated().await;
+    let mut second = Ingester::spawn(
+        &other.url,
+        &broker.url(),
+        "events",
+        broker.dir.path().join("ing2.log"),
+        &["--batch-duration", "100ms"],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        job_count(&other).await,
+        0,
+        "acknowledged messages are not delivered again\n{}",
+        second.log_text()
+    );
+    second.signal(libc::SIGTERM);
+    let _ = wait_exit(&mut second, Duration::from_secs(10)).await;
+    other.drop_db().await;
+    db.drop_db().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_gives_the_same_tables() {
+    let broker = Broker::start().await;
+    let seqs = sample::generate(23, 1200);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish("events", payloads(&seqs)).await;
+    let db = TestDb::migrated().await;
+    let log = broker.dir.path().join("ing.log");
+    let args = ["--batch-size", "200", "--batch-duration", "50ms"];
+    let mut kills = 0;
+    let mut last_jobs = -1;
+    // Kill as soon as progress is seen, repeatedly, while rows are still arriving.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while kills < 6 && Instant::now() < deadline {
+        let ing = Ingester::spawn(&db.url, &broker.url(), "events", log.clone(), &args);
+        let start = Instant::now();
+        loop {
+            let n = job_count(&db).await;
+            if n > last_jobs || start.elapsed() > Duration::from_secs(10) {
+                last_jobs = n;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ing.sigkill().await;
+        kills += 1;
+    }
+    let ing = Ingester::spawn(&db.url, &broker.url(), "events", log, &args);
+    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    ing.sigkill().await;
+    assert!(
+        kills >= 3,
+        "the ingester was killed mid-stream {kills} times"
+    );
+    db.drop_db().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_gives_the_same_tables() {
+    let mut broker = Broker::start().await;
+    let seqs = sample::generate(24, 600);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    let (first, second) = seqs.split_at(seqs.len() / 2);
+    broker.publish("events", payloads(first)).await;
+    let db = TestDb::migrated().await;
+    let ing = Ingester::spawn(
+        &db.url,
+        &broker.url(),
+        "events",
+        broker.dir.path().join("ing.log"),
+        &["--batch-size", "300", "--batch-duration", "50ms"],
+    );
+    let start = Instant::now();
+    while job_count(&db).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            ing.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.restart().await;
+    broker.publish("events", payloads(second)).await;
+    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    assert!(
+        ing.log_text().contains("reconnecting"),
+        "the ingester noticed the restart"
+    );
+    ing.sigkill().await;
+    db.drop_db().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_give_the_same_tables() {
+    let broker = Broker::start().await;
+    let seqs = sample::generate(25, 800);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish("events", payloads(&seqs)).await;
+    let db = TestDb::migrated().await;
+    let ing = Ingester::spawn(
+        &db.url,
+        &broker.url(),
+        "events",
+        broker.dir.path().join("ing.log"),
+        &["--batch-size", "200", "--batch-duration", "50ms"],
+    );
+    for _ in 0..3 {
+        let before = job_count(&db).await;
+        let start = Instant::now();
+        while job_count(&db).await == before && start.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        broker.proxy.cut_all();
+    }
+    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    let stats = broker.proxy.stats();
+    assert!(
+        stats.cut >= 3 && stats.accepted >= 4,
+        "connections were cut and re-made: {stats:?}"
+    );
+    ing.sigkill().await;
+    db.drop_db().await;
+    broker.stop().await;
+}
