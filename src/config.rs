@@ -51,6 +51,8 @@ pub struct PulsarConfig {
     pub max_backoff: Duration,
     /// JWT for token authentication, read from `pulsar.jwtTokenPath`.
     pub jwt_token_path: Option<PathBuf>,
+    /// Skip redeliveries of messages already in flight or committed.
+    pub skip_redelivered: bool,
 }
 
 /// The whole typed configuration.
@@ -156,6 +158,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("pulsar.maxAllowedMessageSize", Kind::Ignored),
     ("pulsar.sendTimeout", Kind::Ignored),
     ("subscriptionName", Kind::Str),
+    ("skipRedeliveredMessages", Kind::Bool),
     ("subscriptionType", Kind::Str),
     ("batchSize", Kind::Usize),
     ("batchDuration", Kind::Duration),
@@ -435,6 +438,7 @@ pub fn load(
             backoff,
             max_backoff,
             jwt_token_path,
+            skip_redelivered: r.bool("skipRedeliveredMessages")?.unwrap_or(true),
         },
         batch_size,
         batch_duration,

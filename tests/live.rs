@@ -266,6 +266,13 @@ async fn cut_connections_give_the_same_tables() {
         while job_count(&db).await == before && start.elapsed() < Duration::from_secs(20) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Cut only a live connection, so each cut is a real one.
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            broker.proxy.wait_connections(|n| n > 0),
+        )
+        .await
+        .expect("the ingester reconnects");
         broker.proxy.cut_all();
     }
     wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
@@ -276,5 +283,105 @@ async fn cut_connections_give_the_same_tables() {
     );
     ing.sigkill().await;
     db.drop_db().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_then_replay_equals_live_ingestion_with_an_upstream_config_file() {
+    let broker = Broker::start().await;
+    let mut seqs = sample::generate(26, 150);
+    // Events without `created`: live mode gives them the publish time, and so
+    // does `record`, so the replayed file writes the same rows.
+    for s in seqs.iter_mut().step_by(7) {
+        for e in &mut s.events {
+            e.created = None;
+        }
+    }
+    broker.publish("events", payloads(&seqs)).await;
+
+    // Live, configured through an upstream-style YAML file (keys in upstream's spelling).
+    let live_db = TestDb::migrated().await;
+    let cfg = broker.dir.path().join("lookoutingester.yaml");
+    let db_name = live_db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "postgres:\n  connection:\n    host: 127.0.0.1\n    port: 5432\n    user: postgres\n    dbname: {db_name}\n    sslmode: disable\n\
+             metricsPort: 0\npulsar:\n  URL: \"{}\"\n  jobsetEventsTopic: events\n  receiverQueueSize: 50\n  backoffTime: 200ms\n\
+             subscriptionName: lookout-ingester-v2\nbatchSize: 500\nbatchDuration: 100ms\nmaxBackoff: 2\n",
+            broker.url()
+        ),
+    )
+    .expect("config");
+    let cfg_arg = cfg.display().to_string();
+    let log = broker.dir.path().join("ing.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log");
+    let err = out.try_clone().expect("log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args(["run", "--config", &cfg_arg])
+        .env_remove("LOOKOUT_DATABASE_URL")
+        .stdout(std::process::Stdio::from(out))
+        .stderr(std::process::Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let ing = Ingester { child, log };
+
+    // Record the topic (no subscription touched), then replay the file.
+    let file = broker.dir.path().join("recorded.bin.gz");
+    let rec = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args([
+            "record",
+            "--pulsar-url",
+            &broker.url(),
+            "--topic",
+            "events",
+            "--gzip",
+            "--idle",
+            "3s",
+            "--out",
+        ])
+        .arg(&file)
+        .output()
+        .await
+        .expect("record");
+    let stdout = String::from_utf8_lossy(&rec.stdout);
+    assert!(
+        rec.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("recorded {} messages", seqs.len())),
+        "{stdout}"
+    );
+    let replay_db = TestDb::migrated().await;
+    let pool = store::connect_pool(&replay_db.url, 2).await.expect("pool");
+    let summary = replay::replay(
+        vec![file],
+        Converter::new(Default::default()),
+        Arc::new(Store::new(pool, StoreSettings::default())),
+        pipeline::Settings::default(),
+        false,
+    )
+    .await
+    .expect("replay");
+    assert!(summary.clean(), "{summary}");
+    let replayed = dump(&replay_db.client().await).await;
+    assert!(replayed.contains("\"job_id\""), "the replay wrote rows");
+    // Live ingestion converges on exactly what the recorded file produced.
+    wait_equal(&live_db, &replayed, Duration::from_secs(90), Some(&ing)).await;
+    ing.sigkill().await;
+    live_db.drop_db().await;
+    replay_db.drop_db().await;
     broker.stop().await;
 }

@@ -117,10 +117,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut out = Some(out);
     let mut backoff = cfg.backoff.max(Duration::from_millis(50));
-    // Highest id received per partition in this process. In ordered
-    // subscriptions a redelivered message at or below it is already in the
-    // pipeline or committed, so it is not processed again (see README).
-    let mut highest: BTreeMap<Arc<str>, (u64, u64, i32)> = BTreeMap::new();
+    let mut seen = Redeliveries::new(cfg.subscription_kind.ordered(), cfg.skip_redelivered);
     let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
     loop {
         let stopping = *shutdown.borrow();
@@ -171,6 +168,7 @@ pub async fn run(
                     }
                     Some(batch) => {
                         for ack in batch {
+                            seen.committed(&ack);
                             let (topic, r) = match &ack {
                                 Ack::Cumulative { topic, id } => (topic, consumer.cumulative_ack_with_id(topic, message_id(id)).await),
                                 Ack::Individual { topic, id } => (topic, consumer.ack_with_id(topic, message_id(id)).await),
@@ -199,17 +197,9 @@ pub async fn run(
                             batch_index: raw.batch_index.unwrap_or(-1),
                             batch_size: m.message_id.batch_size.or(raw.batch_size),
                         };
-                        if cfg.subscription_kind.ordered() {
-                            let key = id.position();
-                            match highest.get(&topic) {
-                                Some(h) if key <= *h => {
-                                    metrics::DUPLICATES_SKIPPED.inc();
-                                    continue;
-                                }
-                                _ => {
-                                    highest.insert(topic.clone(), key);
-                                }
-                            }
+                        if !seen.received(&topic, &id) {
+                            metrics::DUPLICATES_SKIPPED.inc();
+                            continue;
                         }
                         let ms = m.metadata().publish_time;
                         let publish_time = Some(Timestamp {
@@ -257,8 +247,124 @@ async fn wait_or_done(
                 if a.is_none() {
                     return true;
                 }
+                // Disconnected: the ack cannot be sent; the broker redelivers.
                 metrics::SOURCE_ERRORS.with_label_values(&["ack"]).inc();
             }
         }
+    }
+}
+
+/// Recognises redeliveries of messages this process already has.
+///
+/// A message is skipped only when it is certainly handled: it is still in
+/// the pipeline (received, not yet committed), or, in ordered subscriptions,
+/// at or below the position already committed and cumulatively acknowledged
+/// on its partition. A message never seen before is always processed, even
+/// if it arrives out of order.
+#[derive(Debug, Default)]
+pub struct Redeliveries {
+    ordered: bool,
+    enabled: bool,
+    in_flight: BTreeMap<Arc<str>, std::collections::BTreeSet<(u64, u64, i32)>>,
+    committed: BTreeMap<Arc<str>, (u64, u64, i32)>,
+}
+
+impl Redeliveries {
+    pub fn new(ordered: bool, enabled: bool) -> Self {
+        Redeliveries {
+            ordered,
+            enabled,
+            ..Default::default()
+        }
+    }
+
+    /// Records a received message; false when it is a redelivery to skip.
+    pub fn received(&mut self, topic: &Arc<str>, id: &PulsarId) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let pos = id.position();
+        if self.ordered && self.committed.get(topic).is_some_and(|c| pos <= *c) {
+            return false;
+        }
+        self.in_flight.entry(topic.clone()).or_default().insert(pos)
+    }
+
+    /// Records that the acknowledger released a message (or a prefix).
+    pub fn committed(&mut self, ack: &Ack) {
+        match ack {
+            Ack::Cumulative { topic, id } => {
+                let pos = id.position();
+                let c = self.committed.entry(topic.clone()).or_insert(pos);
+                if pos > *c {
+                    *c = pos;
+                }
+                if let Some(set) = self.in_flight.get_mut(topic) {
+                    // Keep only positions above the acknowledged one.
+                    let above = set.split_off(&(pos.0, pos.1, pos.2.saturating_add(1)));
+                    *set = above;
+                }
+            }
+            Ack::Individual { topic, id } => {
+                if let Some(set) = self.in_flight.get_mut(topic) {
+                    set.remove(&id.position());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(entry: u64) -> PulsarId {
+        PulsarId {
+            ledger: 7,
+            entry,
+            partition: -1,
+            batch_index: -1,
+            batch_size: None,
+        }
+    }
+
+    #[test]
+    fn skips_only_what_is_certainly_handled() {
+        let t: Arc<str> = Arc::from("t");
+        let mut r = Redeliveries::new(true, true);
+        assert!(r.received(&t, &id(1)));
+        assert!(r.received(&t, &id(3)));
+        assert!(!r.received(&t, &id(1)), "in flight");
+        assert!(
+            r.received(&t, &id(2)),
+            "never seen, even though out of order"
+        );
+        r.committed(&Ack::Cumulative {
+            topic: t.clone(),
+            id: id(2),
+        });
+        assert!(!r.received(&t, &id(1)), "committed");
+        assert!(!r.received(&t, &id(3)), "still in flight");
+        assert!(r.received(&t, &id(4)));
+        r.committed(&Ack::Cumulative {
+            topic: t.clone(),
+            id: id(4),
+        });
+        assert!(!r.received(&t, &id(3)));
+        assert!(r.in_flight.get(&t).is_some_and(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn shared_subscriptions_use_only_the_in_flight_set() {
+        let t: Arc<str> = Arc::from("t");
+        let mut r = Redeliveries::new(false, true);
+        assert!(r.received(&t, &id(5)));
+        r.committed(&Ack::Individual {
+            topic: t.clone(),
+            id: id(5),
+        });
+        assert!(r.received(&t, &id(5)), "no watermark without ordering");
+        let mut off = Redeliveries::new(true, false);
+        assert!(off.received(&t, &id(1)) && off.received(&t, &id(1)));
     }
 }

@@ -30,6 +30,11 @@ pub struct Broker {
 }
 
 async fn spawn_broker(addr: SocketAddr, db: &Path, log: &Path) -> Child {
+    // Left alone, pulsar-lite serves metrics on 0.0.0.0:8080 (clashing between
+    // parallel tests and leaving loopback) and reads ./pulsar-lite.toml.
+    let dir = db.parent().unwrap_or(db);
+    let config = dir.join("pulsar-lite.toml");
+    std::fs::write(&config, "[metrics]\nenabled = false\n").expect("broker config");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -37,6 +42,9 @@ async fn spawn_broker(addr: SocketAddr, db: &Path, log: &Path) -> Child {
         .expect("broker log");
     let err = log.try_clone().expect("broker log");
     let child = Command::new(pulsar_lite_bin())
+        .current_dir(dir)
+        .arg("--config")
+        .arg(&config)
         .arg("--addr")
         .arg(addr.to_string())
         .arg("--db-path")
@@ -92,6 +100,7 @@ impl Broker {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
             jwt_token_path: None,
+            skip_redelivered: true,
         }
     }
 

@@ -1,0 +1,654 @@
+//! The TCP proxy: one task per client connection, frames parsed in both
+//! directions, broker→client frames fixed up (see [`crate::frame`]), plus the
+//! fault-injection switches tests use.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::frame::{self, Fixup};
+
+/// How long we wait for pulsar-lite to accept a connection before giving up
+/// on the client that triggered it.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `refuse(false)` keeps trying to re-bind the listen address.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters since start, for assertions and the `status` control command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Client connections accepted and proxied.
+    pub accepted: u64,
+    /// Client connections closed at once because `hangup` was on.
+    pub hung_up: u64,
+    /// Connections closed by `cut_all`.
+    pub cut: u64,
+    /// Broker→client payload frames that got a magic + CRC32C inserted.
+    pub checksums_added: u64,
+    /// Broker→client commands re-encoded to point at the proxy.
+    pub urls_rewritten: u64,
+    /// Connections closed because a frame could not be parsed.
+    pub malformed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    hung_up: AtomicU64,
+    cut: AtomicU64,
+    checksums_added: AtomicU64,
+    urls_rewritten: AtomicU64,
+    malformed: AtomicU64,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    /// Desired state, set by `refuse`.
+    refuse: watch::Sender<bool>,
+    /// Actual state, reported by the accept loop.
+    listening: watch::Sender<bool>,
+    hangup: AtomicBool,
+    stall: watch::Sender<bool>,
+    /// Bumped by `cut_all`; every connection task watches it.
+    cut: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    live: watch::Sender<usize>,
+    counters: Counters,
+}
+
+/// A running proxy. Dropping it stops accepting and closes every connection
+/// (asynchronously); [`ProxyHandle::shutdown`] does the same and waits.
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: Option<JoinHandle<()>>,
+}
+
+/// Starts a proxy listening on `listen` (port 0 picks a free port; see
+/// [`ProxyHandle::addr`]) that forwards to the Pulsar broker at `upstream`.
+pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<ProxyHandle> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        upstream,
+        refuse: watch::Sender::new(false),
+        listening: watch::Sender::new(true),
+        hangup: AtomicBool::new(false),
+        stall: watch::Sender::new(false),
+        cut: watch::Sender::new(0),
+        shutdown: watch::Sender::new(false),
+        live: watch::Sender::new(0),
+        counters: Counters::default(),
+    });
+    let accept_task = tokio::spawn(accept_loop(listener, addr, shared.clone()));
+    info!(%addr, %upstream, "pulsar-proxy listening");
+    Ok(ProxyHandle {
+        addr,
+        shared,
+        accept_task: Some(accept_task),
+    })
+}
+
+impl ProxyHandle {
+    /// The address clients should connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `pulsar://` service URL for [`Self::addr`].
+    pub fn url(&self) -> String {
+        format!("pulsar://{}", self.addr)
+    }
+
+    /// Closes every live connection, both sides, as a network failure would.
+    /// New connections are still accepted unless [`Self::refuse`] is on. The
+    /// tasks finish shortly after; use [`Self::wait_connections`] to wait.
+    pub fn cut_all(&self) {
+        self.shared.cut.send_modify(|g| *g += 1);
+    }
+
+    /// While on, nothing is forwarded in either direction on any connection,
+    /// old or new, but nothing is dropped either: bytes already read wait in
+    /// the proxy and the rest back up in the kernel socket buffers, and all of
+    /// it flows on resume. Connections stay open and silent, like a network
+    /// partition; keepalive pings stall too, so clients may time out. Takes
+    /// effect at frame boundaries.
+    pub fn stall(&self, on: bool) {
+        self.shared.stall.send_replace(on);
+    }
+
+    /// While on, the listening socket is closed, so new connections get
+    /// ECONNREFUSED exactly as from a broker that is down; pulsar-rs retries
+    /// those with backoff. Off binds the same address again. Existing
+    /// connections are untouched; combine with [`Self::cut_all`]. Returns once
+    /// the listener is actually closed / listening again.
+    pub async fn refuse(&self, on: bool) -> io::Result<()> {
+        self.shared.refuse.send_replace(on);
+        let mut listening = self.shared.listening.subscribe();
+        let waited = tokio::time::timeout(REBIND_TIMEOUT, listening.wait_for(|l| *l != on))
+            .await
+            .map(|r| r.map(drop));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::other("proxy stopped")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("could not re-bind {}", self.addr),
+            )),
+        }
+    }
+
+    /// While on, new connections are accepted and closed at once, before any
+    /// reply to CONNECT. Unlike [`Self::refuse`], pulsar-rs treats this as a
+    /// fatal (non-retryable) connection error: a consumer whose reconnect
+    /// hits it stops, and its stream ends (`None`).
+    pub fn hangup(&self, on: bool) {
+        self.shared.hangup.store(on, Ordering::SeqCst);
+    }
+
+    /// Number of client connections currently being proxied.
+    pub fn connections(&self) -> usize {
+        *self.shared.live.borrow()
+    }
+
+    /// Waits until the live connection count satisfies `pred`.
+    pub async fn wait_connections(&self, pred: impl Fn(usize) -> bool) {
+        let mut rx = self.shared.live.subscribe();
+        // The sender lives in `self`, so this cannot fail while we hold it.
+        let _ = rx.wait_for(|n| pred(*n)).await;
+    }
+
+    /// Whether [`Self::stall`] is on.
+    pub fn is_stalled(&self) -> bool {
+        *self.shared.stall.borrow()
+    }
+
+    /// Whether [`Self::refuse`] is on.
+    pub fn is_refusing(&self) -> bool {
+        *self.shared.refuse.borrow()
+    }
+
+    /// Whether [`Self::hangup`] is on.
+    pub fn is_hanging_up(&self) -> bool {
+        self.shared.hangup.load(Ordering::SeqCst)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            hung_up: c.hung_up.load(Ordering::Relaxed),
+            cut: c.cut.load(Ordering::Relaxed),
+            checksums_added: c.checksums_added.load(Ordering::Relaxed),
+            urls_rewritten: c.urls_rewritten.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs one line of the text control protocol and returns the one-line
+    /// reply. Commands: `cut`, `stall`, `resume`, `refuse`, `accept`,
+    /// `hangup`, `nohangup`, `status`. Lives here rather than in the binary
+    /// so it is tested with the rest.
+    pub async fn control(&self, line: &str) -> String {
+        let res = match line.trim() {
+            "cut" => {
+                self.cut_all();
+                Ok(())
+            }
+            "stall" | "resume" => {
+                self.stall(line.trim() == "stall");
+                Ok(())
+            }
+            "refuse" => self.refuse(true).await,
+            "accept" => self.refuse(false).await,
+            "hangup" | "nohangup" => {
+                self.hangup(line.trim() == "hangup");
+                Ok(())
+            }
+            "status" => Ok(()),
+            other => {
+                return format!(
+                    "error unknown command {other:?}; expected \
+                     cut|stall|resume|refuse|accept|hangup|nohangup|status"
+                )
+            }
+        };
+        if let Err(e) = res {
+            return format!("error {e}");
+        }
+        let s = self.stats();
+        format!(
+            "ok connections={} stalled={} refusing={} hangup={} accepted={} hung_up={} cut={} \
+             checksums_added={} urls_rewritten={} malformed={}",
+            self.connections(),
+            self.is_stalled(),
+            self.is_refusing(),
+            self.is_hanging_up(),
+            s.accepted,
+            s.hung_up,
+            s.cut,
+            s.checksums_added,
+            s.urls_rewritten,
+            s.malformed
+        )
+    }
+
+    /// Stops accepting, closes every connection and waits for all tasks.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.send_replace(true);
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    let mut listener = Some(listener);
+    let mut refuse = shared.refuse.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut conns = JoinSet::new();
+    loop {
+        let want_refuse = *refuse.borrow_and_update();
+        if want_refuse && listener.take().is_some() {
+            info!(%addr, "listener closed: refusing connections");
+            shared.listening.send_replace(false);
+        } else if !want_refuse && listener.is_none() {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(%addr, "listening again");
+                    listener = Some(l);
+                    shared.listening.send_replace(true);
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "re-bind failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+            continue;
+        }
+        let accepted = tokio::select! {
+            r = accept_if_listening(listener.as_ref()) => r,
+            _ = refuse.changed() => continue,
+            _ = shutdown.wait_for(|s| *s) => break,
+            // Reap finished tasks so the set does not grow without bound.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (client, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Typically EMFILE; back off rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.hangup.load(Ordering::SeqCst) {
+            shared.counters.hung_up.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "hanging up on new connection");
+            drop(client);
+            continue;
+        }
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.live.send_modify(|n| *n += 1);
+        // Subscribe before spawning so a cut issued right after accept()
+        // returns still reaches this connection.
+        let cut = shared.cut.subscribe();
+        let shutdown = shared.shutdown.subscribe();
+        let shared = shared.clone();
+        conns.spawn(async move {
+            let _live = LiveGuard(&shared.live);
+            serve(client, peer, &shared, cut, shutdown).await;
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn accept_if_listening(l: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct LiveGuard<'a>(&'a watch::Sender<usize>);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToBroker,
+    ToClient,
+}
+
+/// Why a pump stopped.
+enum PumpEnd {
+    Eof,
+    Io(io::Error),
+    Malformed(frame::FrameError),
+}
+
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut cut: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Advertise the address this client actually reached, which stays right
+    // even when listening on 0.0.0.0.
+    let advertised = match client.local_addr() {
+        Ok(a) => a.to_string(),
+        Err(e) => {
+            warn!(%peer, error = %e, "no local address");
+            return;
+        }
+    };
+    let connect = tokio::time::timeout(
+        UPSTREAM_CONNECT_TIMEOUT,
+        TcpStream::connect(shared.upstream),
+    );
+    let broker = tokio::select! {
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(%peer, upstream = %shared.upstream, error = %e, "broker connect failed");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, upstream = %shared.upstream, "broker connect timed out");
+                return;
+            }
+        },
+        _ = cut.changed() => return,
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    debug!(%peer, "proxying");
+
+    let (client_rd, client_wr) = client.into_split();
+    let (broker_rd, broker_wr) = broker.into_split();
+    let up = pump(
+        client_rd,
+        broker_wr,
+        Direction::ToBroker,
+        &advertised,
+        shared,
+    );
+    let down = pump(
+        broker_rd,
+        client_wr,
+        Direction::ToClient,
+        &advertised,
+        shared,
+    );
+    // Whichever side ends first ends the connection: a Pulsar connection is
+    // useless half-open, and dropping both halves closes both sockets.
+    let (dir, end) = tokio::select! {
+        e = up => (Direction::ToBroker, e),
+        e = down => (Direction::ToClient, e),
+        _ = cut.changed() => {
+            shared.counters.cut.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, "connection cut");
+            return;
+        }
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    match end {
+        PumpEnd::Eof => debug!(%peer, ?dir, "closed by peer"),
+        PumpEnd::Io(e) => debug!(%peer, ?dir, error = %e, "connection error"),
+        PumpEnd::Malformed(e) => {
+            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, ?dir, error = %e, "malformed frame, closing connection");
+        }
+    }
+}
+
+/// Copies frames from `src` to `dst`, fixing up broker→client frames, and
+/// holding them while the proxy is stalled.
+async fn pump<R, W>(
+    mut src: R,
+    mut dst: W,
+    dir: Direction,
+    advertised: &str,
+    shared: &Shared,
+) -> PumpEnd
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    let mut stall = shared.stall.subscribe();
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        match src.read_buf(&mut inbuf).await {
+            Ok(0) => return PumpEnd::Eof,
+            Ok(_) => {}
+            Err(e) => return PumpEnd::Io(e),
+        }
+        loop {
+            let frame = match frame::next_frame(&mut inbuf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return PumpEnd::Malformed(e),
+            };
+            match dir {
+                Direction::ToBroker => {
+                    // Only validated: the client's frames are what pulsar-lite
+                    // expects already.
+                    if let Err(e) = frame::split_frame(&frame) {
+                        return PumpEnd::Malformed(e);
+                    }
+                    out.extend_from_slice(&frame);
+                }
+                Direction::ToClient => match frame::fix_broker_frame(frame, advertised) {
+                    Ok((fixed, how)) => {
+                        match how {
+                            Fixup::Unchanged => {}
+                            Fixup::ChecksumAdded | Fixup::EntryMetadataStripped => {
+                                shared
+                                    .counters
+                                    .checksums_added
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            Fixup::UrlRewritten => {
+                                shared
+                                    .counters
+                                    .urls_rewritten
+                                    .fetch_add(1, Ordering::Relaxed);
+                                debug!(to = advertised, "rewrote broker URL");
+                            }
+                        }
+                        out.extend_from_slice(&fixed);
+                    }
+                    Err(e) => return PumpEnd::Malformed(e),
+                },
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        // Not reading while stalled lets the kernel buffers apply
+        // backpressure instead of growing ours.
+        let _ = stall.wait_for(|s| !*s).await;
+        if let Err(e) = dst.write_all(&out).await {
+            return PumpEnd::Io(e);
+        }
+        out.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_payload, encode_simple, payload_body, proto::*};
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// A fake broker that accepts one connection and hands it to the test.
+    async fn fake_broker() -> (SocketAddr, tokio::sync::mpsc::Receiver<TcpStream>) {
+        let l = TcpListener::bind(loopback()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                if tx.send(s).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn read_frame(s: &mut TcpStream) -> bytes::Bytes {
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(f) = frame::next_frame(&mut buf).unwrap() {
+                return f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "eof");
+        }
+    }
+
+    fn ping() -> bytes::Bytes {
+        encode_simple(&BaseCommand {
+            r#type: base_command::Type::Ping as i32,
+            ping: Some(CommandPing {}),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn fixes_frames_rewrites_lookup_and_obeys_controls() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (up, mut brokers) = fake_broker().await;
+            let proxy = start(loopback(), up).await.unwrap();
+            let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut broker = brokers.recv().await.unwrap();
+            proxy.wait_connections(|n| n == 1).await;
+
+            // client → broker: byte-exact.
+            client.write_all(&ping()).await.unwrap();
+            assert_eq!(read_frame(&mut broker).await, ping());
+
+            // broker → client: checksum inserted.
+            let cmd = BaseCommand {
+                r#type: base_command::Type::Message as i32,
+                message: Some(CommandMessage::default()),
+                ..Default::default()
+            };
+            let body = payload_body(&MessageMetadata::default(), b"data");
+            broker
+                .write_all(&encode_payload(&cmd, &body, false))
+                .await
+                .unwrap();
+            assert_eq!(
+                read_frame(&mut client).await,
+                encode_payload(&cmd, &body, true)
+            );
+
+            // broker → client: lookup points at the proxy.
+            let lookup = BaseCommand {
+                r#type: base_command::Type::LookupResponse as i32,
+                lookup_topic_response: Some(CommandLookupTopicResponse {
+                    broker_service_url: Some(format!("pulsar://{up}")),
+                    request_id: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            broker.write_all(&encode_simple(&lookup)).await.unwrap();
+            let got = frame::decode_command(&read_frame(&mut client).await).unwrap();
+            assert_eq!(
+                got.lookup_topic_response.unwrap().broker_service_url,
+                Some(proxy.url())
+            );
+
+            // stall holds bytes, resume delivers them.
+            proxy.stall(true);
+            broker.write_all(&ping()).await.unwrap();
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_millis(300), client.read(&mut b)).await;
+            assert!(r.is_err(), "nothing should arrive while stalled");
+            proxy.stall(false);
+            assert_eq!(read_frame(&mut client).await, ping());
+
+            // cut closes both sides.
+            proxy.cut_all();
+            proxy.wait_connections(|n| n == 0).await;
+            assert_eq!(client.read(&mut b).await.unwrap_or(0), 0);
+            assert_eq!(broker.read(&mut b).await.unwrap_or(0), 0);
+
+            // hangup closes new clients at once without dialling the broker.
+            proxy.hangup(true);
+            let mut c2 = TcpStream::connect(proxy.addr()).await.unwrap();
+            assert_eq!(c2.read(&mut b).await.unwrap_or(0), 0);
+            assert!(proxy.control("status").await.contains("hung_up=1"));
+            assert!(proxy.control("nohangup").await.starts_with("ok "));
+
+            // refuse closes the listener: connection refused, then back.
+            assert!(proxy.control("refuse").await.contains("refusing=true"));
+            let e = TcpStream::connect(proxy.addr()).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+            assert!(proxy.control("accept").await.contains("refusing=false"));
+            let mut c3 = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut broker3 = brokers.recv().await.unwrap();
+            c3.write_all(&ping()).await.unwrap();
+            assert_eq!(read_frame(&mut broker3).await, ping());
+            assert!(proxy.control("bogus").await.starts_with("error"));
+
+            let s = proxy.stats();
+            assert_eq!((s.checksums_added, s.urls_rewritten, s.cut), (1, 1, 1));
+            proxy.shutdown().await;
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn malformed_broker_frame_closes_connection() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let (up, mut brokers) = fake_broker().await;
+            let proxy = start(loopback(), up).await.unwrap();
+            let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut broker = brokers.recv().await.unwrap();
+            broker
+                .write_all(&[0, 0, 0, 6, 0, 0, 0, 9, 1, 2])
+                .await
+                .unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(client.read(&mut b).await.unwrap_or(0), 0);
+            proxy.wait_connections(|n| n == 0).await;
+            assert_eq!(proxy.stats().malformed, 1);
+            proxy.shutdown().await;
+        })
+        .await
+        .expect("test timed out");
+    }
+}
