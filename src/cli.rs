@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
 
 use crate::convert::{self, Converter};
+use crate::deadletter::DeadLetters;
 use crate::{config, live, migrate, pipeline, record, replay, sample, source, store};
 
 /// Exit status of a replay that finished but skipped some input.
@@ -80,6 +81,16 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Inspect, retry or purge dead letters (inputs that could not be applied).
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        convert: ConvertArgs,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample {
         /// File to write.
@@ -127,6 +138,9 @@ pub struct LiveArgs {
     /// Port of /metrics, /healthz and /readyz (0 = off); overrides metricsPort.
     #[arg(long)]
     pub metrics_port: Option<u16>,
+    /// File for dead letters Postgres refuses; overrides deadLetterSpool.
+    #[arg(long)]
+    pub dead_letter_spool: Option<PathBuf>,
 }
 
 impl LiveArgs {
@@ -140,6 +154,7 @@ impl LiveArgs {
             batch_size: self.batch_size,
             batch_duration: self.batch_duration.clone(),
             metrics_port: self.metrics_port,
+            dead_letter_spool: self.dead_letter_spool.clone(),
         };
         let loaded = config::load(&self.config, std::env::vars(), &overrides)?;
         for w in &loaded.warnings {
@@ -147,6 +162,36 @@ impl LiveArgs {
         }
         Ok(loaded.config)
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// One line per dead letter (oldest first); --json prints one JSON object per line.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Everything about one dead letter, with what its payload decodes to.
+    Show { id: i64 },
+    /// Send dead letters through the normal path again; those that now apply are removed.
+    Retry {
+        /// The dead letter to retry.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Retry every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters older than a duration (e.g. 720h).
+    Purge {
+        #[arg(long)]
+        older_than: String,
+    },
+    /// Move dead letters from the local spool file into the table.
+    Flush,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -164,6 +209,9 @@ pub struct DbArgs {
     /// Regex; a Postgres error whose message matches is never retried (repeatable).
     #[arg(long = "fatal-insertion-error")]
     pub fatal_insertion_errors: Vec<String>,
+    /// File for dead letters Postgres refuses (flushed into the table later).
+    #[arg(long, default_value = config::DEFAULT_SPOOL)]
+    pub dead_letter_spool: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -383,17 +431,97 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
         } => {
             let pool = store::connect_pool(&db.database_url, 4).await?;
-            let store = Arc::new(store::Store::new(pool, db.store_settings()?));
+            let store = Arc::new(store::Store::new(pool.clone(), db.store_settings()?));
+            let dead = DeadLetters::new(pool, db.dead_letter_spool.clone());
             let converter = Converter::new(convert.settings());
             let progress = std::io::stderr().is_terminal();
             let summary =
-                replay::replay(files, converter, store, batch.settings(), progress).await?;
+                replay::replay(files, converter, store, dead, batch.settings(), progress).await?;
             print!("{summary}");
             Ok(if summary.clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_SKIPPED)
             })
+        }
+        Command::DeadLetters {
+            db,
+            convert,
+            action,
+        } => {
+            let pool = store::connect_pool(&db.database_url, 2).await?;
+            let dead = DeadLetters::new(pool.clone(), db.dead_letter_spool.clone());
+            match action {
+                DeadLetterAction::List { json, limit } => {
+                    for d in dead.list(limit).await? {
+                        if json {
+                            println!("{}", serde_json::to_string(&d)?);
+                        } else {
+                            println!(
+                                "{:>6}  {}  {:<24} {:<40} {}",
+                                d.id,
+                                d.created.format("%Y-%m-%dT%H:%M:%SZ"),
+                                d.reason,
+                                d.source,
+                                d.error.chars().take(120).collect::<String>()
+                            );
+                        }
+                    }
+                }
+                DeadLetterAction::Show { id } => {
+                    let Some(d) = dead.get(id).await? else {
+                        anyhow::bail!("no dead letter {id}");
+                    };
+                    println!("id:           {}", d.id);
+                    println!("source:       {}", d.source);
+                    println!("reason:       {}", d.reason);
+                    println!("error:        {}", d.error);
+                    println!("created:      {}", d.created.to_rfc3339());
+                    if let Some(t) = d.publish_time {
+                        println!("published:    {}", t.to_rfc3339());
+                    }
+                    println!("retries:      {}", d.retries);
+                    print!("{}", crate::deadletter::describe_payload(&d.payload));
+                }
+                DeadLetterAction::Retry { id, all } => {
+                    let ids = if all {
+                        dead.ids().await?
+                    } else {
+                        id.into_iter().collect()
+                    };
+                    let store = store::Store::new(pool, db.store_settings()?);
+                    let converter = Converter::new(convert.settings());
+                    let r = crate::redrive::retry(&dead, &store, &converter, &ids).await?;
+                    for (id, reason) in &r.still_failing {
+                        println!("{id}: still failing: {reason}");
+                    }
+                    for id in &r.missing {
+                        println!("{id}: no such dead letter");
+                    }
+                    println!(
+                        "retried {}: {} applied and removed, {} still failing",
+                        ids.len(),
+                        r.applied.len(),
+                        r.still_failing.len()
+                    );
+                    if !r.still_failing.is_empty() || !r.missing.is_empty() {
+                        return Ok(ExitCode::from(EXIT_SKIPPED));
+                    }
+                }
+                DeadLetterAction::Purge { older_than } => {
+                    let d = config::parse_duration(&older_than)
+                        .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+                    println!("purged {} dead letter(s)", dead.purge(d).await?);
+                }
+                DeadLetterAction::Flush => {
+                    println!(
+                        "flushed {} dead letter(s) from {}",
+                        dead.flush_spool().await?,
+                        dead.spool_path().display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sample {
             out,

@@ -69,6 +69,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Regexes; matching Postgres errors are never retried.
     pub fatal_insertion_errors: Vec<String>,
+    /// Local append-only file for dead letters Postgres refuses.
+    pub dead_letter_spool: PathBuf,
 }
 
 /// A loaded configuration and what was odd about its sources.
@@ -90,6 +92,9 @@ pub enum ConfigError {
     #[error("{key}: {msg}")]
     Invalid { key: String, msg: String },
 }
+
+/// Where dead letters go when Postgres refuses them (relative to the working directory).
+pub const DEFAULT_SPOOL: &str = "lookout-ingester-dead-letters.jsonl";
 
 /// Upstream's defaults, with hosts on loopback.
 pub const DEFAULTS: &str = r#"
@@ -171,6 +176,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("maxBackoff", Kind::Seconds),
     ("fatalInsertionErrors", Kind::StrList),
     ("profiling", Kind::Ignored),
+    ("deadLetterSpool", Kind::Str),
 ];
 
 fn known(path: &str) -> Option<(&'static str, Kind)> {
@@ -244,6 +250,7 @@ pub struct Overrides {
     pub batch_size: Option<usize>,
     pub batch_duration: Option<String>,
     pub metrics_port: Option<u16>,
+    pub dead_letter_spool: Option<PathBuf>,
 }
 
 /// Loads configuration from `files` (in order), `env` (pass
@@ -449,6 +456,11 @@ pub fn load(
         },
         max_backoff,
         fatal_insertion_errors: fatal,
+        dead_letter_spool: PathBuf::from(
+            r.str("deadLetterSpool")?
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_SPOOL.to_string()),
+        ),
     };
     Ok(Loaded { config, warnings })
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::convert::Converter;
+use crate::deadletter::DeadLetters;
 use crate::http::{self, Health};
 use crate::source::pulsar::{self, Ack};
 use crate::store::{self, Store, StoreSettings};
@@ -61,6 +62,15 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         .with_shutdown(force_rx),
     );
     probe_database(&pool, &health).await;
+    let dead = DeadLetters::new(pool.clone(), config.dead_letter_spool.clone());
+    match dead.flush_spool().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("flushed {n} spooled dead letter(s)"),
+        Err(e) => tracing::warn!(
+            "dead-letter spool {} not flushed yet: {e:#}",
+            config.dead_letter_spool.display()
+        ),
+    }
 
     let (msg_tx, msg_rx) = mpsc::channel(config.pulsar.receiver_queue_size.max(1) as usize);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Ack>>();
@@ -81,6 +91,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         msg_rx,
         Converter::new(config.convert.clone()),
         store,
+        dead,
         settings,
     );
     let ordered = config.pulsar.subscription_kind.ordered();

@@ -125,6 +125,23 @@ pub static DUPLICATES_SKIPPED: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// Dead letters stored, by reason.
+pub static DEAD_LETTERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "dead_letters_total",
+        "Inputs kept as dead letters, by reason",
+        &["reason"],
+    )
+});
+
+/// Dead letters written to the local spool because Postgres refused them.
+pub static DEAD_LETTERS_SPOOLED: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "dead_letters_spooled_total",
+        "Dead letters appended to the local spool file",
+    )
+});
+
 /// Batches committed.
 pub static BATCHES: Lazy<IntCounter> = Lazy::new(|| counter("batches_total", "Batches committed"));
 

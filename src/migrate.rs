@@ -198,6 +198,90 @@ pub struct Report {
     pub to: i64,
     /// Migrations applied by this run, in order (empty if it was up to date).
     pub applied: Vec<(i64, &'static str)>,
+    /// The ingester's own migrations applied by this run (see [`OWN_MIGRATIONS`]).
+    pub own_applied: Vec<(i64, &'static str)>,
+}
+
+/// Migrations of tables only this ingester uses (`migrations/ingester/`).
+///
+/// They are numbered and tracked separately from upstream's, in the table
+/// `lookout_ingester_schema_version`, so a number upstream assigns later
+/// can never collide with ours and upstream's `database_version` keeps its
+/// meaning for both binaries. Each runs in one transaction with its
+/// bookkeeping row, under the same advisory lock as upstream's.
+pub static OWN_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "0001_dead_letter.sql",
+    include_str!("../migrations/ingester/0001_dead_letter.sql"),
+)];
+
+const OWN_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS lookout_ingester_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// The ingester's own migrations not yet applied (creates nothing).
+pub async fn own_pending(client: &Client) -> Result<Vec<(i64, &'static str)>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('lookout_ingester_schema_version') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("reading the ingester's schema version")?
+        .get(0);
+    let mut applied = Vec::new();
+    if exists {
+        for row in client
+            .query(
+                "SELECT version::bigint FROM lookout_ingester_schema_version",
+                &[],
+            )
+            .await
+            .context("reading the ingester's schema version")?
+        {
+            applied.push(row.try_get::<_, i64>(0)?);
+        }
+    }
+    Ok(OWN_MIGRATIONS
+        .iter()
+        .filter(|(v, _, _)| !applied.contains(v))
+        .map(|(v, n, _)| (*v, *n))
+        .collect())
+}
+
+async fn migrate_own_locked(client: &mut Client) -> Result<Vec<(i64, &'static str)>> {
+    client
+        .batch_execute(OWN_VERSION_TABLE)
+        .await
+        .context("creating lookout_ingester_schema_version")?;
+    let pending = own_pending(client).await?;
+    let mut done = Vec::new();
+    for (version, name) in pending {
+        let Some((_, _, sql)) = OWN_MIGRATIONS.iter().find(|(v, _, _)| *v == version) else {
+            continue;
+        };
+        tracing::info!("applying ingester migration {name}");
+        let tx = client
+            .transaction()
+            .await
+            .with_context(|| format!("{name}: begin"))?;
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("applying migrations/ingester/{name}"))?;
+        tx.execute(
+            "INSERT INTO lookout_ingester_schema_version (version, name) VALUES ($1::bigint::integer, $2)",
+            &[&version, &name],
+        )
+        .await
+        .with_context(|| format!("{name}: recording the version"))?;
+        tx.commit()
+            .await
+            .with_context(|| format!("{name}: commit"))?;
+        done.push((version, name));
+    }
+    Ok(done)
 }
 
 /// Reads the schema version without creating or changing anything: a
@@ -216,9 +300,16 @@ pub async fn status(client: &Client) -> Result<Status> {
     })
 }
 
-/// Brings the database up to [`latest_version`]. See the module docs.
+/// Brings the database up to [`latest_version`], then applies the
+/// ingester's own migrations ([`OWN_MIGRATIONS`]). See the module docs.
 pub async fn migrate(client: &mut Client) -> Result<Report> {
-    migrate_with(client, MIGRATIONS, latest_version()).await
+    let mut report = migrate_with(client, MIGRATIONS, latest_version()).await?;
+    acquire_lock(client).await?;
+    let own = migrate_own_locked(client).await;
+    let released = release_lock(client).await;
+    report.own_applied = own?;
+    released?;
+    Ok(report)
 }
 
 /// Applies the pending migrations up to and including `target` only (for
@@ -301,6 +392,7 @@ async fn migrate_locked(
             "Lookout schema is up to date"
         );
         return Ok(Report {
+            own_applied: Vec::new(),
             from,
             to: from,
             applied: Vec::new(),
@@ -345,6 +437,7 @@ async fn migrate_locked(
     }
     tracing::info!(from, to = version, "Lookout schema migrated");
     Ok(Report {
+        own_applied: Vec::new(),
         from,
         to: version,
         applied,

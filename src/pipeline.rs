@@ -10,7 +10,7 @@
 //! sent only after its batch is committed, carrying the origin of every
 //! message in it, so the caller can acknowledge exactly those.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::convert::{Converter, Problem, Reason};
+use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::metrics;
 use crate::model::InstructionSet;
 use crate::proto::armadaevents::EventSequence;
@@ -86,6 +87,8 @@ pub struct Committed {
     pub events_by_kind: BTreeMap<&'static str, u64>,
     pub problems: Vec<Located>,
     pub write: WriteReport,
+    /// Messages kept as dead letters (in the table or the spool).
+    pub dead_letters: usize,
 }
 
 /// Decodes one message. A valid protobuf of another type may decode too (all
@@ -97,6 +100,7 @@ pub fn decode(payload: &[u8]) -> Result<EventSequence, prost::DecodeError> {
 struct Decoded {
     origin: Origin,
     publish_time: Option<Timestamp>,
+    payload: Vec<u8>,
     sequence: Option<EventSequence>,
     decode_error: Option<String>,
 }
@@ -106,10 +110,95 @@ struct Batch {
 }
 
 struct Converted {
-    origins: Vec<Origin>,
+    messages: Vec<Converted1>,
     events_by_kind: BTreeMap<&'static str, u64>,
-    problems: Vec<Located>,
     instructions: InstructionSet,
+}
+
+/// One message after conversion: kept until its batch is committed, so that
+/// what could not be applied can be dead-lettered byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct MessageOutcome {
+    pub origin: Option<Origin>,
+    pub payload: Vec<u8>,
+    pub publish_time: Option<Timestamp>,
+    pub problems: Vec<Problem>,
+    /// Keys of the rows this message asked for, to trace failed rows back.
+    pub job_ids: BTreeSet<String>,
+    pub run_ids: BTreeSet<String>,
+}
+
+type Converted1 = MessageOutcome;
+
+/// The job and run ids an instruction set touches.
+pub fn keys(set: &InstructionSet) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut jobs = BTreeSet::new();
+    let mut runs = BTreeSet::new();
+    jobs.extend(set.jobs_to_create.iter().map(|j| j.job_id.clone()));
+    jobs.extend(set.jobs_to_update.iter().map(|j| j.job_id.clone()));
+    jobs.extend(set.job_errors_to_create.iter().map(|j| j.job_id.clone()));
+    runs.extend(set.runs_to_create.iter().map(|r| r.run_id.clone()));
+    runs.extend(set.runs_to_update.iter().map(|r| r.run_id.clone()));
+    (jobs, runs)
+}
+
+/// Whether a problem means part of the message was not applied (and so the
+/// message is kept as a dead letter): everything skipped, and event kinds
+/// this build cannot apply.
+fn unapplied(p: &Problem) -> bool {
+    p.skipped || p.reason == Reason::UnknownEventKind
+}
+
+/// The dead letters of a committed batch: every message with an unapplied
+/// problem, a row that failed even on its own, or an update that found no
+/// row (an event for an unknown job or run, or one that arrived before the
+/// event creating its row). Pure, so the rule is unit-tested.
+pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<DeadLetter> {
+    let mut out = Vec::new();
+    for m in messages {
+        let mut reasons: Vec<String> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        for p in m.problems.iter().filter(|p| unapplied(p)) {
+            reasons.push(p.reason.as_str().to_string());
+            match p.event_index {
+                Some(i) => errors.push(format!("event {i}: {}", p.detail)),
+                None => errors.push(p.detail.clone()),
+            }
+        }
+        for f in &write.failed {
+            let mine = match f.table {
+                "job_run" => m.run_ids.contains(&f.key),
+                _ => m.job_ids.contains(&f.key),
+            };
+            if mine {
+                reasons.push("row_failed".into());
+                errors.push(format!(
+                    "{} {} {}: {}",
+                    f.table, f.operation, f.key, f.error
+                ));
+            }
+        }
+        // UNMATCHED-HOOK
+        if reasons.is_empty() {
+            continue;
+        }
+        reasons.sort();
+        reasons.dedup();
+        out.push(DeadLetter {
+            source: m
+                .origin
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            reason: reasons.join(","),
+            error: errors.join("; "),
+            payload: m.payload.clone(),
+            publish_time: m.publish_time.and_then(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            }),
+        });
+    }
+    out
 }
 
 /// The running stage tasks of a pipeline.
@@ -145,6 +234,7 @@ pub fn spawn(
     source: mpsc::Receiver<Message>,
     converter: Converter,
     store: Arc<Store>,
+    dead: Arc<DeadLetters>,
     settings: Settings,
 ) -> (mpsc::Receiver<Committed>, Stages) {
     let depth = settings.queue_depth.max(1);
@@ -154,7 +244,7 @@ pub fn spawn(
     let tasks = vec![
         tokio::spawn(batcher(source, batch_tx, settings)),
         tokio::spawn(converting(batch_rx, conv_tx, converter)),
-        tokio::spawn(storing(conv_rx, done_tx, store)),
+        tokio::spawn(storing(conv_rx, done_tx, store, dead)),
     ];
     (done_rx, Stages { tasks })
 }
@@ -193,6 +283,7 @@ async fn batcher(
         batch.messages.push(Decoded {
             origin: msg.origin,
             publish_time: msg.publish_time,
+            payload: msg.payload,
             sequence,
             decode_error,
         });
@@ -235,24 +326,26 @@ async fn converting(
 ) -> anyhow::Result<()> {
     while let Some(batch) = input.recv().await {
         let mut c = Converted {
-            origins: Vec::with_capacity(batch.messages.len()),
+            messages: Vec::with_capacity(batch.messages.len()),
             events_by_kind: BTreeMap::new(),
-            problems: Vec::new(),
             instructions: InstructionSet::default(),
         };
         for m in batch.messages {
+            let mut outcome = MessageOutcome {
+                origin: Some(m.origin),
+                payload: m.payload,
+                publish_time: m.publish_time,
+                ..MessageOutcome::default()
+            };
             if let Some(detail) = m.decode_error {
                 metrics::INPUT_ERRORS
                     .with_label_values(&[Reason::Decode.as_str()])
                     .inc();
-                c.problems.push(Located {
-                    origin: m.origin.clone(),
-                    problem: Problem {
-                        event_index: None,
-                        reason: Reason::Decode,
-                        detail,
-                        skipped: true,
-                    },
+                outcome.problems.push(Problem {
+                    event_index: None,
+                    reason: Reason::Decode,
+                    detail,
+                    skipped: true,
                 });
             }
             if let Some(seq) = &m.sequence {
@@ -260,21 +353,25 @@ async fn converting(
                 for (k, n) in one.events_by_kind {
                     *c.events_by_kind.entry(k).or_insert(0) += n;
                 }
-                c.problems
-                    .extend(one.problems.into_iter().map(|problem| Located {
-                        origin: m.origin.clone(),
-                        problem,
-                    }));
+                outcome.problems.extend(one.problems);
+                (outcome.job_ids, outcome.run_ids) = keys(&one.instructions);
                 c.instructions.extend(one.instructions);
             }
-            c.origins.push(m.origin);
-        }
-        for p in &c.problems {
-            if p.problem.skipped {
-                tracing::warn!("skipped {p}");
-            } else {
-                tracing::info!("{p}");
+            for problem in &outcome.problems {
+                let located = Located {
+                    origin: outcome.origin.clone().unwrap_or(Origin::File {
+                        path: "".into(),
+                        index: 0,
+                    }),
+                    problem: problem.clone(),
+                };
+                if unapplied(problem) {
+                    tracing::warn!("not applied: {located}");
+                } else {
+                    tracing::info!("{located}");
+                }
             }
+            c.messages.push(outcome);
         }
         if out.send(c).await.is_err() {
             anyhow::bail!("store stage stopped");
@@ -287,16 +384,31 @@ async fn storing(
     mut input: mpsc::Receiver<Converted>,
     out: mpsc::Sender<Committed>,
     store: Arc<Store>,
+    dead: Arc<DeadLetters>,
 ) -> anyhow::Result<()> {
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
         let write = store.write(c.instructions).await?;
-        metrics::IN_FLIGHT.sub(c.origins.len() as i64);
+        let letters = dead_letters(&c.messages, &write);
+        // Only once the dead letters are safe may the batch be acknowledged.
+        dead.record(&letters).await?;
+        metrics::IN_FLIGHT.sub(c.messages.len() as i64);
+        let mut origins = Vec::with_capacity(c.messages.len());
+        let mut problems = Vec::new();
+        for m in c.messages {
+            let Some(origin) = m.origin else { continue };
+            problems.extend(m.problems.into_iter().map(|problem| Located {
+                origin: origin.clone(),
+                problem,
+            }));
+            origins.push(origin);
+        }
         let done = Committed {
-            origins: c.origins,
+            origins,
             events_by_kind: c.events_by_kind,
-            problems: c.problems,
+            problems,
             write,
+            dead_letters: letters.len(),
         };
         if out.send(done).await.is_err() {
             anyhow::bail!("acknowledger stopped");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::convert::Converter;
+use crate::deadletter::DeadLetters;
 use crate::pipeline::{self, Committed};
 use crate::source::{file, Message, Origin};
 use crate::store::{Store, WriteReport};
@@ -29,6 +30,8 @@ pub struct Summary {
     pub warnings: BTreeMap<String, u64>,
     /// Rows that failed even row by row.
     pub failed_rows: u64,
+    /// Records kept as dead letters.
+    pub dead_letters: u64,
     pub elapsed: Duration,
 }
 
@@ -39,7 +42,7 @@ impl Summary {
 
     /// True when every input was applied (the exit status reflects this).
     pub fn clean(&self) -> bool {
-        self.skipped.is_empty() && self.failed_rows == 0
+        self.skipped.is_empty() && self.failed_rows == 0 && self.dead_letters == 0
     }
 
     fn add(&mut self, c: &Committed) {
@@ -57,6 +60,7 @@ impl Summary {
                 .or_insert(0) += 1;
         }
         add_write(self, &c.write);
+        self.dead_letters += c.dead_letters as u64;
     }
 }
 
@@ -118,6 +122,7 @@ impl std::fmt::Display for Summary {
         section(&mut out, "skipped by reason", &self.skipped);
         section(&mut out, "warnings by reason", &self.warnings);
         let _ = writeln!(out, "rows failed: {}", self.failed_rows);
+        let _ = writeln!(out, "dead letters: {}", self.dead_letters);
         f.write_str(&out)
     }
 }
@@ -197,6 +202,7 @@ pub async fn replay(
     files: Vec<PathBuf>,
     converter: Converter,
     store: Arc<Store>,
+    dead: Arc<DeadLetters>,
     settings: pipeline::Settings,
     progress: bool,
 ) -> anyhow::Result<Summary> {
@@ -213,7 +219,7 @@ pub async fn replay(
         let (read, errs) = (read.clone(), file_errors.clone());
         tokio::task::spawn_blocking(move || read_files(files, tx, read, errs))
     };
-    let (mut committed, stages) = pipeline::spawn(rx, converter, store, settings);
+    let (mut committed, stages) = pipeline::spawn(rx, converter, store, dead, settings);
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(total);
         if let Ok(style) = indicatif::ProgressStyle::with_template(

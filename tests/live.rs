@@ -27,11 +27,13 @@ async fn baseline(seqs: &[ev::EventSequence], dir: &Path) -> String {
     w.finish().expect("finish");
     let db = TestDb::migrated().await;
     let pool = store::connect_pool(&db.url, 2).await.expect("pool");
-    let store = Arc::new(Store::new(pool, StoreSettings::default()));
+    let store = Arc::new(Store::new(pool.clone(), StoreSettings::default()));
+    let dead = common::dead_letters(pool);
     let s = replay::replay(
         vec![path],
         Converter::new(Default::default()),
         store,
+        dead,
         pipeline::Settings::default(),
         false,
     )
@@ -369,7 +371,8 @@ async fn record_then_replay_equals_live_ingestion_with_an_upstream_config_file()
     let summary = replay::replay(
         vec![file],
         Converter::new(Default::default()),
-        Arc::new(Store::new(pool, StoreSettings::default())),
+        Arc::new(Store::new(pool.clone(), StoreSettings::default())),
+        common::dead_letters(pool),
         pipeline::Settings::default(),
         false,
     )

@@ -520,7 +520,8 @@ async fn migrating_twice_applies_nothing_the_second_time() {
         migrate::Report {
             from: LATEST,
             to: LATEST,
-            applied: vec![]
+            applied: vec![],
+            own_applied: vec![]
         }
     );
     // A fresh connection too.

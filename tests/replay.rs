@@ -27,7 +27,8 @@ fn write_file(dir: &Path, name: &str, seqs: &[ev::EventSequence], gzip: bool) ->
 
 async fn replay_into(db: &TestDb, files: Vec<PathBuf>, batch_size: usize) -> replay::Summary {
     let pool = store::connect_pool(&db.url, 4).await.expect("pool");
-    let store = Arc::new(Store::new(pool, StoreSettings::default()));
+    let store = Arc::new(Store::new(pool.clone(), StoreSettings::default()));
+    let dead = common::dead_letters(pool);
     let settings = pipeline::Settings {
         batch_size,
         ..pipeline::Settings::default()
@@ -36,6 +37,7 @@ async fn replay_into(db: &TestDb, files: Vec<PathBuf>, batch_size: usize) -> rep
         files,
         Converter::new(Settings::default()),
         store,
+        dead,
         settings,
         false,
     )
@@ -348,7 +350,8 @@ async fn bad_records_are_skipped_reported_and_the_rest_applied() {
     let db = TestDb::migrated().await;
     // Through the real binary, for the exit status and the printed summary.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["replay", "--database-url", &db.url])
+        .args(["replay", "--database-url", &db.url, "--dead-letter-spool"])
+        .arg(dir.path().join("spool.jsonl"))
         .arg(&path)
         .output()
         .await
@@ -389,7 +392,8 @@ async fn clean_replay_exits_zero_and_prints_summary() {
     let path = write_file(dir.path(), "events.bin.gz", &sample::generate(5, 50), true);
     let db = TestDb::migrated().await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["replay", "--database-url", &db.url])
+        .args(["replay", "--database-url", &db.url, "--dead-letter-spool"])
+        .arg(dir.path().join("spool.jsonl"))
         .arg(&path)
         .output()
         .await

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod pgcluster;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_postgres::{Client, NoTls};
@@ -157,4 +158,14 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("count {table}: {e}"))
         .get(0)
+}
+
+/// Dead letters into the test database; the spool is a per-process temp file
+/// (it is used only if Postgres refuses the dead letters).
+pub fn dead_letters(
+    pool: deadpool_postgres::Pool,
+) -> std::sync::Arc<lookout_ingester::deadletter::DeadLetters> {
+    let spool =
+        std::env::temp_dir().join(format!("lookout-test-spool-{}.jsonl", std::process::id()));
+    lookout_ingester::deadletter::DeadLetters::new(pool, spool)
 }

@@ -1,0 +1,416 @@
+//! Dead letters: every input the ingester could not apply, kept byte for
+//! byte with its source and the reason, in `ingester_dead_letter` (created
+//! by the ingester's own migration). When Postgres refuses even that, the
+//! dead letter goes to a local append-only spool file first, which is
+//! flushed into the table later. Only after one of the two holds it is the
+//! message acknowledged.
+//!
+//! One row per failed message: all of its problems are joined into one
+//! reason and error. A fingerprint of source and payload keeps a redelivered
+//! message from being stored twice.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::metrics;
+
+/// An input that could not be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where it came from, e.g. `events message 12:7:-1:-1` or `f.bin record 3`.
+    pub source: String,
+    /// Failure classes, comma-separated (decode, empty_queue, row_failed, ...).
+    pub reason: String,
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The message exactly as received.
+    #[serde(with = "hex_bytes")]
+    pub payload: Vec<u8>,
+    /// The broker's publish time (stands in for a missing event time).
+    pub publish_time: Option<DateTime<Utc>>,
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stored {
+    pub id: i64,
+    pub source: String,
+    pub reason: String,
+    pub error: String,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    pub payload_bytes: usize,
+    pub publish_time: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    pub retries: i32,
+    pub last_retry: Option<DateTime<Utc>>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(b.len() * 2);
+        for byte in b {
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::unhex(&s).ok_or_else(|| serde::de::Error::custom("payload is not hex"))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+const INSERT: &str = "
+    INSERT INTO ingester_dead_letter (source, reason, error, payload, publish_time, fingerprint)
+    VALUES ($1, $2, $3, $4, $5, md5($1::text || ':' || md5($4::bytea)))
+    ON CONFLICT (fingerprint) DO UPDATE
+        SET reason = EXCLUDED.reason, error = EXCLUDED.error";
+
+/// Where dead letters go.
+pub struct DeadLetters {
+    pool: Pool,
+    spool: PathBuf,
+    /// Serialises spool appends and flushes.
+    lock: Mutex<()>,
+}
+
+impl DeadLetters {
+    pub fn new(pool: Pool, spool: PathBuf) -> Arc<DeadLetters> {
+        Arc::new(DeadLetters {
+            pool,
+            spool,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn spool_path(&self) -> &std::path::Path {
+        &self.spool
+    }
+
+    /// Stores `items` in the table, or, if Postgres refuses, in the spool.
+    /// An error means neither worked: the caller must not acknowledge.
+    pub async fn record(&self, items: &[DeadLetter]) -> anyhow::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        for d in items {
+            for r in d.reason.split(',') {
+                metrics::DEAD_LETTERS.with_label_values(&[r]).inc();
+            }
+            tracing::warn!("dead letter from {}: {}: {}", d.source, d.reason, d.error);
+        }
+        match self.insert(items).await {
+            Ok(()) => {
+                // The table works again: move anything spooled earlier into it.
+                if let Err(e) = self.flush_spool().await {
+                    tracing::warn!(
+                        "dead-letter spool {} not flushed yet: {e:#}",
+                        self.spool.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot store {} dead letter(s) in ingester_dead_letter ({e:#}); appending them to {}",
+                    items.len(),
+                    self.spool.display()
+                );
+                self.append_spool(items).await
+            }
+        }
+    }
+
+    async fn insert(&self, items: &[DeadLetter]) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.context("connecting")?;
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare(INSERT).await?;
+        for d in items {
+            tx.execute(
+                &stmt,
+                &[&d.source, &d.reason, &d.error, &d.payload, &d.publish_time],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_spool(&self, items: &[DeadLetter]) -> anyhow::Result<()> {
+        let _guard = self.lock.lock().await;
+        let mut lines = Vec::new();
+        for d in items {
+            serde_json::to_writer(&mut lines, d)?;
+            lines.push(b'\n');
+        }
+        let path = self.spool.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(&lines)?;
+            f.sync_data()
+        })
+        .await
+        .context("spool writer")?
+        .with_context(|| {
+            format!(
+                "appending to the dead-letter spool {}",
+                self.spool.display()
+            )
+        })?;
+        metrics::DEAD_LETTERS_SPOOLED.inc_by(items.len() as u64);
+        Ok(())
+    }
+
+    /// Moves spooled dead letters into the table; returns how many. The file
+    /// is truncated only after every line is committed (the fingerprint makes
+    /// a repeated flush harmless).
+    pub async fn flush_spool(&self) -> anyhow::Result<usize> {
+        let _guard = self.lock.lock().await;
+        let path = self.spool.clone();
+        let items = tokio::task::spawn_blocking(move || read_spool(&path))
+            .await
+            .context("spool reader")??;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        self.insert(&items).await?;
+        let path = self.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .and_then(|f| f.sync_all())
+        })
+        .await
+        .context("spool truncation")??;
+        tracing::info!(
+            "moved {} spooled dead letter(s) into ingester_dead_letter",
+            items.len()
+        );
+        Ok(items.len())
+    }
+
+    pub async fn list(&self, limit: i64) -> anyhow::Result<Vec<Stored>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, source, reason, error, ''::bytea, length(payload), publish_time, created, retries, last_retry
+                 FROM ingester_dead_letter ORDER BY id LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    pub async fn get(&self, id: i64) -> anyhow::Result<Option<Stored>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, source, reason, error, payload, length(payload), publish_time, created, retries, last_retry
+                 FROM ingester_dead_letter WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        row.as_ref().map(stored).transpose()
+    }
+
+    pub async fn ids(&self) -> anyhow::Result<Vec<i64>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query("SELECT id FROM ingester_dead_letter ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub async fn delete(&self, id: i64) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM ingester_dead_letter WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed retry.
+    pub async fn retried(&self, id: i64, reason: &str, error: &str) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE ingester_dead_letter SET retries = retries + 1, last_retry = now(), reason = $2, error = $3 WHERE id = $1",
+                &[&id, &reason, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes dead letters created more than `older_than` ago.
+    pub async fn purge(&self, older_than: std::time::Duration) -> anyhow::Result<u64> {
+        let client = self.pool.get().await?;
+        let secs = older_than.as_secs_f64();
+        Ok(client
+            .execute("DELETE FROM ingester_dead_letter WHERE created < now() - make_interval(secs => $1)", &[&secs])
+            .await?)
+    }
+}
+
+fn stored(r: &tokio_postgres::Row) -> anyhow::Result<Stored> {
+    let len: i32 = r.try_get(5)?;
+    Ok(Stored {
+        id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        reason: r.try_get(2)?,
+        error: r.try_get(3)?,
+        payload: r.try_get(4)?,
+        payload_bytes: usize::try_from(len).unwrap_or(0),
+        publish_time: r.try_get(6)?,
+        created: r.try_get(7)?,
+        retries: r.try_get(8)?,
+        last_retry: r.try_get(9)?,
+    })
+}
+
+/// Reads every complete line of the spool. A torn last line (a crash while
+/// appending) is ignored: its batch was not acknowledged and is redelivered.
+fn read_spool(path: &std::path::Path) -> anyhow::Result<Vec<DeadLetter>> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<DeadLetter>(&line) {
+            Ok(d) => out.push(d),
+            Err(e) => tracing::warn!(
+                "{} line {}: not a dead letter ({e}); left out",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// A human summary of a payload for `show`: what it decodes to, if anything.
+pub fn describe_payload(payload: &[u8]) -> String {
+    let mut out = String::new();
+    match crate::pipeline::decode(payload) {
+        Err(e) => {
+            let _ = writeln!(out, "does not decode as an EventSequence: {e}");
+        }
+        Ok(seq) => {
+            let _ = writeln!(
+                out,
+                "EventSequence: queue {:?}, job set {:?}, user {:?}, {} event(s)",
+                String::from_utf8_lossy(&seq.queue),
+                String::from_utf8_lossy(&seq.job_set_name),
+                String::from_utf8_lossy(&seq.user_id),
+                seq.events.len()
+            );
+            for (i, e) in seq.events.iter().enumerate().take(50) {
+                let created = e
+                    .created
+                    .map(|c| format!("{}.{:09}", c.seconds, c.nanos))
+                    .unwrap_or_else(|| "none".into());
+                let _ = writeln!(
+                    out,
+                    "  event {i}: {} (created {created})",
+                    crate::convert::event_kind(e)
+                );
+            }
+        }
+    }
+    let head: String = payload
+        .iter()
+        .take(64)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let _ = writeln!(out, "payload: {} bytes, starting {head}", payload.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_lines_round_trip_and_torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spool.jsonl");
+        let d = DeadLetter {
+            source: "f record 1".into(),
+            reason: "decode".into(),
+            error: "bad".into(),
+            payload: vec![0, 1, 0xff, 0x10],
+            publish_time: None,
+        };
+        let mut text = serde_json::to_string(&d).expect("json");
+        text.push('\n');
+        text.push_str("{\"source\": \"torn");
+        std::fs::write(&path, text).expect("write");
+        assert_eq!(read_spool(&path).expect("read"), vec![d]);
+        assert!(read_spool(&dir.path().join("missing"))
+            .expect("missing is empty")
+            .is_empty());
+    }
+
+    #[test]
+    fn hex_rejects_garbage() {
+        assert_eq!(unhex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn describes_payloads() {
+        assert!(describe_payload(&[0xff, 0xff]).contains("does not decode"));
+        let seq = crate::sample::sequence(
+            "q",
+            "js",
+            "u",
+            vec![crate::sample::event(
+                None,
+                crate::sample::job_succeeded("j"),
+            )],
+        );
+        let text = describe_payload(&prost::Message::encode_to_vec(&seq));
+        assert!(text.contains("job_succeeded (created none)"), "{text}");
+    }
+}
