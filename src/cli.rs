@@ -403,6 +403,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("the database is newer than this binary; migrate will not touch it");
                 } else if s.pending.is_empty() {
                     println!("up to date");
+                    let own = migrate::own_pending(&client).await?;
+                    if own.is_empty() {
+                        println!("ingester tables: up to date");
+                    } else {
+                        println!("ingester tables pending (migrations/ingester):");
+                        for (v, name) in &own {
+                            println!("  {v:04} {name}");
+                        }
+                    }
                 } else {
                     println!("pending:");
                     for (v, name) in &s.pending {
@@ -411,6 +420,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             } else {
                 let r = migrate::migrate(&mut client).await?;
+                for (v, name) in &r.own_applied {
+                    println!("applied ingester migration {v:04} {name}");
+                }
                 if r.applied.is_empty() {
                     println!("database at version {}; nothing to apply", r.to);
                 } else {

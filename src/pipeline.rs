@@ -178,7 +178,16 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
                 ));
             }
         }
-        // UNMATCHED-HOOK
+        for u in &write.unmatched {
+            let (mine, reason) = match u.table {
+                "job_run" => (m.run_ids.contains(&u.key), "unknown_run"),
+                _ => (m.job_ids.contains(&u.key), "unknown_job"),
+            };
+            if mine {
+                reasons.push(reason.into());
+                errors.push(format!("update of {} {}: no such row", u.table, u.key));
+            }
+        }
         if reasons.is_empty() {
             continue;
         }

@@ -10,7 +10,9 @@ use lookout_ingester::model::{
     UpdateJobRun,
 };
 use lookout_ingester::store::retry::{classify, ErrorClass};
-use lookout_ingester::store::{connect_pool, Store, StoreError, StoreSettings, WriteReport};
+use lookout_ingester::store::{
+    connect_pool, Store, StoreError, StoreSettings, Unmatched, WriteReport,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -134,6 +136,15 @@ async fn dump(c: &Client) -> Vec<String> {
         }
     }
     out
+}
+
+/// `(table, key)` of every unmatched update, in report order.
+fn unmatched(report: &WriteReport) -> Vec<(&'static str, String)> {
+    report
+        .unmatched
+        .iter()
+        .map(|u| (u.table, u.key.clone()))
+        .collect()
 }
 
 async fn job_state_of(c: &Client, id: &str) -> i16 {
@@ -590,6 +601,8 @@ async fn check_terminal(c: &Client, report: &WriteReport) {
     }
     assert_eq!(report.filtered_terminal, 3);
     assert_eq!(report.job_updated.affected, 3);
+    // The terminal ones were filtered, not unmatched; "missing" never existed.
+    assert_eq!(unmatched(report), [("job", "missing".to_string())]);
 }
 
 #[tokio::test]
@@ -717,6 +730,9 @@ async fn same_set_twice_gives_identical_tables() {
     assert_eq!(second.job_error_inserted.affected, 0);
     // Second time round both jobs are terminal.
     assert_eq!(second.filtered_terminal, 2);
+    // Filtered is not unmatched; run-1 was created in the same batch.
+    assert!(first.unmatched.is_empty(), "{:?}", first.unmatched);
+    assert!(second.unmatched.is_empty(), "{:?}", second.unmatched);
     db.drop_db().await;
 }
 
@@ -1017,5 +1033,309 @@ async fn bulk_batch_10k() {
         .unwrap()
         .get(0);
     assert_eq!(pending, n as i64);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn run_update_without_run_is_unmatched() {
+    let db = TestDb::migrated().await;
+    let s = store(&db, fast()).await;
+    // A run event before the run's creation (e.g. out of order), for a known job.
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_create: vec![job("job-1")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let report = write(
+        &s,
+        InstructionSet {
+            runs_to_update: vec![UpdateJobRun {
+                started: Some(ts(5)),
+                ..run_upd("run-early")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        report.unmatched,
+        [Unmatched {
+            table: "job_run",
+            key: "run-early".into()
+        }]
+    );
+    assert_eq!(report.unmatched_count("job_run"), 1);
+    assert_eq!(report.unmatched_count("job"), 0);
+    assert_eq!(report.job_run_updated.attempted, 1);
+    assert_eq!(report.job_run_updated.affected, 0);
+    assert!(report.failed.is_empty());
+    assert!(!report.fell_back);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn job_update_without_job_is_unmatched() {
+    let db = TestDb::migrated().await;
+    let s = store(&db, fast()).await;
+    let report = write(
+        &s,
+        InstructionSet {
+            jobs_to_update: vec![UpdateJob {
+                state: Some(job_state::RUNNING),
+                ..upd("never-submitted")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        report.unmatched,
+        [Unmatched {
+            table: "job",
+            key: "never-submitted".into()
+        }]
+    );
+    assert_eq!(report.unmatched_count("job"), 1);
+    assert_eq!(report.job_updated.attempted, 1);
+    assert_eq!(report.job_updated.affected, 0);
+    // Missing is not terminal.
+    assert_eq!(report.filtered_terminal, 0);
+    assert!(!report.fell_back);
+    db.drop_db().await;
+}
+
+/// Existing rows for [`unmatched_set`]: a live job with a run, a terminal
+/// job, and a job and a run that the row-by-row tests break updates of.
+fn unmatched_setup() -> InstructionSet {
+    InstructionSet {
+        jobs_to_create: vec![
+            job("job-1"),
+            job_in("done", job_state::SUCCEEDED),
+            job("bad-job"),
+        ],
+        runs_to_create: vec![run("run-1", "job-1"), run("bad-run", "job-1")],
+        ..Default::default()
+    }
+}
+
+/// Updates of existing, terminal, same-batch-created and missing rows, with
+/// missing keys repeated (conflated to one) and out of alphabetical order.
+fn unmatched_set() -> InstructionSet {
+    let running = |id: &str| UpdateJob {
+        state: Some(job_state::RUNNING),
+        ..upd(id)
+    };
+    let started = |id: &str| UpdateJobRun {
+        started: Some(ts(7)),
+        job_run_state: Some(run_state::RUNNING),
+        ..run_upd(id)
+    };
+    InstructionSet {
+        jobs_to_create: vec![job("new-job")],
+        runs_to_create: vec![run("new-run", "new-job")],
+        jobs_to_update: vec![
+            running("ghost-b"),
+            running("job-1"),
+            running("done"),
+            running("ghost-a"),
+            UpdateJob {
+                priority: Some(1),
+                ..upd("ghost-b")
+            },
+            running("new-job"),
+        ],
+        runs_to_update: vec![
+            started("run-z"),
+            started("new-run"),
+            started("run-1"),
+            started("run-a"),
+            UpdateJobRun {
+                exit_code: Some(1),
+                ..run_upd("run-z")
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn unmatched_want() -> Vec<(&'static str, String)> {
+    vec![
+        ("job", "ghost-b".to_string()),
+        ("job", "ghost-a".to_string()),
+        ("job_run", "run-z".to_string()),
+        ("job_run", "run-a".to_string()),
+    ]
+}
+
+/// What the unmatched scenario must leave, whichever way it was written.
+async fn check_unmatched(c: &Client, report: &WriteReport) {
+    assert_eq!(unmatched(report), unmatched_want());
+    assert_eq!(report.unmatched_count("job"), 2);
+    assert_eq!(report.unmatched_count("job_run"), 2);
+    assert_eq!(report.filtered_terminal, 1); // "done"
+    assert_eq!(report.job_updated.affected, 2); // job-1, new-job
+    assert_eq!(report.job_run_updated.affected, 2); // run-1, new-run
+    assert_eq!(job_state_of(c, "job-1").await, job_state::RUNNING);
+    assert_eq!(job_state_of(c, "new-job").await, job_state::RUNNING);
+    assert_eq!(job_state_of(c, "done").await, job_state::SUCCEEDED);
+    let jobs: i64 = c
+        .query_one("SELECT count(*) FROM job WHERE job_id LIKE 'ghost-%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 0, "an update must not create a job");
+    for id in ["run-1", "new-run"] {
+        let started: Option<NaiveDateTime> = c
+            .query_one("SELECT started FROM job_run WHERE run_id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(started, Some(ts(7)), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn unmatched_updates_are_reported_in_order() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    write(&s, unmatched_setup()).await;
+    let report = write(&s, unmatched_set()).await;
+    assert!(!report.fell_back);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.job_updated.attempted, 5);
+    assert_eq!(report.job_run_updated.attempted, 4);
+    check_unmatched(&c, &report).await;
+    // The same batch again: the same report, nothing new in the tables.
+    let before = dump(&c).await;
+    let again = write(&s, unmatched_set()).await;
+    assert_eq!(unmatched(&again), unmatched_want());
+    assert_eq!(dump(&c).await, before);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn unmatched_updates_are_reported_step_by_step() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    write(&s, unmatched_setup()).await;
+    // A job id longer than varchar(32) fails the job and job_spec inserts:
+    // the batch goes step by step, the update steps still set-based.
+    let long_job = "j".repeat(40);
+    let mut set = unmatched_set();
+    set.jobs_to_create.push(job(&long_job));
+    let report = write(&s, set).await;
+    assert!(report.fell_back);
+    let failed: Vec<(&str, &str)> = report
+        .failed
+        .iter()
+        .map(|f| (f.table, f.operation))
+        .collect();
+    assert_eq!(failed, [("job", "insert"), ("job_spec", "insert")]);
+    check_unmatched(&c, &report).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn unmatched_updates_are_reported_row_by_row() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    write(&s, unmatched_setup()).await;
+    // cancel_reason and node are varchar(512): these rows make both update
+    // steps fail and go row by row.
+    let mut set = unmatched_set();
+    set.jobs_to_update.insert(
+        3,
+        UpdateJob {
+            cancel_reason: Some("x".repeat(600)),
+            ..upd("bad-job")
+        },
+    );
+    set.runs_to_update.insert(
+        1,
+        UpdateJobRun {
+            node: Some("n".repeat(600)),
+            ..run_upd("bad-run")
+        },
+    );
+    let report = write(&s, set).await;
+    assert!(report.fell_back);
+    let failed: Vec<(&str, &str, &str)> = report
+        .failed
+        .iter()
+        .map(|f| (f.table, f.operation, f.key.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("job", "update", "bad-job"),
+            ("job_run", "update", "bad-run")
+        ]
+    );
+    // Failed rows are failed, not unmatched.
+    check_unmatched(&c, &report).await;
+    assert_eq!(report.job_updated.attempted, 6);
+    assert_eq!(report.job_run_updated.attempted, 5);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn bulk_updates_10k_with_unmatched() {
+    let db = TestDb::migrated().await;
+    let s = store(&db, fast()).await;
+    let n = 10_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("{i:026}")).collect();
+    write(
+        &s,
+        InstructionSet {
+            jobs_to_create: ids.iter().map(|id| job(id)).collect(),
+            runs_to_create: ids.iter().map(|id| run(&format!("r{id}"), id)).collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Every 100th update (from the end, so not in key order) has no row.
+    let key = |i: usize| {
+        let id = &ids[n - 1 - i];
+        if i.is_multiple_of(100) {
+            format!("x{id}")
+        } else {
+            id.clone()
+        }
+    };
+    let set = InstructionSet {
+        jobs_to_update: (0..n)
+            .map(|i| UpdateJob {
+                priority: Some(1),
+                ..upd(&key(i))
+            })
+            .collect(),
+        runs_to_update: (0..n)
+            .map(|i| UpdateJobRun {
+                exit_code: Some(1),
+                ..run_upd(&format!("r{}", key(i)))
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let report = write(&s, set).await;
+    eprintln!(
+        "10k job updates + 10k run updates (1% unmatched) written in {:?}",
+        started.elapsed()
+    );
+    let missing: Vec<String> = (0..n).step_by(100).map(key).collect();
+    let mut want: Vec<(&str, String)> = missing.iter().map(|k| ("job", k.clone())).collect();
+    want.extend(missing.iter().map(|k| ("job_run", format!("r{k}"))));
+    assert_eq!(unmatched(&report), want);
+    assert_eq!(report.job_updated.affected, (n - n / 100) as u64);
+    assert_eq!(report.job_run_updated.affected, (n - n / 100) as u64);
+    assert_eq!(report.filtered_terminal, 0);
+    assert!(!report.fell_back);
     db.drop_db().await;
 }

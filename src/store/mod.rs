@@ -16,7 +16,11 @@
 //!
 //! Nothing is dropped silently: every row is either written, reported as
 //! failed, or the call returns [`StoreError`] and the caller must not
-//! acknowledge the batch.
+//! acknowledge the batch. Updates of rows that do not exist (an event before
+//! the one creating its job or run, or for a job never submitted or already
+//! pruned) change nothing, which Postgres does not treat as an error; they are
+//! listed in [`WriteReport::unmatched`] so the caller can dead-letter the
+//! messages that produced them.
 
 pub mod conflate;
 pub mod copy;
@@ -81,6 +85,16 @@ pub struct FailedRow {
     pub error: String,
 }
 
+/// An update that matched no row: its job or run did not exist when the
+/// update was applied (a run created earlier in the same batch does exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmatched {
+    /// `job` or `job_run`.
+    pub table: &'static str,
+    /// The job id (`job`) or run id (`job_run`).
+    pub key: String,
+}
+
 /// What [`Store::write`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteReport {
@@ -94,6 +108,15 @@ pub struct WriteReport {
     pub filtered_terminal: u64,
     /// Rows that failed even row by row.
     pub failed: Vec<FailedRow>,
+    /// Updates (after conflation) whose job or run did not exist, so they
+    /// changed nothing: job updates first, then run updates, each in the
+    /// order of the conflated updates, every key at most once per table, the
+    /// same in every write mode. Updates merely filtered because the job is
+    /// terminal are not here (see `filtered_terminal`), nor are failed rows.
+    /// Postgres does not report an UPDATE that matches nothing, so without
+    /// this list out-of-order or orphaned events would vanish silently; the
+    /// caller dead-letters the messages that asked for these keys.
+    pub unmatched: Vec<Unmatched>,
     /// Retries after retryable errors, over all levels.
     pub retries: u32,
     /// True when the single-transaction write failed and the batch was
@@ -113,12 +136,25 @@ impl WriteReport {
         }
     }
 
+    /// How many updates of `table` (`job` or `job_run`) matched no row, for
+    /// a metric.
+    pub fn unmatched_count(&self, table: &str) -> u64 {
+        self.unmatched.iter().filter(|u| u.table == table).count() as u64
+    }
+
     /// Adds the outcome of (part of) a committed step and counts it in the metrics.
     fn record(&mut self, step: Step, attempted: u64, applied: Applied) {
         let c = self.counts_mut(step);
         c.attempted += attempted;
         c.affected += applied.affected;
         self.filtered_terminal += applied.filtered;
+        let table = step.table();
+        self.unmatched.extend(
+            applied
+                .unmatched
+                .into_iter()
+                .map(|key| Unmatched { table, key }),
+        );
         metrics::ROWS
             .with_label_values(&[step.table(), step.operation()])
             .inc_by(attempted);
@@ -269,6 +305,7 @@ impl Store {
             runs_updated = report.job_run_updated.attempted,
             job_errors = report.job_error_inserted.attempted,
             filtered_terminal = report.filtered_terminal,
+            unmatched = report.unmatched.len(),
             failed = report.failed.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch written"
@@ -318,7 +355,7 @@ impl Store {
     async fn write_in_one_transaction(&self, batch: &Batch) -> Result<[Applied; 6], DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
-        let mut applied = [Applied::default(); 6];
+        let mut applied: [Applied; 6] = Default::default();
         for (slot, step) in applied.iter_mut().zip(STEPS) {
             *slot = copy::run_batch(&tx, batch, step).await?;
         }
