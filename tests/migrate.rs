@@ -244,18 +244,32 @@ async fn assert_latest_schema(client: &Client) {
         "job_error",
         "queue",
         "job_deduplication",
+        // The ingester's own stream (migrations/ingester), tracked separately.
+        "ingester_dead_letter",
+        "lookout_ingester_schema_version",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     assert_eq!(tables, expected_tables);
+    let own: Vec<(i32, String)> = client
+        .query(
+            "SELECT version, name FROM lookout_ingester_schema_version ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(own, vec![(1, "0001_dead_letter.sql".to_string())]);
 
     // Columns: order, types, nullability.
     let rows = client
         .query(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' \
+             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') \
                AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY c.relname, a.attnum",
             &[],
@@ -338,7 +352,7 @@ async fn assert_latest_schema(client: &Client) {
     let rows = client
         .query(
             "SELECT c.relname::text || '.' || a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND a.attstorage = 'e' ORDER BY 1",
+             WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND a.attstorage = 'e' AND c.relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') ORDER BY 1",
             &[],
         )
         .await
@@ -358,7 +372,7 @@ async fn assert_latest_schema(client: &Client) {
     let rows = client
         .query(
             "SELECT relname::text, coalesce(array_to_string(reloptions, ','), '') FROM pg_class \
-             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
+             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') ORDER BY 1",
             &[],
         )
         .await
@@ -382,7 +396,8 @@ async fn assert_latest_schema(client: &Client) {
         .query(
             "SELECT i.indrelid::regclass::text, c.relname::text, pg_get_indexdef(i.indexrelid), i.indisvalid \
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE c.relnamespace = 'public'::regnamespace",
+             WHERE c.relnamespace = 'public'::regnamespace \
+               AND i.indrelid::regclass::text NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version')",
             &[],
         )
         .await
