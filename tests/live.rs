@@ -321,22 +321,10 @@ async fn record_then_replay_equals_live_ingestion_with_an_upstream_config_file()
     )
     .expect("config");
     let cfg_arg = cfg.display().to_string();
-    let log = broker.dir.path().join("ing.log");
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .expect("log");
-    let err = out.try_clone().expect("log");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["run", "--config", &cfg_arg])
-        .env_remove("LOOKOUT_DATABASE_URL")
-        .stdout(std::process::Stdio::from(out))
-        .stderr(std::process::Stdio::from(err))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let ing = Ingester { child, log };
+    let ing = Ingester::spawn_args(
+        &["run", "--config", &cfg_arg],
+        broker.dir.path().join("ing.log"),
+    );
 
     // Record the topic (no subscription touched), then replay the file.
     let file = broker.dir.path().join("recorded.bin.gz");

@@ -148,6 +148,7 @@ pub struct Ingester {
 }
 
 impl Ingester {
+    /// `run` against `db_url` and the broker at `pulsar_url`, metrics off.
     pub fn spawn(
         db_url: &str,
         pulsar_url: &str,
@@ -155,26 +156,40 @@ impl Ingester {
         log: PathBuf,
         extra: &[&str],
     ) -> Ingester {
+        let mut args = vec![
+            "run",
+            "--database-url",
+            db_url,
+            "--pulsar-url",
+            pulsar_url,
+            "--topic",
+            topic,
+            "--metrics-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Ingester::spawn_args(&args, log)
+    }
+
+    /// The binary with exactly `args`, output appended to `log`.
+    pub fn spawn_args(args: &[&str], log: PathBuf) -> Ingester {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log");
         let err = out.try_clone().expect("log");
+        // Run from the log's (temporary) directory, so a dead-letter spool
+        // at its default relative path stays out of the source tree.
+        let dir = log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
         let child = Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-            .args([
-                "run",
-                "--database-url",
-                db_url,
-                "--pulsar-url",
-                pulsar_url,
-                "--topic",
-                topic,
-                "--metrics-port",
-                "0",
-            ])
-            .args(extra)
+            .current_dir(dir)
+            .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("LOOKOUT_DATABASE_URL")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .kill_on_drop(true)
