@@ -12,6 +12,7 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -100,15 +101,37 @@ pub struct DeadLetters {
     spool: PathBuf,
     /// Serialises spool appends and flushes.
     lock: Mutex<()>,
+    /// The spool may hold dead letters not yet in the table.
+    pending: AtomicBool,
 }
 
 impl DeadLetters {
     pub fn new(pool: Pool, spool: PathBuf) -> Arc<DeadLetters> {
+        // Something left by an earlier process is flushed at the first chance.
+        let pending = std::fs::metadata(&spool)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
         Arc::new(DeadLetters {
             pool,
             spool,
             lock: Mutex::new(()),
+            pending: AtomicBool::new(pending),
         })
+    }
+
+    /// Flushes the spool if it may hold anything; cheap otherwise. Called
+    /// after every batch and periodically by `run`, so dead letters spooled
+    /// during an outage reach the table once Postgres is back.
+    pub async fn flush_if_pending(&self) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.flush_spool().await {
+            tracing::warn!(
+                "dead-letter spool {} not flushed yet: {e:#}",
+                self.spool.display()
+            );
+        }
     }
 
     pub fn spool_path(&self) -> &std::path::Path {
@@ -119,6 +142,7 @@ impl DeadLetters {
     /// An error means neither worked: the caller must not acknowledge.
     pub async fn record(&self, items: &[DeadLetter]) -> anyhow::Result<()> {
         if items.is_empty() {
+            self.flush_if_pending().await;
             return Ok(());
         }
         for d in items {
@@ -130,12 +154,7 @@ impl DeadLetters {
         match self.insert(items).await {
             Ok(()) => {
                 // The table works again: move anything spooled earlier into it.
-                if let Err(e) = self.flush_spool().await {
-                    tracing::warn!(
-                        "dead-letter spool {} not flushed yet: {e:#}",
-                        self.spool.display()
-                    );
-                }
+                self.flush_if_pending().await;
                 Ok(())
             }
             Err(e) => {
@@ -188,6 +207,7 @@ impl DeadLetters {
                 self.spool.display()
             )
         })?;
+        self.pending.store(true, Ordering::Release);
         metrics::DEAD_LETTERS_SPOOLED.inc_by(items.len() as u64);
         Ok(())
     }
@@ -202,6 +222,7 @@ impl DeadLetters {
             .await
             .context("spool reader")??;
         if items.is_empty() {
+            self.pending.store(false, Ordering::Release);
             return Ok(0);
         }
         self.insert(&items).await?;
@@ -215,6 +236,7 @@ impl DeadLetters {
         })
         .await
         .context("spool truncation")??;
+        self.pending.store(false, Ordering::Release);
         tracing::info!(
             "moved {} spooled dead letter(s) into ingester_dead_letter",
             items.len()

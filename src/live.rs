@@ -25,6 +25,18 @@ use crate::source::pulsar::{self, Ack};
 use crate::store::{self, Store, StoreSettings};
 use crate::{ack, pipeline};
 
+/// Stops a background task when `run` returns, however it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often `run` retries moving spooled dead letters into the table.
+pub const SPOOL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long shutdown may take before the process gives up on the in-flight batch.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 
@@ -71,6 +83,18 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
             config.dead_letter_spool.display()
         ),
     }
+    // Dead letters spooled during a Postgres outage reach the table once it
+    // is back, even if no further batch comes.
+    let _flusher = AbortOnDrop({
+        let dead = dead.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SPOOL_FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                dead.flush_if_pending().await;
+            }
+        })
+    });
 
     let (msg_tx, msg_rx) = mpsc::channel(config.pulsar.receiver_queue_size.max(1) as usize);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Ack>>();

@@ -154,13 +154,16 @@ impl PgCluster {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+        // fsync = off is safe against what the tests do (the server process
+        // stopped with -m immediate; the OS keeps what was written). Not
+        // synchronous_commit = off: a commit acknowledged before its WAL is
+        // written would be lost by an immediate stop, and the tests would
+        // blame the ingester.
         let mut conf = format!(
             "\n# lookout-ingester test cluster\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
              fsync = off\n\
-             synchronous_commit = off\n\
-             full_page_writes = off\n\
              shared_buffers = 16MB\n\
              max_connections = {}\n\
              superuser_reserved_connections = 0\n\
