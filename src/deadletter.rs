@@ -353,7 +353,7 @@ fn read_spool(path: &std::path::Path) -> anyhow::Result<Vec<DeadLetter>> {
 /// A human summary of a payload for `show`: what it decodes to, if anything.
 pub fn describe_payload(payload: &[u8]) -> String {
     let mut out = String::new();
-    match crate::pipeline::decode(payload) {
+    match <crate::proto::armadaevents::EventSequence as prost::Message>::decode(payload) {
         Err(e) => {
             let _ = writeln!(out, "does not decode as an EventSequence: {e}");
         }
