@@ -7,7 +7,8 @@ psql "$URL" -P pager=off -c "
   SELECT 'job' AS table_name, count(*) AS rows FROM job
   UNION ALL SELECT 'job_spec', count(*) FROM job_spec
   UNION ALL SELECT 'job_run', count(*) FROM job_run
-  UNION ALL SELECT 'job_error', count(*) FROM job_error"
+  UNION ALL SELECT 'job_error', count(*) FROM job_error
+  UNION ALL SELECT 'ingester_dead_letter', count(*) FROM ingester_dead_letter"
 psql "$URL" -P pager=off -c "
   SELECT r.run_id, j.queue, r.node, r.exit_code, r.failure_info
   FROM job_run r JOIN job j USING (job_id)
