@@ -43,15 +43,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 /// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
 pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
-    let metrics_task =
-        if config.metrics_port != 0 {
-            let addr = SocketAddr::from(([0, 0, 0, 0], config.metrics_port));
-            Some(http::serve(addr, health.clone()).await.map_err(|e| {
+    // Stopped whichever way `run` returns.
+    let _metrics_task = match config.metrics_port {
+        0 => None,
+        port => {
+            let addr = SocketAddr::from(([0, 0, 0, 0], port));
+            let task = http::serve(addr, health.clone()).await.map_err(|e| {
                 anyhow::anyhow!("cannot serve metrics on {addr} (metricsPort): {e}")
-            })?)
-        } else {
-            None
-        };
+            })?;
+            Some(AbortOnDrop(task))
+        }
+    };
 
     let fatal = config
         .fatal_insertion_errors
@@ -152,40 +154,38 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
                     break;
                 }
             }
-        } => {
-            // Stop requested: give the pipeline the grace period to drain.
-            match tokio::time::timeout(SHUTDOWN_GRACE, stages_join_after_stop(source, acknowledger)).await {
-                Ok(r) => {
-                    if let Some(t) = metrics_task { t.abort(); }
-                    return r;
-                }
-                Err(_) => {
-                    let _ = force_tx.send(true);
-                    if let Some(t) = metrics_task { t.abort(); }
-                    tracing::warn!("shutdown grace period expired; unacknowledged messages will be redelivered");
-                    return Ok(());
-                }
-            }
-        }
+        } => return drain_after_stop(source, acknowledger, &force_tx).await,
     };
     if stages_result.is_ok() && *stop.borrow() {
         // Stopped, and the pipeline drained before the stop branch noticed.
-        let r = tokio::time::timeout(SHUTDOWN_GRACE, stages_join_after_stop(source, acknowledger))
-            .await;
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
-        return r.unwrap_or(Ok(()));
+        return drain_after_stop(source, acknowledger, &force_tx).await;
     }
     // The pipeline ended without a stop: that is an error (the store gave up).
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
     source.abort();
     acknowledger.abort();
     match stages_result {
         Ok(()) => anyhow::bail!("the pipeline ended unexpectedly"),
         Err(e) => Err(e),
+    }
+}
+
+/// After a stop, gives the pipeline the grace period to commit and
+/// acknowledge what is in flight; past it, stops the store's retries and
+/// leaves the rest to redelivery.
+async fn drain_after_stop(
+    source: tokio::task::JoinHandle<anyhow::Result<()>>,
+    acknowledger: tokio::task::JoinHandle<()>,
+    force: &watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, stages_join_after_stop(source, acknowledger)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = force.send(true);
+            tracing::warn!(
+                "shutdown grace period expired; unacknowledged messages will be redelivered"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -110,7 +110,7 @@ struct Batch {
 }
 
 struct Converted {
-    messages: Vec<Converted1>,
+    messages: Vec<MessageOutcome>,
     events_by_kind: BTreeMap<&'static str, u64>,
     instructions: InstructionSet,
 }
@@ -127,8 +127,6 @@ pub struct MessageOutcome {
     pub job_ids: BTreeSet<String>,
     pub run_ids: BTreeSet<String>,
 }
-
-type Converted1 = MessageOutcome;
 
 /// The job and run ids an instruction set touches.
 pub fn keys(set: &InstructionSet) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -367,11 +365,11 @@ async fn converting(
                 c.instructions.extend(one.instructions);
             }
             for problem in &outcome.problems {
+                let Some(origin) = outcome.origin.clone() else {
+                    continue;
+                };
                 let located = Located {
-                    origin: outcome.origin.clone().unwrap_or(Origin::File {
-                        path: "".into(),
-                        index: 0,
-                    }),
+                    origin,
                     problem: problem.clone(),
                 };
                 if unapplied(problem) {

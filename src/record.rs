@@ -19,7 +19,7 @@ use pulsar::producer::SendFuture;
 use crate::config::PulsarConfig;
 use crate::proto::armadaevents::EventSequence;
 use crate::source::file::{self, RecordWriter};
-use crate::source::pulsar::client;
+use crate::source::pulsar::{client, publish_timestamp};
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -100,10 +100,7 @@ pub async fn record(
             r.skipped_before_since += 1;
             continue;
         }
-        let publish = Timestamp {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        };
+        let publish = publish_timestamp(ms);
         let (payload, filled, decoded) = fill_created(next.payload.data, publish);
         r.created_filled += filled;
         if !decoded {

@@ -377,8 +377,8 @@ impl Converter {
                     ..transition(t)
                 });
             }
-            Kind::JobSucceeded(e) => job_transition(&e.job_id, job_state::SUCCEEDED, None, t, o),
-            Kind::JobRequeued(e) => job_transition(&e.job_id, job_state::QUEUED, None, t, o),
+            Kind::JobSucceeded(e) => job_transition(&e.job_id, job_state::SUCCEEDED, t, o),
+            Kind::JobRequeued(e) => job_transition(&e.job_id, job_state::QUEUED, t, o),
             Kind::JobErrors(e) => self.job_errors(t, e, o),
             Kind::JobRunLeased(e) => {
                 let Some((job_id, run_id)) = ids(&e.job_id, &e.run_id, o) else {
@@ -611,7 +611,7 @@ impl Converter {
             }
             _ => job_state::FAILED,
         };
-        job_transition_id(job_id, state, None, t, o);
+        job_transition_id(job_id, state, t, o);
     }
 
     fn job_run_errors(&self, t: Time, e: &ev::JobRunErrors, o: &mut Out) {
@@ -755,18 +755,17 @@ fn transition(t: Time) -> UpdateJob {
     }
 }
 
-fn job_transition(raw_id: &[u8], state: i16, latest_run: Option<String>, t: Time, o: &mut Out) {
+fn job_transition(raw_id: &[u8], state: i16, t: Time, o: &mut Out) {
     let Some(job_id) = job_id(raw_id, o) else {
         return;
     };
-    job_transition_id(job_id, state, latest_run, t, o);
+    job_transition_id(job_id, state, t, o);
 }
 
-fn job_transition_id(job_id: String, state: i16, latest_run: Option<String>, t: Time, o: &mut Out) {
+fn job_transition_id(job_id: String, state: i16, t: Time, o: &mut Out) {
     o.set.jobs_to_update.push(UpdateJob {
         job_id,
         state: Some(state),
-        latest_run_id: latest_run,
         ..transition(t)
     });
 }

@@ -37,6 +37,14 @@ pub enum Ack {
     Individual { topic: Arc<str>, id: PulsarId },
 }
 
+/// A broker publish time (milliseconds since the epoch) as a protobuf timestamp.
+pub fn publish_timestamp(ms: u64) -> Timestamp {
+    Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
 fn message_id(id: &PulsarId) -> MessageIdData {
     MessageIdData {
         ledger_id: id.ledger,
@@ -201,11 +209,7 @@ pub async fn run(
                             metrics::DUPLICATES_SKIPPED.inc();
                             continue;
                         }
-                        let ms = m.metadata().publish_time;
-                        let publish_time = Some(Timestamp {
-                            seconds: (ms / 1000) as i64,
-                            nanos: ((ms % 1000) * 1_000_000) as i32,
-                        });
+                        let publish_time = Some(publish_timestamp(m.metadata().publish_time));
                         let msg = Message { payload: m.payload.data, origin: Origin::Pulsar { topic, id }, publish_time };
                         if let Some(o) = &out {
                             if o.send(msg).await.is_err() {
