@@ -503,7 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     let store = store::Store::new(pool, db.store_settings()?);
                     let converter = Converter::new(convert.settings());
-                    let r = crate::redrive::retry(&dead, &store, &converter, &ids).await?;
+                    let r = crate::pipeline::redrive(&dead, &store, &converter, &ids).await?;
                     for (id, reason) in &r.still_failing {
                         println!("{id}: still failing: {reason}");
                     }

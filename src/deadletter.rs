@@ -5,9 +5,16 @@
 //! flushed into the table later. Only after one of the two holds it is the
 //! message acknowledged.
 //!
-//! One row per failed message: all of its problems are joined into one
-//! reason and error. A fingerprint of source and payload keeps a redelivered
-//! message from being stored twice.
+//! One row per failed message: all of its problems are kept as one typed
+//! list of [`Reason`]s, joined with commas only in the table's `reason`
+//! column (and the spool's `reason` field), and one error text. A
+//! fingerprint of source and payload keeps a redelivered message from being
+//! stored twice.
+//!
+//! Sending dead letters through the pipeline again is the *redrive*
+//! (`pipeline::redrive`; the CLI verb is `dead-letters retry`, and the
+//! `retries` column counts redrives). It lives in the pipeline because it
+//! judges by the pipeline's rules; this module does not import the pipeline.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -21,15 +28,115 @@ use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::metrics;
+use crate::{convert, metrics};
+
+/// Why a message is a dead letter (the `reason` metric label and, joined, the
+/// `reason` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A problem that kept (part of) the message from being applied.
+    Input(convert::Reason),
+    /// A row it asked for failed even when written on its own.
+    RowFailed,
+    /// It updates a job that does not exist (yet).
+    UnknownJob,
+    /// It updates a run that does not exist (yet).
+    UnknownRun,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Input(r) => r.as_str(),
+            Reason::RowFailed => "row_failed",
+            Reason::UnknownJob => "unknown_job",
+            Reason::UnknownRun => "unknown_run",
+        }
+    }
+
+    /// Every reason, for pre-creating the `reason` label values.
+    pub fn all() -> impl Iterator<Item = Reason> {
+        convert::Reason::ALL.into_iter().map(Reason::Input).chain([
+            Reason::RowFailed,
+            Reason::UnknownJob,
+            Reason::UnknownRun,
+        ])
+    }
+
+    fn parse(s: &str) -> Option<Reason> {
+        Reason::all().find(|r| r.as_str() == s)
+    }
+}
+
+/// The reasons of one dead letter: each once, in the order of their text,
+/// so the joined column text does not depend on the order they were found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reasons(Vec<Reason>);
+
+impl Reasons {
+    pub fn iter(&self) -> impl Iterator<Item = Reason> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Reads the column's text back; `None` if any part is not a reason.
+    pub fn parse(text: &str) -> Option<Reasons> {
+        text.split(',')
+            .map(Reason::parse)
+            .collect::<Option<Vec<_>>>()
+            .map(Reasons::from_iter)
+    }
+}
+
+impl FromIterator<Reason> for Reasons {
+    fn from_iter<I: IntoIterator<Item = Reason>>(iter: I) -> Self {
+        let mut v: Vec<Reason> = iter.into_iter().collect();
+        v.sort_by_key(|r| r.as_str());
+        v.dedup();
+        Reasons(v)
+    }
+}
+
+/// The `reason` column's text: the reasons joined with commas.
+impl std::fmt::Display for Reasons {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(r.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// In the spool, reasons are the column's text, so old spool files read.
+impl Serialize for Reasons {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reasons {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Reasons::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason in {text:?}")))
+    }
+}
 
 /// An input that could not be applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Where it came from, e.g. `events message 12:7:-1:-1` or `f.bin record 3`.
     pub source: String,
-    /// Failure classes, comma-separated (decode, empty_queue, row_failed, ...).
-    pub reason: String,
+    /// Failure classes (decode, empty_queue, row_failed, ...); stored
+    /// comma-separated under `reason`.
+    #[serde(rename = "reason")]
+    pub reasons: Reasons,
     /// What went wrong, for a person.
     pub error: String,
     /// The message exactly as received.
@@ -140,16 +247,11 @@ impl DeadLetters {
 
     /// Stores `items` in the table, or, if Postgres refuses, in the spool.
     /// An error means neither worked: the caller must not acknowledge.
+    /// (The caller counts and logs them, see `telemetry::dead_letter_kept`.)
     pub async fn record(&self, items: &[DeadLetter]) -> anyhow::Result<()> {
         if items.is_empty() {
             self.flush_if_pending().await;
             return Ok(());
-        }
-        for d in items {
-            for r in d.reason.split(',') {
-                metrics::DEAD_LETTERS.with_label_values(&[r]).inc();
-            }
-            tracing::warn!("dead letter from {}: {}: {}", d.source, d.reason, d.error);
         }
         match self.insert(items).await {
             Ok(()) => {
@@ -173,9 +275,10 @@ impl DeadLetters {
         let tx = client.transaction().await?;
         let stmt = tx.prepare(INSERT).await?;
         for d in items {
+            let reason = d.reasons.to_string();
             tx.execute(
                 &stmt,
-                &[&d.source, &d.reason, &d.error, &d.payload, &d.publish_time],
+                &[&d.source, &reason, &d.error, &d.payload, &d.publish_time],
             )
             .await?;
         }
@@ -286,13 +389,14 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Records a failed retry.
-    pub async fn retried(&self, id: i64, reason: &str, error: &str) -> anyhow::Result<()> {
+    /// Records a redrive that still failed, with what failed this time.
+    pub async fn redrive_failed(&self, id: i64, now: &DeadLetter) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
+        let (reason, error) = (now.reasons.to_string(), &now.error);
         client
             .execute(
                 "UPDATE ingester_dead_letter SET retries = retries + 1, last_retry = now(), reason = $2, error = $3 WHERE id = $1",
-                &[&id, &reason, &error],
+                &[&id, &reason, error],
             )
             .await?;
         Ok(())
@@ -398,7 +502,7 @@ mod tests {
         let path = dir.path().join("spool.jsonl");
         let d = DeadLetter {
             source: "f record 1".into(),
-            reason: "decode".into(),
+            reasons: Reasons::from_iter([Reason::Input(convert::Reason::Decode)]),
             error: "bad".into(),
             payload: vec![0, 1, 0xff, 0x10],
             publish_time: None,
@@ -411,6 +515,39 @@ mod tests {
         assert!(read_spool(&dir.path().join("missing"))
             .expect("missing is empty")
             .is_empty());
+    }
+
+    #[test]
+    fn reasons_are_sorted_deduplicated_and_joined_as_before() {
+        let r = Reasons::from_iter([
+            Reason::UnknownRun,
+            Reason::RowFailed,
+            Reason::Input(convert::Reason::MissingId),
+            Reason::RowFailed,
+            Reason::UnknownJob,
+        ]);
+        assert_eq!(
+            r.to_string(),
+            "missing_id,row_failed,unknown_job,unknown_run"
+        );
+        assert_eq!(Reasons::parse(&r.to_string()), Some(r));
+        assert_eq!(Reasons::parse("decode,bogus"), None);
+        // Every reason's text reads back as itself.
+        for reason in Reason::all() {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+    }
+
+    #[test]
+    fn spool_lines_keep_the_reason_text_field() {
+        // A line as earlier versions wrote it still reads, and writes back the same.
+        let line = r#"{"source":"t message 1:2:-1:-1","reason":"row_failed,unknown_job","error":"e","payload":"00ff","publish_time":null}"#;
+        let d: DeadLetter = serde_json::from_str(line).expect("old line");
+        assert_eq!(
+            d.reasons.iter().collect::<Vec<_>>(),
+            vec![Reason::RowFailed, Reason::UnknownJob]
+        );
+        assert_eq!(serde_json::to_string(&d).expect("json"), line);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
-//! `migrate`, `metrics` and `cli` sit at the edges.
+//! `migrate`, `metrics` (with `telemetry`, which counts and logs each
+//! failure once) and `cli` sit at the edges.
 
 pub mod ack;
 pub mod cli;
@@ -20,8 +21,8 @@ pub mod model;
 pub mod pipeline;
 pub mod proto;
 pub mod record;
-pub mod redrive;
 pub mod replay;
 pub mod sample;
 pub mod source;
 pub mod store;
+pub mod telemetry;

@@ -23,7 +23,7 @@ use crate::deadletter::DeadLetters;
 use crate::http::{self, Health};
 use crate::source::pulsar::{self, Ack};
 use crate::store::{self, Store, StoreSettings};
-use crate::{ack, pipeline};
+use crate::{ack, pipeline, telemetry};
 
 /// Stops a background task when `run` returns, however it returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -42,6 +42,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 
 /// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
 pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // Every series exists from the first scrape.
+    telemetry::register();
     let health = Arc::new(Health::default());
     // Stopped whichever way `run` returns.
     let _metrics_task = match config.metrics_port {
@@ -126,15 +128,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         tokio::spawn(async move {
             while let Some(c) = committed.recv().await {
                 health.database_ok.store(true, Ordering::Relaxed);
-                for f in &c.write.failed {
-                    tracing::error!(
-                        "row not written: {} {} {}: {}",
-                        f.table,
-                        f.operation,
-                        f.key,
-                        f.error
-                    );
-                }
+                // Failed rows were counted and logged by the pipeline.
                 let acks = ack::plan(&c.origins, ordered);
                 if ack_tx.send(acks).is_err() {
                     // The consumer is gone; the broker redelivers what was not acknowledged.

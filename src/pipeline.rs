@@ -9,6 +9,15 @@
 //! storing batch N. Batches leave in the order they were cut; a report is
 //! sent only after its batch is committed, carrying the origin of every
 //! message in it, so the caller can acknowledge exactly those.
+//!
+//! The rules that decide what becomes of one message are two pure
+//! functions, [`judge`] (decode → convert → problems and row keys) and
+//! [`dead_letters`] (what the write left unapplied). The converting and
+//! storing stages use them, and so does [`redrive`], which sends stored dead
+//! letters through again (`dead-letters retry`): a redriven dead letter is
+//! judged by exactly the live rules. What conversion and writing counted is
+//! turned into metrics and logs in one place each ([`count_judged`],
+//! [`count_written`]), through `telemetry`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,13 +29,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::convert::sanitize::Action;
 use crate::convert::{Converter, Problem, Reason};
-use crate::deadletter::{DeadLetter, DeadLetters};
-use crate::metrics;
+use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
 use crate::model::InstructionSet;
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
 use crate::store::{Store, WriteReport};
+use crate::{metrics, telemetry};
 
 /// How batches are cut; defaults are upstream's.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,21 +69,8 @@ pub struct Located {
 impl std::fmt::Display for Located {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.problem.event_index {
-            Some(i) => write!(
-                f,
-                "{} event {}: {}: {}",
-                self.origin,
-                i,
-                self.problem.reason.as_str(),
-                self.problem.detail
-            ),
-            None => write!(
-                f,
-                "{}: {}: {}",
-                self.origin,
-                self.problem.reason.as_str(),
-                self.problem.detail
-            ),
+            Some(_) => write!(f, "{} {}", self.origin, self.problem),
+            None => write!(f, "{}: {}", self.origin, self.problem),
         }
     }
 }
@@ -97,19 +94,40 @@ pub fn decode(payload: &[u8]) -> Result<EventSequence, prost::DecodeError> {
     EventSequence::decode(payload)
 }
 
-struct Decoded {
-    origin: Origin,
-    publish_time: Option<Timestamp>,
-    payload: Vec<u8>,
-    sequence: Option<EventSequence>,
-    decode_error: Option<String>,
+/// One message as received, decoded (or not). Decoding happens as it
+/// arrives, because the batcher cuts batches by event count.
+pub struct Decoded {
+    /// `None` for a redriven dead letter (its source is only text).
+    pub origin: Option<Origin>,
+    pub publish_time: Option<Timestamp>,
+    pub payload: Vec<u8>,
+    /// The sequence, or why the payload is not one.
+    pub sequence: Result<EventSequence, String>,
 }
 
-struct Batch {
+impl Decoded {
+    pub fn new(origin: Option<Origin>, payload: Vec<u8>, publish_time: Option<Timestamp>) -> Self {
+        let sequence = decode(&payload).map_err(|e| e.to_string());
+        Decoded {
+            origin,
+            publish_time,
+            payload,
+            sequence,
+        }
+    }
+
+    fn events(&self) -> usize {
+        self.sequence.as_ref().map_or(0, |s| s.events.len())
+    }
+}
+
+/// Messages cut into one batch by the batcher, not yet converted.
+struct DecodedBatch {
     messages: Vec<Decoded>,
 }
 
-struct Converted {
+/// A batch after conversion: what to write, and each message's outcome so far.
+struct ConvertedBatch {
     messages: Vec<MessageOutcome>,
     events_by_kind: BTreeMap<&'static str, u64>,
     instructions: InstructionSet,
@@ -126,6 +144,73 @@ pub struct MessageOutcome {
     /// Keys of the rows this message asked for, to trace failed rows back.
     pub job_ids: BTreeSet<String>,
     pub run_ids: BTreeSet<String>,
+}
+
+/// One message judged by [`judge`]: its outcome so far, the rows it asks
+/// for, and what converting it counted.
+#[derive(Debug, Clone, Default)]
+pub struct Judged {
+    pub message: MessageOutcome,
+    pub instructions: InstructionSet,
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    pub sanitised: BTreeMap<Action, u64>,
+}
+
+/// Converts one decoded message and collects its problems (an undecodable
+/// payload is one) and the keys of the rows it asks for. Pure: the one
+/// rule for live mode, replay and redrive.
+pub fn judge(m: Decoded, converter: &Converter) -> Judged {
+    let mut j = Judged {
+        message: MessageOutcome {
+            origin: m.origin,
+            payload: m.payload,
+            publish_time: m.publish_time,
+            ..MessageOutcome::default()
+        },
+        ..Judged::default()
+    };
+    match &m.sequence {
+        Err(detail) => j.message.problems.push(Problem {
+            event_index: None,
+            reason: Reason::Decode,
+            detail: detail.clone(),
+            skipped: true,
+        }),
+        Ok(seq) => {
+            let c = converter.convert(seq, m.publish_time.as_ref());
+            j.message.problems = c.problems;
+            (j.message.job_ids, j.message.run_ids) = keys(&c.instructions);
+            j.instructions = c.instructions;
+            j.events_by_kind = c.events_by_kind;
+            j.sanitised = c.sanitised;
+        }
+    }
+    j
+}
+
+/// The one place where what conversion counted becomes metrics and logs.
+pub fn count_judged(j: &Judged) {
+    telemetry::events(&j.events_by_kind);
+    telemetry::sanitised(&j.sanitised);
+    for problem in &j.message.problems {
+        let unapplied = unapplied(problem);
+        match &j.message.origin {
+            Some(origin) => {
+                let at = Located {
+                    origin: origin.clone(),
+                    problem: problem.clone(),
+                };
+                telemetry::input_problem(&at, problem, unapplied);
+            }
+            None => telemetry::input_problem(problem, problem, unapplied),
+        }
+    }
+}
+
+/// The one place where the write's failures become metrics and logs.
+pub fn count_written(write: &WriteReport) {
+    write.failed.iter().for_each(telemetry::row_failed);
+    write.unmatched.iter().for_each(telemetry::update_unmatched);
 }
 
 /// The job and run ids an instruction set touches.
@@ -147,6 +232,12 @@ fn unapplied(p: &Problem) -> bool {
     p.skipped || p.reason == Reason::UnknownEventKind
 }
 
+/// Whether rows of the store's `table` are keyed by run id (`job_run`);
+/// the others are keyed by job id. The one place that reads table names.
+fn keyed_by_run(table: &str) -> bool {
+    table == "job_run"
+}
+
 /// The dead letters of a committed batch: every message with an unapplied
 /// problem, a row that failed even on its own, or an update that found no
 /// row (an event for an unknown job or run, or one that arrived before the
@@ -154,50 +245,47 @@ fn unapplied(p: &Problem) -> bool {
 pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<DeadLetter> {
     let mut out = Vec::new();
     for m in messages {
-        let mut reasons: Vec<String> = Vec::new();
+        let mine = |table: &str, key: &String| {
+            if keyed_by_run(table) {
+                m.run_ids.contains(key)
+            } else {
+                m.job_ids.contains(key)
+            }
+        };
+        let mut reasons: Vec<deadletter::Reason> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         for p in m.problems.iter().filter(|p| unapplied(p)) {
-            reasons.push(p.reason.as_str().to_string());
+            reasons.push(deadletter::Reason::Input(p.reason));
             match p.event_index {
                 Some(i) => errors.push(format!("event {i}: {}", p.detail)),
                 None => errors.push(p.detail.clone()),
             }
         }
-        for f in &write.failed {
-            let mine = match f.table {
-                "job_run" => m.run_ids.contains(&f.key),
-                _ => m.job_ids.contains(&f.key),
-            };
-            if mine {
-                reasons.push("row_failed".into());
-                errors.push(format!(
-                    "{} {} {}: {}",
-                    f.table, f.operation, f.key, f.error
-                ));
-            }
+        for f in write.failed.iter().filter(|f| mine(f.table, &f.key)) {
+            reasons.push(deadletter::Reason::RowFailed);
+            errors.push(format!(
+                "{} {} {}: {}",
+                f.table, f.operation, f.key, f.error
+            ));
         }
-        for u in &write.unmatched {
-            let (mine, reason) = match u.table {
-                "job_run" => (m.run_ids.contains(&u.key), "unknown_run"),
-                _ => (m.job_ids.contains(&u.key), "unknown_job"),
-            };
-            if mine {
-                reasons.push(reason.into());
-                errors.push(format!("update of {} {}: no such row", u.table, u.key));
-            }
+        for u in write.unmatched.iter().filter(|u| mine(u.table, &u.key)) {
+            reasons.push(if keyed_by_run(u.table) {
+                deadletter::Reason::UnknownRun
+            } else {
+                deadletter::Reason::UnknownJob
+            });
+            errors.push(format!("update of {} {}: no such row", u.table, u.key));
         }
         if reasons.is_empty() {
             continue;
         }
-        reasons.sort();
-        reasons.dedup();
         out.push(DeadLetter {
             source: m
                 .origin
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            reason: reasons.join(","),
+            reasons: Reasons::from_iter(reasons),
             error: errors.join("; "),
             payload: m.payload.clone(),
             publish_time: m.publish_time.and_then(|t| {
@@ -206,6 +294,53 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
         });
     }
     out
+}
+
+/// What a redrive did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RedriveReport {
+    /// Applied in full and removed.
+    pub applied: Vec<i64>,
+    /// Still failing: kept, with this time's reasons and one more in `retries`.
+    pub still_failing: Vec<(i64, Reasons)>,
+    pub missing: Vec<i64>,
+}
+
+/// Sends stored dead letters through the live rules again (`dead-letters
+/// retry`; typically after an upgrade that can handle them, or after the
+/// missing row arrived) and removes those that now apply in full.
+pub async fn redrive(
+    dead: &DeadLetters,
+    store: &Store,
+    converter: &Converter,
+    ids: &[i64],
+) -> anyhow::Result<RedriveReport> {
+    let mut out = RedriveReport::default();
+    for &id in ids {
+        let Some(d) = dead.get(id).await? else {
+            out.missing.push(id);
+            continue;
+        };
+        let publish_time = d.publish_time.map(|t| Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        });
+        let judged = judge(Decoded::new(None, d.payload, publish_time), converter);
+        count_judged(&judged);
+        let write = store.write(judged.instructions).await?;
+        count_written(&write);
+        match dead_letters(std::slice::from_ref(&judged.message), &write).pop() {
+            None => {
+                dead.delete(id).await?;
+                out.applied.push(id);
+            }
+            Some(letter) => {
+                dead.redrive_failed(id, &letter).await?;
+                out.still_failing.push((id, letter.reasons));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The running stage tasks of a pipeline.
@@ -258,10 +393,10 @@ pub fn spawn(
 
 async fn batcher(
     mut source: mpsc::Receiver<Message>,
-    out: mpsc::Sender<Batch>,
+    out: mpsc::Sender<DecodedBatch>,
     settings: Settings,
 ) -> anyhow::Result<()> {
-    let mut batch = Batch {
+    let mut batch = DecodedBatch {
         messages: Vec::new(),
     };
     let mut events = 0usize;
@@ -280,20 +415,9 @@ async fn batcher(
         let Some(msg) = msg else { break };
         metrics::MESSAGES_RECEIVED.inc();
         metrics::IN_FLIGHT.inc();
-        let (sequence, decode_error) = match decode(&msg.payload) {
-            Ok(s) => {
-                events += s.events.len();
-                (Some(s), None)
-            }
-            Err(e) => (None, Some(e.to_string())),
-        };
-        batch.messages.push(Decoded {
-            origin: msg.origin,
-            publish_time: msg.publish_time,
-            payload: msg.payload,
-            sequence,
-            decode_error,
-        });
+        let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
+        events += decoded.events();
+        batch.messages.push(decoded);
         if deadline.is_none() {
             deadline = Some(Instant::now() + settings.batch_duration);
         }
@@ -305,10 +429,10 @@ async fn batcher(
 }
 
 async fn flush(
-    batch: &mut Batch,
+    batch: &mut DecodedBatch,
     events: &mut usize,
     deadline: &mut Option<Instant>,
-    out: &mpsc::Sender<Batch>,
+    out: &mpsc::Sender<DecodedBatch>,
 ) -> anyhow::Result<()> {
     *deadline = None;
     *events = 0;
@@ -317,7 +441,7 @@ async fn flush(
     }
     let full = std::mem::replace(
         batch,
-        Batch {
+        DecodedBatch {
             messages: Vec::new(),
         },
     );
@@ -327,58 +451,24 @@ async fn flush(
 }
 
 async fn converting(
-    mut input: mpsc::Receiver<Batch>,
-    out: mpsc::Sender<Converted>,
+    mut input: mpsc::Receiver<DecodedBatch>,
+    out: mpsc::Sender<ConvertedBatch>,
     converter: Converter,
 ) -> anyhow::Result<()> {
     while let Some(batch) = input.recv().await {
-        let mut c = Converted {
+        let mut c = ConvertedBatch {
             messages: Vec::with_capacity(batch.messages.len()),
             events_by_kind: BTreeMap::new(),
             instructions: InstructionSet::default(),
         };
         for m in batch.messages {
-            let mut outcome = MessageOutcome {
-                origin: Some(m.origin),
-                payload: m.payload,
-                publish_time: m.publish_time,
-                ..MessageOutcome::default()
-            };
-            if let Some(detail) = m.decode_error {
-                metrics::INPUT_ERRORS
-                    .with_label_values(&[Reason::Decode.as_str()])
-                    .inc();
-                outcome.problems.push(Problem {
-                    event_index: None,
-                    reason: Reason::Decode,
-                    detail,
-                    skipped: true,
-                });
+            let j = judge(m, &converter);
+            count_judged(&j);
+            for (k, n) in j.events_by_kind {
+                *c.events_by_kind.entry(k).or_insert(0) += n;
             }
-            if let Some(seq) = &m.sequence {
-                let one = converter.convert(seq, m.publish_time.as_ref());
-                for (k, n) in one.events_by_kind {
-                    *c.events_by_kind.entry(k).or_insert(0) += n;
-                }
-                outcome.problems.extend(one.problems);
-                (outcome.job_ids, outcome.run_ids) = keys(&one.instructions);
-                c.instructions.extend(one.instructions);
-            }
-            for problem in &outcome.problems {
-                let Some(origin) = outcome.origin.clone() else {
-                    continue;
-                };
-                let located = Located {
-                    origin,
-                    problem: problem.clone(),
-                };
-                if unapplied(problem) {
-                    tracing::warn!("not applied: {located}");
-                } else {
-                    tracing::info!("{located}");
-                }
-            }
-            c.messages.push(outcome);
+            c.instructions.extend(j.instructions);
+            c.messages.push(j.message);
         }
         if out.send(c).await.is_err() {
             anyhow::bail!("store stage stopped");
@@ -388,7 +478,7 @@ async fn converting(
 }
 
 async fn storing(
-    mut input: mpsc::Receiver<Converted>,
+    mut input: mpsc::Receiver<ConvertedBatch>,
     out: mpsc::Sender<Committed>,
     store: Arc<Store>,
     dead: Arc<DeadLetters>,
@@ -396,7 +486,9 @@ async fn storing(
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
         let write = store.write(c.instructions).await?;
+        count_written(&write);
         let letters = dead_letters(&c.messages, &write);
+        letters.iter().for_each(telemetry::dead_letter_kept);
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
         metrics::IN_FLIGHT.sub(c.messages.len() as i64);
@@ -422,4 +514,159 @@ async fn storing(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::*;
+    use crate::store::{FailedRow, Unmatched};
+
+    fn origin(index: u64) -> Origin {
+        Origin::File {
+            path: Arc::from("f"),
+            index,
+        }
+    }
+
+    fn judged(index: u64, payload: Vec<u8>) -> Judged {
+        let converter = Converter::new(Default::default());
+        judge(Decoded::new(Some(origin(index)), payload, None), &converter)
+    }
+
+    fn payload(events: Vec<crate::proto::armadaevents::event_sequence::Event>) -> Vec<u8> {
+        sequence("q", "js", "u", events).encode_to_vec()
+    }
+
+    #[test]
+    fn judge_reports_undecodable_payloads_and_keys_and_counts() {
+        let j = judged(0, vec![0xff, 0xff]);
+        assert_eq!(j.message.problems.len(), 1);
+        assert_eq!(j.message.problems[0].reason, Reason::Decode);
+        assert!(j.message.problems[0].skipped);
+        assert!(j.instructions.is_empty() && j.events_by_kind.is_empty());
+
+        let j = judged(
+            1,
+            payload(vec![
+                event(Some(ts(1)), leased("j1", "r1", "c", "n\0", "p")),
+                event(Some(ts(2)), job_succeeded("j2")),
+            ]),
+        );
+        assert!(j.message.problems.is_empty());
+        assert_eq!(
+            j.message.job_ids,
+            BTreeSet::from(["j1".into(), "j2".into()])
+        );
+        assert_eq!(j.message.run_ids, BTreeSet::from(["r1".into()]));
+        assert_eq!(
+            j.events_by_kind,
+            BTreeMap::from([("job_run_leased", 1), ("job_succeeded", 1)])
+        );
+        assert_eq!(j.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
+        assert_eq!(j.message.origin, Some(origin(1)));
+    }
+
+    #[test]
+    fn dead_letters_trace_failures_to_their_messages() {
+        let undecodable = judged(0, vec![0xff, 0xff]).message;
+        let runs = judged(
+            1,
+            payload(vec![event(Some(ts(1)), run_succeeded("j1", "r1"))]),
+        )
+        .message;
+        let jobs = judged(
+            2,
+            payload(vec![
+                event(Some(ts(1)), job_succeeded("j1")),
+                event(Some(ts(1)), job_succeeded("")),
+            ]),
+        )
+        .message;
+        let clean = judged(3, payload(vec![event(Some(ts(1)), job_succeeded("j9"))])).message;
+        let write = WriteReport {
+            failed: vec![FailedRow {
+                table: "job",
+                operation: "update",
+                key: "j1".into(),
+                error: "boom (SQLSTATE 22001)".into(),
+            }],
+            unmatched: vec![
+                Unmatched {
+                    table: "job_run",
+                    key: "r1".into(),
+                },
+                Unmatched {
+                    table: "job",
+                    key: "j1".into(),
+                },
+            ],
+            ..WriteReport::default()
+        };
+        let letters = dead_letters(&[undecodable, runs, jobs, clean], &write);
+        let got: Vec<(String, String)> = letters
+            .iter()
+            .map(|d| (d.source.clone(), d.reasons.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("f record 0".to_string(), "decode".to_string()),
+                ("f record 1".to_string(), "unknown_run".to_string()),
+                (
+                    "f record 2".to_string(),
+                    "missing_id,row_failed,unknown_job".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            letters[2].error,
+            "event 1: event has no job id; job update j1: boom (SQLSTATE 22001); update of job j1: no such row"
+        );
+        assert_eq!(letters[1].error, "update of job_run r1: no such row");
+    }
+
+    #[test]
+    fn applied_problems_do_not_dead_letter_but_unknown_kinds_do() {
+        let mut m = judged(0, payload(vec![])).message;
+        m.problems.push(Problem {
+            event_index: Some(0),
+            reason: Reason::JobSpec,
+            detail: "bad quantity".into(),
+            skipped: false,
+        });
+        assert!(dead_letters(std::slice::from_ref(&m), &WriteReport::default()).is_empty());
+        m.problems.push(Problem {
+            event_index: Some(1),
+            reason: Reason::UnknownEventKind,
+            detail: "newer Armada".into(),
+            skipped: false,
+        });
+        let letters = dead_letters(&[m], &WriteReport::default());
+        assert_eq!(letters[0].reasons.to_string(), "unknown_event_kind");
+        assert_eq!(letters[0].error, "event 1: newer Armada");
+    }
+
+    #[test]
+    fn located_problems_read_as_before() {
+        let p = Problem {
+            event_index: Some(2),
+            reason: Reason::IdTooLong,
+            detail: "long".into(),
+            skipped: true,
+        };
+        let at = Located {
+            origin: origin(7),
+            problem: p.clone(),
+        };
+        assert_eq!(at.to_string(), "f record 7 event 2: id_too_long: long");
+        let at = Located {
+            origin: origin(7),
+            problem: Problem {
+                event_index: None,
+                ..p
+            },
+        };
+        assert_eq!(at.to_string(), "f record 7: id_too_long: long");
+    }
 }

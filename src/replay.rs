@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::convert::Converter;
+use crate::convert::{Converter, Reason};
 use crate::deadletter::DeadLetters;
 use crate::pipeline::{self, Committed};
 use crate::source::{file, Message, Origin};
 use crate::store::{Store, WriteReport};
+use crate::telemetry;
 
 /// What a replay did. `Display` renders the end-of-run summary.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -187,10 +188,7 @@ fn read_files(
 }
 
 fn push_error(errors: &std::sync::Mutex<Vec<(Origin, String)>>, origin: Origin, msg: String) {
-    tracing::warn!("skipped {origin}: file: {msg}");
-    crate::metrics::INPUT_ERRORS
-        .with_label_values(&["file"])
-        .inc();
+    telemetry::file_unreadable(&origin, &msg);
     if let Ok(mut e) = errors.lock() {
         e.push((origin, msg));
     }
@@ -245,7 +243,10 @@ pub async fn replay(
     reader_result.map_err(|e| anyhow::anyhow!("file reader failed: {e}"))?;
     if let Ok(errs) = file_errors.lock() {
         for _ in errs.iter() {
-            *summary.skipped.entry("file".into()).or_insert(0) += 1;
+            *summary
+                .skipped
+                .entry(Reason::File.as_str().into())
+                .or_insert(0) += 1;
         }
     }
     summary.elapsed = started.elapsed();

@@ -3,10 +3,11 @@
 //! benchmark and `lookout-ingester sample` (which writes the bundled sample
 //! recording). Nothing here is used on the ingestion path.
 
+use prost::Message as _;
 use prost_types::Timestamp;
 
-use crate::convert::jobspec;
 use crate::proto::armadaevents as ev;
+use crate::proto::k8s;
 use ev::event_sequence::{event::Event as Kind, Event};
 
 /// A timestamp `secs` seconds after 2026-01-01T00:00:00Z.
@@ -41,6 +42,68 @@ pub fn entry(k: &str, v: &str) -> ev::StringEntry {
     }
 }
 
+/// One container for [`encode_pod_spec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerDef<'a> {
+    pub name: &'a str,
+    /// (resource name, quantity text)
+    pub requests: &'a [(&'a str, &'a str)],
+    pub limits: &'a [(&'a str, &'a str)],
+    /// `Some("Always")` on an init container makes it a native sidecar.
+    pub restart_policy: Option<&'a str>,
+}
+
+/// Encodes a Kubernetes PodSpec with the given containers, init containers
+/// and priority class (for tests and sample data). Entries are written in
+/// the order given.
+pub fn encode_pod_spec(
+    containers: &[ContainerDef<'_>],
+    init_containers: &[ContainerDef<'_>],
+    priority_class: Option<&str>,
+) -> Vec<u8> {
+    let entries = |list: &[(&str, &str)]| -> Vec<k8s::ResourceEntry> {
+        list.iter()
+            .map(|(name, value)| k8s::ResourceEntry {
+                key: Some(name.as_bytes().to_vec()),
+                value: Some(k8s::RawQuantity {
+                    string: Some(value.as_bytes().to_vec()),
+                }),
+            })
+            .collect()
+    };
+    let container = |c: &ContainerDef<'_>| k8s::Container {
+        name: Some(c.name.as_bytes().to_vec()),
+        resources: Some(k8s::ContainerResources {
+            limits: entries(c.limits),
+            requests: entries(c.requests),
+        }),
+        restart_policy: c.restart_policy.map(|p| p.as_bytes().to_vec()),
+    };
+    k8s::PodSpec {
+        containers: containers.iter().map(container).collect(),
+        init_containers: init_containers.iter().map(container).collect(),
+        priority_class_name: priority_class.map(|p| p.as_bytes().to_vec()),
+    }
+    .encode_to_vec()
+}
+
+/// Encodes a Kubernetes PodSpec whose containers have the given names and
+/// requests, with an optional priority class (for tests and sample data).
+pub fn pod_spec_bytes(
+    containers: &[(&str, &[(&str, &str)])],
+    priority_class: Option<&str>,
+) -> Vec<u8> {
+    let defs: Vec<ContainerDef<'_>> = containers
+        .iter()
+        .map(|&(name, requests)| ContainerDef {
+            name,
+            requests,
+            ..ContainerDef::default()
+        })
+        .collect();
+    encode_pod_spec(&defs, &[], priority_class)
+}
+
 /// A SubmitJob with one container requesting `requests`.
 pub fn submit(
     job_id: &str,
@@ -50,7 +113,7 @@ pub fn submit(
     priority_class: Option<&str>,
     annotations: &[(&str, &str)],
 ) -> Kind {
-    let pod = jobspec::pod_spec_bytes(&[("main", requests)], priority_class);
+    let pod = pod_spec_bytes(&[("main", requests)], priority_class);
     Kind::SubmitJob(ev::SubmitJob {
         job_id: job_id.into(),
         deduplication_id: format!("dedup-{job_id}").into_bytes(),

@@ -435,71 +435,10 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// One container for [`encode_pod_spec`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ContainerDef<'a> {
-    pub name: &'a str,
-    /// (resource name, quantity text)
-    pub requests: &'a [(&'a str, &'a str)],
-    pub limits: &'a [(&'a str, &'a str)],
-    /// `Some("Always")` on an init container makes it a native sidecar.
-    pub restart_policy: Option<&'a str>,
-}
-
-/// Encodes a Kubernetes PodSpec with the given containers, init containers
-/// and priority class (for tests and sample data). Entries are written in
-/// the order given.
-pub fn encode_pod_spec(
-    containers: &[ContainerDef<'_>],
-    init_containers: &[ContainerDef<'_>],
-    priority_class: Option<&str>,
-) -> Vec<u8> {
-    let entries = |list: &[(&str, &str)]| -> Vec<k8s::ResourceEntry> {
-        list.iter()
-            .map(|(name, value)| k8s::ResourceEntry {
-                key: Some(name.as_bytes().to_vec()),
-                value: Some(k8s::RawQuantity {
-                    string: Some(value.as_bytes().to_vec()),
-                }),
-            })
-            .collect()
-    };
-    let container = |c: &ContainerDef<'_>| k8s::Container {
-        name: Some(c.name.as_bytes().to_vec()),
-        resources: Some(k8s::ContainerResources {
-            limits: entries(c.limits),
-            requests: entries(c.requests),
-        }),
-        restart_policy: c.restart_policy.map(|p| p.as_bytes().to_vec()),
-    };
-    k8s::PodSpec {
-        containers: containers.iter().map(container).collect(),
-        init_containers: init_containers.iter().map(container).collect(),
-        priority_class_name: priority_class.map(|p| p.as_bytes().to_vec()),
-    }
-    .encode_to_vec()
-}
-
-/// Encodes a Kubernetes PodSpec whose containers have the given names and
-/// requests, with an optional priority class (for tests and sample data).
-pub fn pod_spec_bytes(
-    containers: &[(&str, &[(&str, &str)])],
-    priority_class: Option<&str>,
-) -> Vec<u8> {
-    let defs: Vec<ContainerDef<'_>> = containers
-        .iter()
-        .map(|&(name, requests)| ContainerDef {
-            name,
-            requests,
-            ..ContainerDef::default()
-        })
-        .collect();
-    encode_pod_spec(&defs, &[], priority_class)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::{encode_pod_spec, pod_spec_bytes, ContainerDef};
 
     fn ts(seconds: i64) -> prost_types::Timestamp {
         prost_types::Timestamp { seconds, nanos: 5 }

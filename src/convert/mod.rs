@@ -1,10 +1,12 @@
 //! Converts Armada event sequences into row instructions.
 //!
-//! Pure: no I/O, no clock, no configuration beyond [`Settings`]. Every rule of
-//! the upstream Go ingester's event handling lives here, with its known
-//! text bugs fixed (see [`sanitize`]). Anything that cannot be applied as it
-//! is comes back as a [`Problem`] so the caller can count, log and report it;
-//! nothing here panics on input.
+//! Pure: no I/O, no clock, no global counters, no configuration beyond
+//! [`Settings`]. Every rule of the upstream Go ingester's event handling
+//! lives here, with its known text bugs fixed (see [`sanitize`]). What it
+//! counted (events by kind, strings sanitised) and anything that cannot be
+//! applied as it is (a [`Problem`]) come back in [`Converted`], so the
+//! pipeline counts, logs and reports them in one place; nothing here panics
+//! on input.
 
 pub mod compress;
 pub mod jobspec;
@@ -17,14 +19,13 @@ use chrono::{DateTime, NaiveDateTime, Timelike};
 use prost_types::Timestamp;
 use serde_json::{Map, Value};
 
-use crate::metrics;
 use crate::model::{
     job_state, run_state, CreateJob, CreateJobError, CreateJobRun, InstructionSet, UpdateJob,
     UpdateJobRun,
 };
 use crate::proto::armadaevents as ev;
 use ev::event_sequence::event::Event as Kind;
-use sanitize::Changes;
+use sanitize::{Action, Changes};
 
 /// Column limits in bytes. Upstream's where it has them; otherwise the
 /// column's width, so a long value cannot fail the row.
@@ -91,9 +92,27 @@ pub enum Reason {
     /// unsupported object, undecodable pod spec); the job is still stored.
     JobSpec,
     Compression,
+    /// A recorded file could not be opened or read to its end (`replay`);
+    /// the rest of that file is not read. Never produced by the converter.
+    File,
 }
 
 impl Reason {
+    /// Every reason, for pre-creating the `reason` label values.
+    pub const ALL: [Reason; 11] = [
+        Reason::Decode,
+        Reason::EmptyQueue,
+        Reason::EmptyJobSet,
+        Reason::MissingCreated,
+        Reason::InvalidCreated,
+        Reason::UnknownEventKind,
+        Reason::MissingId,
+        Reason::IdTooLong,
+        Reason::JobSpec,
+        Reason::Compression,
+        Reason::File,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Decode => "decode",
@@ -106,6 +125,7 @@ impl Reason {
             Reason::IdTooLong => "id_too_long",
             Reason::JobSpec => "job_spec",
             Reason::Compression => "compression",
+            Reason::File => "file",
         }
     }
 }
@@ -121,12 +141,27 @@ pub struct Problem {
     pub skipped: bool,
 }
 
-/// The result of converting one sequence.
+/// `event 3: missing_id: event has no job id`, or without the event for a
+/// whole sequence.
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(i) = self.event_index {
+            write!(f, "event {i}: ")?;
+        }
+        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+    }
+}
+
+/// The result of converting one sequence: the rows, and what the caller
+/// should count and report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Converted {
     pub instructions: InstructionSet,
     /// Events seen, by kind name (see [`event_kind`]).
     pub events_by_kind: BTreeMap<&'static str, u64>,
+    /// Strings altered to fit their column, by what was done (only actions
+    /// that happened are present).
+    pub sanitised: BTreeMap<Action, u64>,
     pub problems: Vec<Problem>,
 }
 
@@ -135,6 +170,34 @@ impl Converted {
         self.problems.iter().filter(|p| p.skipped).count()
     }
 }
+
+/// Every name [`event_kind`] can return, for pre-creating metric labels.
+pub const EVENT_KINDS: [&str; 24] = [
+    "unknown",
+    "submit_job",
+    "reprioritise_job",
+    "reprioritise_job_set",
+    "reprioritised_job",
+    "cancel_job",
+    "cancel_job_set",
+    "cancelled_job",
+    "job_succeeded",
+    "job_errors",
+    "job_run_leased",
+    "job_run_assigned",
+    "job_run_running",
+    "job_run_succeeded",
+    "job_run_errors",
+    "standalone_ingress_info",
+    "resource_utilisation",
+    "job_run_preempted",
+    "partition_marker",
+    "job_run_preemption_requested",
+    "job_requeued",
+    "job_preemption_requested",
+    "job_run_cancelled",
+    "job_validated",
+];
 
 /// The name of an event's kind, as used in metrics and summaries.
 pub fn event_kind(event: &ev::event_sequence::Event) -> &'static str {
@@ -191,10 +254,11 @@ struct Time {
     proto: Timestamp,
 }
 
-/// Per-event conversion state: where rows and problems go.
+/// Per-event conversion state: where rows, problems and counts go.
 struct Out<'a> {
     set: &'a mut InstructionSet,
     problems: &'a mut Vec<Problem>,
+    sanitised: &'a mut BTreeMap<Action, u64>,
     index: usize,
 }
 
@@ -207,33 +271,29 @@ impl Out<'_> {
             skipped,
         });
     }
-}
 
-/// Counts what sanitising did, so an operator can see text being altered.
-fn count(changes: Changes) {
-    if changes.invalid_utf8 {
-        metrics::SANITISED
-            .with_label_values(&["invalid_utf8_replaced"])
-            .inc();
+    fn text(&mut self, b: &[u8], limit: usize) -> String {
+        text(b, limit, self.sanitised)
     }
-    if changes.nul_removed {
-        metrics::SANITISED.with_label_values(&["nul_removed"]).inc();
-    }
-    if changes.truncated {
-        metrics::SANITISED.with_label_values(&["truncated"]).inc();
+
+    fn free_text(&mut self, b: &[u8]) -> String {
+        text(b, usize::MAX, self.sanitised)
     }
 }
 
-/// Text for a column with a byte limit.
-fn text(b: &[u8], limit: usize) -> String {
+/// Tallies what sanitising did, so an operator can see text being altered.
+fn count(sanitised: &mut BTreeMap<Action, u64>, changes: Changes) {
+    for action in changes.actions() {
+        *sanitised.entry(action).or_insert(0) += 1;
+    }
+}
+
+/// Text for a column with a byte limit (`usize::MAX` for text and jsonb
+/// columns without one).
+fn text(b: &[u8], limit: usize, sanitised: &mut BTreeMap<Action, u64>) -> String {
     let (s, c) = sanitize::clean_bytes(b, limit);
-    count(c);
+    count(sanitised, c);
     s
-}
-
-/// Text for a column without a limit (text, jsonb).
-fn free_text(b: &[u8]) -> String {
-    text(b, usize::MAX)
 }
 
 /// Text that is only ever carried inside job_spec bytes (no column limit,
@@ -289,12 +349,9 @@ impl Converter {
         fallback_created: Option<&Timestamp>,
     ) -> Converted {
         let mut out = Converted::default();
-        let header = match check_sequence(seq) {
+        let header = match check_sequence(seq, &mut out.sanitised) {
             Ok(h) => h,
             Err(p) => {
-                metrics::INPUT_ERRORS
-                    .with_label_values(&[p.reason.as_str()])
-                    .inc();
                 out.problems.push(p);
                 return out;
             }
@@ -302,10 +359,10 @@ impl Converter {
         for (index, event) in seq.events.iter().enumerate() {
             let kind = event_kind(event);
             *out.events_by_kind.entry(kind).or_insert(0) += 1;
-            metrics::EVENTS.with_label_values(&[kind]).inc();
             let mut o = Out {
                 set: &mut out.instructions,
                 problems: &mut out.problems,
+                sanitised: &mut out.sanitised,
                 index,
             };
             let created = match (&event.created, fallback_created) {
@@ -332,11 +389,6 @@ impl Converter {
                 continue;
             };
             self.convert_event(&header, time, event, &mut o);
-        }
-        for p in &out.problems {
-            metrics::INPUT_ERRORS
-                .with_label_values(&[p.reason.as_str()])
-                .inc();
         }
         out
     }
@@ -366,8 +418,8 @@ impl Converter {
                 let Some(job_id) = job_id(&e.job_id, o) else {
                     return;
                 };
-                let reason = text(&e.reason, limits::CANCEL_REASON);
-                let user = text(&e.cancel_user, limits::CANCEL_USER);
+                let reason = o.text(&e.reason, limits::CANCEL_REASON);
+                let user = o.text(&e.cancel_user, limits::CANCEL_USER);
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id,
                     state: Some(job_state::CANCELLED),
@@ -390,13 +442,16 @@ impl Converter {
                     latest_run_id: Some(run_id.clone()),
                     ..transition(t)
                 });
+                let cluster = o.text(&e.executor_id, limits::CLUSTER);
+                // Upstream stores the node even when empty.
+                let node = Some(o.text(&e.node_id, limits::NODE));
+                let pool = o.free_text(&e.pool);
                 o.set.runs_to_create.push(CreateJobRun {
                     run_id,
                     job_id,
-                    cluster: text(&e.executor_id, limits::CLUSTER),
-                    // Upstream stores the node even when empty.
-                    node: Some(text(&e.node_id, limits::NODE)),
-                    pool: free_text(&e.pool),
+                    cluster,
+                    node,
+                    pool,
                     leased: Some(t.ts),
                     pending: None,
                     job_run_state: run_state::LEASED,
@@ -429,9 +484,10 @@ impl Converter {
                     latest_run_id: Some(run_id.clone()),
                     ..transition(t)
                 });
+                let node = Some(running_node(&e.resource_infos, o));
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
-                    node: Some(running_node(&e.resource_infos)),
+                    node,
                     started: Some(t.ts),
                     job_run_state: Some(run_state::RUNNING),
                     ..Default::default()
@@ -481,7 +537,7 @@ impl Converter {
                 let addresses: BTreeMap<i32, String> = e
                     .ingress_addresses
                     .iter()
-                    .map(|a| (a.port, free_text(&a.address)))
+                    .map(|a| (a.port, o.free_text(&a.address)))
                     .collect();
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
@@ -534,17 +590,18 @@ impl Converter {
             .as_ref()
             .map(|m| m.annotations.as_slice())
             .unwrap_or(&[]);
-        let (annotations, external_job_uri) = self.user_annotations(meta_annotations);
+        let (annotations, external_job_uri) = self.user_annotations(meta_annotations, o);
         let priority_class = built
             .facts
             .priority_class
             .as_deref()
-            .map(|pc| text(pc.as_bytes(), limits::PRIORITY_CLASS));
+            .map(|pc| o.text(pc.as_bytes(), limits::PRIORITY_CLASS));
+        let namespace = o.text(built.namespace.as_bytes(), limits::NAMESPACE);
         o.set.jobs_to_create.push(CreateJob {
             job_id,
             queue: h.queue.clone(),
             owner: h.owner.clone(),
-            namespace: text(built.namespace.as_bytes(), limits::NAMESPACE),
+            namespace,
             jobset: h.jobset.clone(),
             cpu: built.facts.cpu_millis,
             memory: built.facts.memory,
@@ -567,22 +624,26 @@ impl Converter {
     /// values. Also returns the external job URI. Entries are applied in
     /// wire order, so a repeated key keeps its last value (protobuf map
     /// semantics); keys that collide after stripping keep the later entry.
-    fn user_annotations(&self, entries: &[ev::StringEntry]) -> (BTreeMap<String, String>, String) {
+    fn user_annotations(
+        &self,
+        entries: &[ev::StringEntry],
+        o: &mut Out,
+    ) -> (BTreeMap<String, String>, String) {
         let mut out = BTreeMap::new();
         let mut external = String::new();
         let prefix = self.settings.user_annotation_prefix.as_bytes();
         for entry in entries {
             let key_raw = lossy(&entry.key);
             if key_raw == EXTERNAL_JOB_URI_ANNOTATION {
-                external = text(&entry.value, limits::EXTERNAL_JOB_URI);
+                external = o.text(&entry.value, limits::EXTERNAL_JOB_URI);
             }
             if self.blocklist.contains(&key_raw.to_lowercase()) {
                 continue;
             }
             let stripped = entry.key.strip_prefix(prefix).unwrap_or(&entry.key);
             out.insert(
-                text(stripped, limits::ANNOTATION_KEY),
-                text(&entry.value, limits::ANNOTATION_VALUE),
+                o.text(stripped, limits::ANNOTATION_KEY),
+                o.text(&entry.value, limits::ANNOTATION_VALUE),
             );
         }
         (out, external)
@@ -635,7 +696,7 @@ impl Converter {
         };
         match &first.reason {
             Some(R::PodError(p)) => {
-                update.node = non_empty_node(&p.node_name);
+                update.node = non_empty_node(&p.node_name, o);
                 update.job_run_state = Some(run_state::FAILED);
                 update.error = self.compress(&p.message, o);
                 update.debug = self.compress(&p.debug_message, o);
@@ -667,7 +728,10 @@ impl Converter {
         // Only a terminal error's FailureInfo is final; a transient one may be
         // followed by a retry.
         if first.terminal {
-            update.failure_info = first.failure_info.as_ref().and_then(failure_info_json);
+            update.failure_info = first
+                .failure_info
+                .as_ref()
+                .and_then(|fi| failure_info_json(fi, o.sanitised));
         }
         o.set.runs_to_update.push(update);
     }
@@ -689,8 +753,11 @@ impl Converter {
 }
 
 /// The sparse JSON form of a FailureInfo: only its non-zero fields; `None`
-/// when all are zero (stored as SQL NULL).
-pub fn failure_info_json(fi: &ev::FailureInfo) -> Option<Value> {
+/// when all are zero (stored as SQL NULL). Tallies sanitising in `sanitised`.
+pub fn failure_info_json(
+    fi: &ev::FailureInfo,
+    sanitised: &mut BTreeMap<Action, u64>,
+) -> Option<Value> {
     let mut m = Map::new();
     if fi.exit_code != 0 {
         m.insert("exitCode".into(), Value::from(fi.exit_code));
@@ -698,21 +765,25 @@ pub fn failure_info_json(fi: &ev::FailureInfo) -> Option<Value> {
     if !fi.termination_message.is_empty() {
         m.insert(
             "terminationMessage".into(),
-            Value::from(text(&fi.termination_message, limits::TERMINATION_MESSAGE)),
+            Value::from(text(
+                &fi.termination_message,
+                limits::TERMINATION_MESSAGE,
+                sanitised,
+            )),
         );
     }
     if !fi.categories.is_empty() {
         let cats: Vec<Value> = fi
             .categories
             .iter()
-            .map(|c| Value::from(free_text(c)))
+            .map(|c| Value::from(text(c, usize::MAX, sanitised)))
             .collect();
         m.insert("categories".into(), Value::Array(cats));
     }
     if !fi.container_name.is_empty() {
         m.insert(
             "containerName".into(),
-            Value::from(free_text(&fi.container_name)),
+            Value::from(text(&fi.container_name, usize::MAX, sanitised)),
         );
     }
     (!m.is_empty()).then_some(Value::Object(m))
@@ -720,11 +791,14 @@ pub fn failure_info_json(fi: &ev::FailureInfo) -> Option<Value> {
 
 /// Validates and cleans a sequence's header. A sequence without a queue or
 /// job set cannot be attributed to anything in Lookout; upstream rejects it
-/// at decode time and so do we.
-pub fn check_sequence(seq: &ev::EventSequence) -> Result<Header, Problem> {
-    let queue = text(&seq.queue, limits::QUEUE);
-    let jobset = text(&seq.job_set_name, limits::JOBSET);
-    let owner = text(&seq.user_id, limits::OWNER);
+/// at decode time and so do we. Tallies sanitising in `sanitised`.
+pub fn check_sequence(
+    seq: &ev::EventSequence,
+    sanitised: &mut BTreeMap<Action, u64>,
+) -> Result<Header, Problem> {
+    let queue = text(&seq.queue, limits::QUEUE, sanitised);
+    let jobset = text(&seq.job_set_name, limits::JOBSET, sanitised);
+    let owner = text(&seq.user_id, limits::OWNER, sanitised);
     let fail = |reason: Reason, what: &str| Problem {
         event_index: None,
         reason,
@@ -772,7 +846,7 @@ fn job_transition_id(job_id: String, state: i16, t: Time, o: &mut Out) {
 
 /// An id for a key column: NULs removed, never truncated.
 fn id(raw: &[u8], what: &str, limit: usize, o: &mut Out) -> Option<String> {
-    let s = free_text(raw);
+    let s = o.free_text(raw);
     if s.is_empty() {
         o.problem(Reason::MissingId, format!("event has no {what}"), true);
         return None;
@@ -802,18 +876,20 @@ fn ids(job: &[u8], run: &[u8], o: &mut Out) -> Option<(String, String)> {
     Some((j, r))
 }
 
-fn non_empty_node(raw: &[u8]) -> Option<String> {
-    let n = text(raw, limits::NODE);
+fn non_empty_node(raw: &[u8], o: &mut Out) -> Option<String> {
+    let n = o.text(raw, limits::NODE);
     (!n.is_empty()).then_some(n)
 }
 
 /// The node of the first pod that names one, else `UNKNOWN` (as upstream).
-fn running_node(infos: &[ev::KubernetesResourceInfo]) -> String {
+fn running_node(infos: &[ev::KubernetesResourceInfo], o: &mut Out) -> String {
     use ev::kubernetes_resource_info::Info;
+    // Lazily, as before: only nodes up to the first non-empty one are
+    // cleaned (and counted).
     infos
         .iter()
         .filter_map(|r| match &r.info {
-            Some(Info::PodInfo(p)) => non_empty_node(&p.node_name),
+            Some(Info::PodInfo(p)) => non_empty_node(&p.node_name, o),
             _ => None,
         })
         .next()

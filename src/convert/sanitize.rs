@@ -13,6 +13,43 @@ pub struct Changes {
     pub truncated: bool,
 }
 
+impl Changes {
+    /// What was done, as the actions counted in `strings_sanitised_total`.
+    pub fn actions(self) -> impl Iterator<Item = Action> {
+        [
+            (self.invalid_utf8, Action::InvalidUtf8Replaced),
+            (self.nul_removed, Action::NulRemoved),
+            (self.truncated, Action::Truncated),
+        ]
+        .into_iter()
+        .filter_map(|(done, action)| done.then_some(action))
+    }
+}
+
+/// One thing sanitising can do to a string (the `action` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    InvalidUtf8Replaced,
+    NulRemoved,
+    Truncated,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [
+        Action::InvalidUtf8Replaced,
+        Action::NulRemoved,
+        Action::Truncated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::InvalidUtf8Replaced => "invalid_utf8_replaced",
+            Action::NulRemoved => "nul_removed",
+            Action::Truncated => "truncated",
+        }
+    }
+}
+
 /// Decodes text that arrived as bytes, replacing invalid UTF-8 sequences
 /// with U+FFFD, then cleans it as [`clean`] does.
 pub fn clean_bytes(b: &[u8], max_bytes: usize) -> (String, Changes) {

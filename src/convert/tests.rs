@@ -806,3 +806,121 @@ fn generated_stream_converts_without_problems() {
         assert!(c.problems.is_empty(), "{:?}", c.problems);
     }
 }
+
+#[test]
+fn counts_come_back_in_the_output() {
+    let mut seq = sequence(
+        "q\0",
+        "js",
+        "u",
+        vec![
+            event(Some(ts(1)), cancelled("j", "x", "y")),
+            event(Some(ts(2)), job_succeeded("j")),
+            event(Some(ts(3)), job_succeeded("")),
+        ],
+    );
+    if let Some(Kind::CancelledJob(c)) = &mut seq.events[0].event {
+        c.reason = b"bad\xffbyte".to_vec();
+        c.cancel_user = "u".repeat(limits::CANCEL_USER + 1).into_bytes();
+    }
+    let c = conv().convert(&seq, None);
+    assert_eq!(
+        c.events_by_kind,
+        BTreeMap::from([("cancelled_job", 1), ("job_succeeded", 2)])
+    );
+    assert_eq!(
+        c.sanitised,
+        BTreeMap::from([
+            (Action::InvalidUtf8Replaced, 1),
+            (Action::NulRemoved, 1),
+            (Action::Truncated, 1),
+        ])
+    );
+    assert_eq!(
+        c.problems.iter().map(|p| p.reason).collect::<Vec<_>>(),
+        vec![Reason::MissingId]
+    );
+    // A rejected header still reports what cleaning it did, and no events.
+    let c = conv().convert(
+        &sequence(
+            "\0",
+            "js",
+            "u",
+            vec![event(Some(ts(1)), job_succeeded("j"))],
+        ),
+        None,
+    );
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
+    assert!(c.events_by_kind.is_empty());
+    assert_eq!(c.problems[0].reason, Reason::EmptyQueue);
+}
+
+#[test]
+fn the_converter_touches_no_global_counter() {
+    // Pure by construction: nothing under src/convert/ names the metrics.
+    for (file, text) in [
+        ("mod.rs", include_str!("mod.rs")),
+        ("jobspec.rs", include_str!("jobspec.rs")),
+        ("sanitize.rs", include_str!("sanitize.rs")),
+        ("quantity.rs", include_str!("quantity.rs")),
+        ("compress.rs", include_str!("compress.rs")),
+    ] {
+        for forbidden in ["crate::metrics", "metrics::", "telemetry", "tracing"] {
+            assert!(!text.contains(forbidden), "{file} uses {forbidden}");
+        }
+    }
+}
+
+#[test]
+fn every_event_kind_name_is_known_in_advance() {
+    use ev::event_sequence::event::Event as K;
+    let kinds = [
+        K::SubmitJob(Default::default()),
+        K::ReprioritiseJob(Default::default()),
+        K::ReprioritiseJobSet(Default::default()),
+        K::ReprioritisedJob(Default::default()),
+        K::CancelJob(Default::default()),
+        K::CancelJobSet(Default::default()),
+        K::CancelledJob(Default::default()),
+        K::JobSucceeded(Default::default()),
+        K::JobErrors(Default::default()),
+        K::JobRunLeased(Default::default()),
+        K::JobRunAssigned(Default::default()),
+        K::JobRunRunning(Default::default()),
+        K::JobRunSucceeded(Default::default()),
+        K::JobRunErrors(Default::default()),
+        K::StandaloneIngressInfo(Default::default()),
+        K::ResourceUtilisation(Default::default()),
+        K::JobRunPreempted(Default::default()),
+        K::PartitionMarker(Default::default()),
+        K::JobRunPreemptionRequested(Default::default()),
+        K::JobRequeued(Default::default()),
+        K::JobPreemptionRequested(Default::default()),
+        K::JobRunCancelled(Default::default()),
+        K::JobValidated(Default::default()),
+    ];
+    let mut names: Vec<&str> = kinds
+        .into_iter()
+        .map(|k| event_kind(&event(None, k)))
+        .collect();
+    names.push(event_kind(&ev::event_sequence::Event::default()));
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len());
+    assert_eq!(unique, EVENT_KINDS.into_iter().collect::<BTreeSet<_>>());
+}
+
+#[test]
+fn problems_display_with_their_event() {
+    let p = Problem {
+        event_index: Some(3),
+        reason: Reason::MissingId,
+        detail: "event has no job id".into(),
+        skipped: true,
+    };
+    assert_eq!(p.to_string(), "event 3: missing_id: event has no job id");
+    let p = Problem {
+        event_index: None,
+        ..p
+    };
+    assert_eq!(p.to_string(), "missing_id: event has no job id");
+}

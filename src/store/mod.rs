@@ -12,7 +12,7 @@
 //!    own transaction (retryable errors retried per step);
 //! 3. a step that fails non-retryably again goes row by row, one statement
 //!    per row; a row that fails non-retryably is reported in
-//!    [`WriteReport::failed`] (and counted and logged), the others are written.
+//!    [`WriteReport::failed`] (the caller counts and logs it), the others are written.
 //!
 //! Nothing is dropped silently: every row is either written, reported as
 //! failed, or the call returns [`StoreError`] and the caller must not
@@ -418,17 +418,8 @@ impl Store {
             {
                 Outcome::Done(applied) => report.record(step, 1, applied),
                 Outcome::Fatal(error) => {
+                    // Counted and logged once, from the report, by `telemetry::row_failed`.
                     let key = batch.key(step, i);
-                    tracing::warn!(
-                        table = step.table(),
-                        operation = step.operation(),
-                        %key,
-                        %error,
-                        "row could not be written"
-                    );
-                    metrics::ROWS_FAILED
-                        .with_label_values(&[step.table()])
-                        .inc();
                     report.counts_mut(step).attempted += 1;
                     report.failed.push(FailedRow {
                         table: step.table(),
