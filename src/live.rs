@@ -34,7 +34,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How often `run` retries moving spooled dead letters into the table.
+/// How often `run` tries again to move spooled dead letters into the table.
 pub const SPOOL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long shutdown may take before the process gives up on the in-flight batch.
