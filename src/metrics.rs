@@ -1,9 +1,9 @@
 //! Prometheus metrics: every error path and every write is counted here.
 //!
 //! Names carry the `lookout_ingester_` prefix. The counters are
-//! process-global statics, bumped by the pipeline, the store, the source and
-//! the dead-letter writer (never by the converter, which returns what it
-//! counted). They are registered together by [`register`] at start-up, so
+//! process-global statics, bumped by the store, the source, the pipeline
+//! and `telemetry` (which counts and logs each failure once), never by the
+//! converter, which returns what it counted. They are registered together by [`register`] at start-up, so
 //! every name is on `/metrics` from the first scrape; `telemetry` also
 //! creates the known label values there, so they show as 0.
 

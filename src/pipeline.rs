@@ -16,8 +16,8 @@
 //! storing stages use them, and so does [`redrive`], which sends stored dead
 //! letters through again (`dead-letters retry`): a redriven dead letter is
 //! judged by exactly the live rules. What conversion and writing counted is
-//! turned into metrics and logs in one place each ([`count_judged`],
-//! [`count_written`]), through `telemetry`.
+//! turned into metrics and logs in one place each (`count_judged`,
+//! `count_written`), through `telemetry`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -189,7 +189,7 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
 }
 
 /// The one place where what conversion counted becomes metrics and logs.
-pub fn count_judged(j: &Judged) {
+fn count_judged(j: &Judged) {
     telemetry::events(&j.events_by_kind);
     telemetry::sanitised(&j.sanitised);
     for problem in &j.message.problems {
@@ -208,7 +208,7 @@ pub fn count_judged(j: &Judged) {
 }
 
 /// The one place where the write's failures become metrics and logs.
-pub fn count_written(write: &WriteReport) {
+fn count_written(write: &WriteReport) {
     write.failed.iter().for_each(telemetry::row_failed);
     write.unmatched.iter().for_each(telemetry::update_unmatched);
 }
