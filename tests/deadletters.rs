@@ -4,47 +4,37 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use common::TestDb;
+use common::{bytea, json_row, json_rows, write_recording, CliOutput, TestDb};
 use lookout_ingester::proto::armadaevents as ev;
 use lookout_ingester::sample::{
     self, error, event, leased, pod_error, run_errors, running, sequence, submit, ts,
 };
-use lookout_ingester::source::file::RecordWriter;
 use prost::Message;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_lookout-ingester")
-}
+use serde_json::json;
 
 fn write(dir: &Path, name: &str, payloads: &[Vec<u8>]) -> PathBuf {
-    let p = dir.join(name);
-    let mut w = RecordWriter::create(&p, false).expect("file");
-    for x in payloads {
-        w.write_record(x).expect("record");
-    }
-    w.finish().expect("finish");
-    p
+    write_recording(dir.join(name), payloads, false)
 }
 
-async fn cli(db: &TestDb, spool: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    // Subcommand first, then the shared database and spool options.
+/// The binary: the subcommand first, then the shared database and spool
+/// options, then the rest of `args`.
+async fn run(db: &TestDb, spool: &Path, args: &[&str]) -> CliOutput {
     let (first, rest) = args
         .split_first()
         .map(|(f, r)| (*f, r))
         .unwrap_or(("", &[]));
-    let mut cmd = tokio::process::Command::new(bin());
-    cmd.arg(first)
-        .args(["--database-url", &db.url, "--dead-letter-spool"])
-        .arg(spool)
-        .args(rest);
-    let out = cmd.output().await.expect("run binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all: Vec<&OsStr> = vec![
+        first.as_ref(),
+        "--database-url".as_ref(),
+        db.url.as_ref(),
+        "--dead-letter-spool".as_ref(),
+        spool.as_os_str(),
+    ];
+    all.extend(rest.iter().map(|a| OsStr::new(*a)));
+    common::cli(all).await
 }
 
 fn seq1(events: Vec<ev::event_sequence::Event>) -> Vec<u8> {
@@ -87,53 +77,36 @@ async fn poison_inputs_are_kept_listed_shown_retried_and_purged() {
     );
 
     let db = TestDb::migrated().await;
-    let (code, stdout, stderr) =
-        cli(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
-    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
-    assert!(stdout.contains("dead letters: 3"), "{stdout}");
+    let out = run(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("dead letters: 3"), "{}", out.stdout);
 
     let client = db.client().await;
-    let rows = client
-        .query(
-            "SELECT source, reason, payload FROM ingester_dead_letter ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("dead letters");
-    let got: Vec<(String, String, Vec<u8>)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let got = json_rows(
+        &client,
+        "SELECT source, reason, payload FROM ingester_dead_letter ORDER BY id",
+        &[],
+    )
+    .await;
     let name = file.display().to_string();
     assert_eq!(
         got,
-        vec![
-            (
-                format!("{name} record 1"),
-                "decode".to_string(),
-                garbage.clone()
-            ),
-            (
-                format!("{name} record 2"),
-                "empty_queue".to_string(),
-                empty_queue.clone()
-            ),
-            (
-                format!("{name} record 3"),
-                "unknown_run".to_string(),
-                early.clone()
-            ),
+        [
+            json!({"source": format!("{name} record 1"), "reason": "decode", "payload": bytea(&garbage)}),
+            json!({"source": format!("{name} record 2"), "reason": "empty_queue", "payload": bytea(&empty_queue)}),
+            json!({"source": format!("{name} record 3"), "reason": "unknown_run", "payload": bytea(&early)}),
         ]
     );
 
     // Replaying again does not duplicate them.
-    let _ = cli(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
+    let _ = run(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
     assert_eq!(common::count(&client, "ingester_dead_letter").await, 3);
 
     // list --json: one object per line with the documented fields.
-    let (code, stdout, _) = cli(&db, &spool, &["dead-letters", "list", "--json"]).await;
-    assert_eq!(code, Some(0));
-    let objs: Vec<serde_json::Value> = stdout
+    let out = run(&db, &spool, &["dead-letters", "list", "--json"]).await;
+    assert_eq!(out.code, Some(0));
+    let objs: Vec<serde_json::Value> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
@@ -146,10 +119,11 @@ async fn poison_inputs_are_kept_listed_shown_retried_and_purged() {
     let ids: Vec<i64> = objs.iter().filter_map(|o| o["id"].as_i64()).collect();
 
     // show: decodes the payload.
-    let (_, stdout, _) = cli(&db, &spool, &["dead-letters", "show", &ids[2].to_string()]).await;
+    let out = run(&db, &spool, &["dead-letters", "show", &ids[2].to_string()]).await;
     assert!(
-        stdout.contains("job_run_errors") && stdout.contains("unknown_run"),
-        "{stdout}"
+        out.stdout.contains("job_run_errors") && out.stdout.contains("unknown_run"),
+        "{}",
+        out.stdout
     );
 
     // The run arrives; retrying the early update now applies it and removes it.
@@ -162,56 +136,55 @@ async fn poison_inputs_are_kept_listed_shown_retried_and_purged() {
             event(Some(ts(3)), running("dj", "dr", Some("n1"))),
         ])],
     );
-    let (code, ..) = cli(&db, &spool, &["replay", later.to_str().unwrap_or_default()]).await;
-    assert_eq!(code, Some(0));
-    let (code, stdout, _) = cli(&db, &spool, &["dead-letters", "retry", "--all"]).await;
-    assert_eq!(code, Some(3), "two still fail: {stdout}");
+    let out = run(&db, &spool, &["replay", later.to_str().unwrap_or_default()]).await;
+    assert_eq!(out.code, Some(0));
+    let out = run(&db, &spool, &["dead-letters", "retry", "--all"]).await;
+    assert_eq!(out.code, Some(3), "two still fail: {}", out.stdout);
     assert!(
-        stdout.contains("1 applied and removed, 2 still failing"),
-        "{stdout}"
+        out.stdout
+            .contains("1 applied and removed, 2 still failing"),
+        "{}",
+        out.stdout
     );
-    let run = client
-        .query_one(
-            "SELECT job_run_state, exit_code, failure_info FROM job_run WHERE run_id = 'dr'",
-            &[],
-        )
-        .await
-        .expect("run");
+    let run_row = json_row(
+        &client,
+        "SELECT job_run_state, exit_code FROM job_run WHERE run_id = 'dr'",
+        &[],
+    )
+    .await;
     assert_eq!(
-        run.get::<_, i16>(0),
-        lookout_ingester::model::run_state::FAILED
+        run_row,
+        json!({"job_run_state": lookout_ingester::model::run_state::FAILED, "exit_code": 3})
     );
-    assert_eq!(run.get::<_, Option<i32>>(1), Some(3));
-    let left: Vec<(String, i32)> = client
-        .query(
-            "SELECT reason, retries FROM ingester_dead_letter ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("left")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let left = json_rows(
+        &client,
+        "SELECT reason, retries FROM ingester_dead_letter ORDER BY id",
+        &[],
+    )
+    .await;
     assert_eq!(
         left,
-        vec![("decode".to_string(), 1), ("empty_queue".to_string(), 1)]
+        [
+            json!({"reason": "decode", "retries": 1}),
+            json!({"reason": "empty_queue", "retries": 1}),
+        ]
     );
 
     // purge: nothing is older than an hour; everything is older than 0s.
-    let (_, stdout, _) = cli(
+    let out = run(
         &db,
         &spool,
         &["dead-letters", "purge", "--older-than", "1h"],
     )
     .await;
-    assert!(stdout.contains("purged 0"), "{stdout}");
-    let (_, stdout, _) = cli(
+    assert!(out.stdout.contains("purged 0"), "{}", out.stdout);
+    let out = run(
         &db,
         &spool,
         &["dead-letters", "purge", "--older-than", "0s"],
     )
     .await;
-    assert!(stdout.contains("purged 2"), "{stdout}");
+    assert!(out.stdout.contains("purged 2"), "{}", out.stdout);
     assert_eq!(common::count(&client, "ingester_dead_letter").await, 0);
     db.drop_db().await;
 }
@@ -242,10 +215,9 @@ async fn refused_dead_letters_go_to_the_spool_and_are_flushed_later() {
             )]),
         ],
     );
-    let (code, stdout, stderr) =
-        cli(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
-    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
-    assert!(stderr.contains("appending them to"), "{stderr}");
+    let out = run(&db, &spool, &["replay", file.to_str().unwrap_or_default()]).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("appending them to"), "{}", out.stderr);
     assert_eq!(common::count(&client, "ingester_dead_letter").await, 0);
     assert_eq!(
         common::count(&client, "job").await,
@@ -260,15 +232,11 @@ async fn refused_dead_letters_go_to_the_spool_and_are_flushed_later() {
         .batch_execute("DROP TRIGGER refuse ON ingester_dead_letter")
         .await
         .expect("drop trigger");
-    let (code, stdout, stderr) = cli(&db, &spool, &["dead-letters", "flush"]).await;
-    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("flushed 1"), "{stdout}");
-    let payload: Vec<u8> = client
-        .query_one("SELECT payload FROM ingester_dead_letter", &[])
-        .await
-        .expect("row")
-        .get(0);
-    assert_eq!(payload, garbage);
+    let out = run(&db, &spool, &["dead-letters", "flush"]).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("flushed 1"), "{}", out.stdout);
+    let row = json_row(&client, "SELECT payload FROM ingester_dead_letter", &[]).await;
+    assert_eq!(row, json!({"payload": bytea(&garbage)}));
     assert_eq!(std::fs::read_to_string(&spool).expect("spool").trim(), "");
     db.drop_db().await;
 }

@@ -19,19 +19,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::{Broker, Ingester};
 use common::pgcluster::{PgCluster, Settings};
-use common::{dump, TestDb};
-use lookout_ingester::convert::Converter;
+use common::{
+    baseline, bytea, connect, dump, json_rows, payloads, replay_dump, tail, try_connect, TestDb,
+};
+use lookout_ingester::pipeline;
 use lookout_ingester::proto::armadaevents as ev;
 use lookout_ingester::sample::{self, Rng};
-use lookout_ingester::source::file::RecordWriter;
-use lookout_ingester::store::{self, Store, StoreSettings};
-use lookout_ingester::{pipeline, replay};
 use prost::Message;
+use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 
 /// Upper bound for any one test (they take 4-35 s on a 2-core machine).
@@ -101,11 +100,6 @@ impl Drop for Logs {
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 // ---------------------------------------------------------------- ingester
 
 /// Runs the binary (the harness's one way, from the log directory) with
@@ -127,28 +121,7 @@ fn spawn(db_url: &str, broker: &Broker, logs: &Logs, extra: &[&str]) -> Ingester
     Ingester::spawn(db_url, &broker.url(), "events", logs.log(), &args)
 }
 
-/// SIGTERM after the faults: the ingester must still shut down cleanly.
-async fn stop_cleanly(mut ing: Ingester) {
-    ing.signal(libc::SIGTERM);
-    match tokio::time::timeout(Duration::from_secs(15), ing.child.wait()).await {
-        Ok(Ok(status)) => assert_eq!(
-            status.code(),
-            Some(0),
-            "exit status after SIGTERM\n{}",
-            tail(&ing.log_text(), 40)
-        ),
-        _ => panic!(
-            "the ingester did not exit within 15s of SIGTERM\n{}",
-            tail(&ing.log_text(), 40)
-        ),
-    }
-}
-
 // ---------------------------------------------------------------- input
-
-fn payloads(seqs: &[ev::EventSequence]) -> Vec<Vec<u8>> {
-    seqs.iter().map(|s| s.encode_to_vec()).collect()
-}
 
 /// An input that must end up in `ingester_dead_letter`, once.
 #[derive(Clone)]
@@ -248,70 +221,14 @@ fn interleave(stream: Vec<Vec<u8>>, poison: &[Poison]) -> Vec<Vec<u8>> {
 
 // ---------------------------------------------------------------- databases
 
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// A connection, or `None` while the server is unreachable or refusing.
-async fn try_connect(url: &str) -> Option<Client> {
-    match tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls)).await {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Some(client)
-        }
-        _ => None,
-    }
-}
-
-/// Replays `seqs` into the (migrated, empty) database at `url`, as an
-/// uninterrupted run, and returns its dump.
-async fn replay_into(url: &str, seqs: &[ev::EventSequence], dir: &Path) -> String {
-    let path = dir.join(format!(
-        "baseline-{}.bin",
-        chrono::Utc::now().timestamp_micros()
-    ));
-    let mut w = RecordWriter::create(&path, false).expect("file");
-    for s in seqs {
-        w.write_record(&s.encode_to_vec()).expect("write");
-    }
-    w.finish().expect("finish");
-    let pool = store::connect_pool(url, 2).await.expect("pool");
-    let store = Arc::new(Store::new(pool.clone(), StoreSettings::default()));
-    let s = replay::replay(
-        vec![path.clone()],
-        Converter::new(Default::default()),
-        store,
-        common::dead_letters(pool),
-        pipeline::Settings::default(),
-        false,
-    )
-    .await
-    .expect("replay");
-    assert!(s.clean(), "{s}");
-    let _ = std::fs::remove_file(path);
-    dump(&connect(url).await).await
-}
-
-/// The clean run's tables, on the shared server.
-async fn baseline(seqs: &[ev::EventSequence], dir: &Path) -> String {
-    let db = TestDb::migrated().await;
-    let d = replay_into(&db.url, seqs, dir).await;
-    db.drop_db().await;
-    d
-}
-
 /// Rows written so far, counting run state changes, so it grows while
 /// ingestion makes progress. `None` while the database is unreachable.
 async fn progress(url: &str) -> Option<i64> {
-    let client = try_connect(url).await?;
+    progress_on(&try_connect(url).await?).await
+}
+
+/// [`progress`] on an open connection; `None` if the query fails.
+async fn progress_on(client: &Client) -> Option<i64> {
     client
         .query_one(
             "SELECT (SELECT count(*) FROM job) + (SELECT count(*) FROM job_run)
@@ -336,23 +253,10 @@ async fn wait_progress(url: &str, above: i64, limit: Duration, ing: &Ingester) -
         assert!(
             start.elapsed() < limit,
             "no progress beyond {above} within {limit:?}\n{}",
-            tail(&ing.log_text(), 40)
+            ing.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-fn first_difference(a: &str, b: &str) -> String {
-    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
-        if x != y {
-            return format!("line {}:\n  got:      {x}\n  expected: {y}", i + 1);
-        }
-    }
-    format!(
-        "one is a prefix of the other ({} vs {} lines)",
-        a.lines().count(),
-        b.lines().count()
-    )
 }
 
 /// Waits until `ingester_dead_letter` holds at least `n` rows.
@@ -372,131 +276,110 @@ async fn wait_dead_letters(url: &str, n: i64, limit: Duration, ing: &Ingester) {
         assert!(
             start.elapsed() < limit,
             "fewer than {n} dead letters after {limit:?}\n{}",
-            tail(&ing.log_text(), 40)
+            ing.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
-/// Waits until the dump of `url` equals `expected`.
-async fn wait_equal(url: &str, expected: &str, limit: Duration, ing: &Ingester) {
-    let start = Instant::now();
-    let mut last = String::new();
-    loop {
-        if let Some(client) = try_connect(url).await {
-            last = dump(&client).await;
-            if last == expected {
-                return;
-            }
-        }
-        if start.elapsed() > limit {
-            // Kept with the logs (the directory is kept on failure).
-            if let Some(dir) = ing.log.parent() {
-                let _ = std::fs::write(dir.join("dump-got.txt"), &last);
-                let _ = std::fs::write(dir.join("dump-expected.txt"), expected);
-            }
-            panic!(
-                "tables did not reach the clean run's within {limit:?}; first difference: {}\nlast log lines:\n{}",
-                first_difference(&last, expected),
-                tail(&ing.log_text(), 40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+/// The dead letters as JSON, by payload: what [`expected_dead_letters`]
+/// describes, plus the `error` text.
+async fn dead_letter_rows(client: &Client) -> Vec<Value> {
+    json_rows(
+        client,
+        "SELECT reason, payload, source LIKE 'events message %' AS from_topic, error
+         FROM ingester_dead_letter ORDER BY payload, id",
+        &[],
+    )
+    .await
 }
 
-struct DeadRow {
-    source: String,
-    reason: String,
-    error: String,
-    payload: Vec<u8>,
-}
-
-async fn dead_rows(client: &Client) -> Vec<DeadRow> {
-    client
-        .query(
-            "SELECT source, reason, error, payload FROM ingester_dead_letter ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("reading ingester_dead_letter")
+/// One dead letter per poison input, by payload (as `ORDER BY payload`
+/// sorts them: the hex text sorts as the bytes do).
+fn expected_dead_letters(poison: &[Poison]) -> Vec<Value> {
+    let mut want: Vec<Value> = poison
         .iter()
-        .map(|r| DeadRow {
-            source: r.get(0),
-            reason: r.get(1),
-            error: r.get(2),
-            payload: r.get(3),
-        })
-        .collect()
+        .map(|p| json!({"reason": p.reason, "payload": bytea(&p.payload), "from_topic": true}))
+        .collect();
+    want.sort_by(|a, b| a["payload"].as_str().cmp(&b["payload"].as_str()));
+    want
 }
 
 /// `ingester_dead_letter` holds exactly `poison`, one row each, byte for
-/// byte, with the expected reason; nothing is left in the spool. Waits a
-/// little, as dead letters are stored just after their batch commits.
+/// byte, with the expected reason, from the topic, and an error naming what
+/// it must; nothing is left in the spool. Waits a little, as dead letters
+/// are stored just after their batch commits.
 async fn check_dead_letters(url: &str, poison: &[Poison], logs: &Logs, ing: Option<&Ingester>) {
     let client = connect(url).await;
     let start = Instant::now();
-    let mut rows = dead_rows(&client).await;
+    let mut rows = dead_letter_rows(&client).await;
     while rows.len() < poison.len() && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        rows = dead_rows(&client).await;
+        rows = dead_letter_rows(&client).await;
     }
     let log = || {
-        ing.map(|i| tail(&i.log_text(), 40))
+        ing.map(|i| i.log_tail(40))
             .unwrap_or_else(|| tail(&std::fs::read_to_string(logs.log()).unwrap_or_default(), 40))
     };
     let spool = std::fs::read_to_string(logs.spool()).unwrap_or_default();
-    let listing: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} | {} | {} | {} bytes",
-                r.source,
-                r.reason,
-                r.error,
-                r.payload.len()
-            )
-        })
+    // The error texts are checked below, by what they must mention.
+    let errors: Vec<String> = rows
+        .iter_mut()
+        .map(
+            |r| match r.as_object_mut().and_then(|o| o.remove("error")) {
+                Some(Value::String(e)) => e,
+                other => panic!("dead letter without an error text: {other:?}"),
+            },
+        )
         .collect();
     assert_eq!(
-        rows.len(),
+        rows,
+        expected_dead_letters(poison),
+        "dead letters: expected exactly the {} poison inputs, once each\nerrors:\n{}\nspool: {} line(s)\nlog:\n{}",
         poison.len(),
-        "dead letters: expected exactly the {} poison inputs, found:\n{}\nspool: {} line(s)\nlog:\n{}",
-        poison.len(),
-        listing.join("\n"),
+        errors.join("\n"),
         spool.lines().count(),
         log()
     );
     for p in poison {
-        let matching: Vec<&DeadRow> = rows.iter().filter(|r| r.payload == p.payload).collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "poison input ({}, {} bytes) stored {} times; dead letters:\n{}",
-            p.reason,
-            p.payload.len(),
-            matching.len(),
-            listing.join("\n")
-        );
-        let r = matching[0];
-        assert_eq!(r.reason, p.reason, "{}", listing.join("\n"));
+        let at = rows
+            .iter()
+            .position(|r| r["payload"] == bytea(&p.payload))
+            .unwrap_or_else(|| panic!("poison input ({}) not stored", p.reason));
         for m in &p.mentions {
             assert!(
-                r.error.contains(m.as_str()),
+                errors[at].contains(m.as_str()),
                 "dead letter error does not mention {m:?}: {}",
-                r.error
+                errors[at]
             );
         }
-        assert!(
-            r.source.starts_with("events message "),
-            "source: {}",
-            r.source
-        );
     }
     assert!(
         spool.trim().is_empty(),
         "dead letters left in the spool, not in the table:\n{spool}"
     );
+}
+
+/// The end of every scenario: the tables catch up with the clean run's, the
+/// dead letters are exactly the poison, SIGTERM still stops the ingester
+/// cleanly, and the dead letters are still exactly the poison after it.
+async fn converges(url: &str, expected: &str, poison: &[Poison], logs: &Logs, ing: Ingester) {
+    converges_within(url, expected, CATCH_UP, poison, logs, ing).await;
+}
+
+/// [`converges`], the tables given `limit` to catch up.
+async fn converges_within(
+    url: &str,
+    expected: &str,
+    limit: Duration,
+    poison: &[Poison],
+    logs: &Logs,
+    mut ing: Ingester,
+) {
+    common::wait_equal(url, expected, limit, Some(&ing)).await;
+    check_dead_letters(url, poison, logs, Some(&ing)).await;
+    ing.terminate(Duration::from_secs(15)).await;
+    check_dead_letters(url, poison, logs, None).await;
 }
 
 /// Client backends other than `ours` (the ingester's, and any stragglers).
@@ -534,7 +417,7 @@ async fn postgres_restarted_mid_stream() {
         let broker = Broker::start().await;
         let seqs = sample::generate(31, 1200);
         let base_url = pg.create_migrated_db("baseline").await;
-        let expected = replay_into(&base_url, &seqs, logs.path()).await;
+        let expected = replay_dump(&base_url, &seqs, logs.path()).await;
         let mut rng = Rng::new(31);
         let mut poison = garbage(&mut rng, 2);
         poison.push(empty_queue(1));
@@ -558,7 +441,7 @@ async fn postgres_restarted_mid_stream() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         pg.start_again().await;
         wait_progress(&url, p, Duration::from_secs(60), &ing).await;
-        wait_equal(&url, &expected, CATCH_UP, &ing).await;
+        common::wait_equal(&url, &expected, CATCH_UP, Some(&ing)).await;
         let log = ing.log_text();
         assert!(
             log.contains("retryable database error"),
@@ -582,15 +465,20 @@ async fn postgres_restarted_mid_stream() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the dead letter was not spooled while Postgres was down\n{}",
-                tail(&ing.log_text(), 40)
+                ing.log_tail(40)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         pg.start_again().await;
-        wait_equal(&url, &expected, Duration::from_secs(10), &ing).await;
-        check_dead_letters(&url, &poison, &logs, Some(&ing)).await;
-        stop_cleanly(ing).await;
-        check_dead_letters(&url, &poison, &logs, None).await;
+        converges_within(
+            &url,
+            &expected,
+            Duration::from_secs(10),
+            &poison,
+            &logs,
+            ing,
+        )
+        .await;
         broker.stop().await;
         pg.stop();
         logs.pass();
@@ -613,7 +501,7 @@ async fn connection_limit_reached_mid_stream() {
         let broker = Broker::start().await;
         let seqs = sample::generate(32, 1200);
         let base_url = pg.create_migrated_db("baseline").await;
-        let expected = replay_into(&base_url, &seqs, logs.path()).await;
+        let expected = replay_dump(&base_url, &seqs, logs.path()).await;
         let mut rng = Rng::new(32);
         let mut poison = garbage(&mut rng, 2);
         poison.push(empty_queue(2));
@@ -673,9 +561,9 @@ async fn connection_limit_reached_mid_stream() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let held_from = progress_on(&fillers[0]).await;
+        let held_from = progress_on(&fillers[0]).await.unwrap_or(-1);
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let held_to = progress_on(&fillers[0]).await;
+        let held_to = progress_on(&fillers[0]).await.unwrap_or(-1);
         assert_eq!(
             held_from, held_to,
             "nothing is written while every slot is taken"
@@ -694,28 +582,12 @@ async fn connection_limit_reached_mid_stream() {
             tail(&log, 40)
         );
 
-        wait_equal(&url, &expected, CATCH_UP, &ing).await;
-        check_dead_letters(&url, &poison, &logs, Some(&ing)).await;
-        stop_cleanly(ing).await;
-        check_dead_letters(&url, &poison, &logs, None).await;
+        converges(&url, &expected, &poison, &logs, ing).await;
         broker.stop().await;
         drop(pg);
         logs.pass();
     })
     .await;
-}
-
-async fn progress_on(client: &Client) -> i64 {
-    client
-        .query_one(
-            "SELECT (SELECT count(*) FROM job) + (SELECT count(*) FROM job_run)
-                  + (SELECT count(*) FROM job_run WHERE started IS NOT NULL)
-                  + (SELECT count(*) FROM job_run WHERE finished IS NOT NULL)",
-            &[],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(-1)
 }
 
 /// `statement_timeout = 1ms` for the whole server (ALTER SYSTEM and a
@@ -730,7 +602,7 @@ async fn statement_timeout_mid_stream() {
         let broker = Broker::start().await;
         let seqs = sample::generate(33, 1200);
         let base_url = pg.create_migrated_db("baseline").await;
-        let expected = replay_into(&base_url, &seqs, logs.path()).await;
+        let expected = replay_dump(&base_url, &seqs, logs.path()).await;
         let mut rng = Rng::new(33);
         let mut poison = garbage(&mut rng, 2);
         poison.push(empty_queue(3));
@@ -772,10 +644,7 @@ async fn statement_timeout_mid_stream() {
             tail(&log, 40)
         );
 
-        wait_equal(&url, &expected, CATCH_UP, &ing).await;
-        check_dead_letters(&url, &poison, &logs, Some(&ing)).await;
-        stop_cleanly(ing).await;
-        check_dead_letters(&url, &poison, &logs, None).await;
+        converges(&url, &expected, &poison, &logs, ing).await;
         broker.stop().await;
         drop(pg);
         logs.pass();
@@ -824,21 +693,15 @@ async fn permanent_row_errors_are_dead_lettered() {
             .publish("events", interleave(payloads(&seqs), &poison))
             .await;
         let ing = spawn(&db.url, &broker, &logs, &BATCH);
-        wait_equal(&db.url, &expected, CATCH_UP, &ing).await;
-        check_dead_letters(&db.url, &poison, &logs, Some(&ing)).await;
-        let client = db.client().await;
-        let left: i64 = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM job WHERE job_id LIKE 'poison%')
-                      + (SELECT count(*) FROM job_spec WHERE job_id LIKE 'poison%')",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        assert_eq!(left, 0, "no poison row was written");
-        stop_cleanly(ing).await;
-        check_dead_letters(&db.url, &poison, &logs, None).await;
+        converges(&db.url, &expected, &poison, &logs, ing).await;
+        let left = json_rows(
+            &db.client().await,
+            "SELECT 'job' AS t, job_id FROM job WHERE job_id LIKE 'poison%'
+             UNION ALL SELECT 'job_spec', job_id FROM job_spec WHERE job_id LIKE 'poison%'",
+            &[],
+        )
+        .await;
+        assert_eq!(left, Vec::<Value>::new(), "no poison row was written");
         db.drop_db().await;
         broker.stop().await;
         logs.pass();
@@ -880,15 +743,12 @@ async fn broker_restarted_mid_stream_with_poison() {
             broker.restart().await;
             broker.publish("events", next).await;
         }
-        wait_equal(&db.url, &expected, CATCH_UP, &ing).await;
-        check_dead_letters(&db.url, &poison, &logs, Some(&ing)).await;
+        converges(&db.url, &expected, &poison, &logs, ing).await;
         let stats = broker.proxy.stats();
         assert!(
             stats.accepted >= 3,
             "the ingester connected again after the restarts: {stats:?}"
         );
-        stop_cleanly(ing).await;
-        check_dead_letters(&db.url, &poison, &logs, None).await;
         db.drop_db().await;
         broker.stop().await;
         logs.pass();
@@ -931,10 +791,7 @@ async fn sigkill_at_random_points() {
             "the backlog was ingested before the last kill: {at:?}"
         );
         let ing = spawn(&db.url, &broker, &logs, &args);
-        wait_equal(&db.url, &expected, CATCH_UP, &ing).await;
-        check_dead_letters(&db.url, &poison, &logs, Some(&ing)).await;
-        stop_cleanly(ing).await;
-        check_dead_letters(&db.url, &poison, &logs, None).await;
+        converges(&db.url, &expected, &poison, &logs, ing).await;
         db.drop_db().await;
         broker.stop().await;
         logs.pass();

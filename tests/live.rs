@@ -4,111 +4,40 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::{Broker, Ingester};
-use common::{dump, TestDb};
-use lookout_ingester::convert::Converter;
-use lookout_ingester::proto::armadaevents as ev;
-use lookout_ingester::source::file::RecordWriter;
-use lookout_ingester::store::{self, Store, StoreSettings};
-use lookout_ingester::{pipeline, replay, sample};
-use prost::Message;
-
-/// Tables an uninterrupted run produces: a replay of the same sequences.
-async fn baseline(seqs: &[ev::EventSequence], dir: &Path) -> String {
-    let path = dir.join("baseline.bin");
-    let mut w = RecordWriter::create(&path, false).expect("file");
-    for s in seqs {
-        w.write_record(&s.encode_to_vec()).expect("write");
-    }
-    w.finish().expect("finish");
-    let db = TestDb::migrated().await;
-    let pool = store::connect_pool(&db.url, 2).await.expect("pool");
-    let store = Arc::new(Store::new(pool.clone(), StoreSettings::default()));
-    let dead = common::dead_letters(pool);
-    let s = replay::replay(
-        vec![path],
-        Converter::new(Default::default()),
-        store,
-        dead,
-        pipeline::Settings::default(),
-        false,
-    )
-    .await
-    .expect("replay");
-    assert!(s.clean(), "{s}");
-    let d = dump(&db.client().await).await;
-    db.drop_db().await;
-    d
-}
-
-/// Waits until the database's dump equals `expected`, or fails with the log.
-async fn wait_equal(db: &TestDb, expected: &str, limit: Duration, ingester: Option<&Ingester>) {
-    let client = db.client().await;
-    let start = Instant::now();
-    loop {
-        let now = dump(&client).await;
-        if now == expected {
-            return;
-        }
-        if start.elapsed() > limit {
-            let log = ingester.map(|i| i.log_text()).unwrap_or_default();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!(
-                "tables did not reach the expected state within {limit:?} ({} vs {} bytes of dump)\nlast log lines:\n{tail}",
-                now.len(),
-                expected.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use common::{baseline, cli, dump, payloads, replay_files, wait_equal, TestDb};
+use lookout_ingester::{pipeline, sample};
 
 async fn job_count(db: &TestDb) -> i64 {
     common::count(&db.client().await, "job").await
 }
 
-fn payloads(seqs: &[ev::EventSequence]) -> Vec<Vec<u8>> {
-    seqs.iter().map(|s| s.encode_to_vec()).collect()
+/// A broker with the `n` sequences `sample::generate(seed, n)` published to
+/// `events`, the tables a clean run of them leaves, and an empty database.
+async fn published(seed: u64, n: usize) -> (Broker, String, TestDb) {
+    let broker = Broker::start().await;
+    let seqs = sample::generate(seed, n);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish("events", payloads(&seqs)).await;
+    (broker, expected, TestDb::migrated().await)
 }
 
-async fn wait_exit(ing: &mut Ingester, limit: Duration) -> Option<i32> {
-    match tokio::time::timeout(limit, ing.child.wait()).await {
-        Ok(Ok(status)) => status.code(),
-        _ => panic!("ingester did not exit within {limit:?}\n{}", ing.log_text()),
-    }
+/// `run` from the broker's `events` into `db`, its log in the broker's
+/// directory.
+fn ingest(db: &TestDb, broker: &Broker, log: &str, extra: &[&str]) -> Ingester {
+    let log = broker.dir.path().join(log);
+    Ingester::spawn(&db.url, &broker.url(), "events", log, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_ingestion_matches_replay_and_sigterm_exits_cleanly() {
-    let broker = Broker::start().await;
-    let seqs = sample::generate(21, 300);
-    let expected = baseline(&seqs, broker.dir.path()).await;
-    broker.publish("events", payloads(&seqs)).await;
-    let db = TestDb::migrated().await;
-    let mut ing = Ingester::spawn(
-        &db.url,
-        &broker.url(),
-        "events",
-        broker.dir.path().join("ing.log"),
-        &["--batch-duration", "100ms"],
-    );
-    wait_equal(&db, &expected, Duration::from_secs(90), Some(&ing)).await;
-    ing.signal(libc::SIGTERM);
+    let (broker, expected, db) = published(21, 300).await;
+    let mut ing = ingest(&db, &broker, "ing.log", &["--batch-duration", "100ms"]);
+    wait_equal(&db.url, &expected, Duration::from_secs(90), Some(&ing)).await;
     let started = Instant::now();
-    let code = wait_exit(&mut ing, Duration::from_secs(10)).await;
-    assert_eq!(code, Some(0), "{}", ing.log_text());
+    ing.terminate(Duration::from_secs(10)).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     db.drop_db().await;
     broker.stop().await;
@@ -116,17 +45,12 @@ async fn live_ingestion_matches_replay_and_sigterm_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
-    let broker = Broker::start().await;
-    let seqs = sample::generate(22, 120);
-    let expected = baseline(&seqs, broker.dir.path()).await;
-    broker.publish("events", payloads(&seqs)).await;
-    let db = TestDb::migrated().await;
+    let (broker, expected, db) = published(22, 120).await;
     // A batch that would wait a minute to fill: everything received is in flight.
-    let mut ing = Ingester::spawn(
-        &db.url,
-        &broker.url(),
-        "events",
-        broker.dir.path().join("ing.log"),
+    let mut ing = ingest(
+        &db,
+        &broker,
+        "ing.log",
         &["--batch-duration", "60s", "--batch-size", "1000000"],
     );
     // Wait until the consumer has received everything (nothing committed yet).
@@ -145,21 +69,13 @@ async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
         0,
         "nothing is committed before the batch is cut"
     );
-    ing.signal(libc::SIGTERM);
-    let code = wait_exit(&mut ing, Duration::from_secs(10)).await;
-    assert_eq!(code, Some(0), "{}", ing.log_text());
+    ing.terminate(Duration::from_secs(10)).await;
     // Committed: the tables are complete now, without another run.
-    wait_equal(&db, &expected, Duration::from_secs(1), Some(&ing)).await;
+    wait_equal(&db.url, &expected, Duration::from_secs(1), Some(&ing)).await;
     // Acknowledged: the same subscription delivers nothing more, so a second
     // ingester writing into an empty database writes nothing.
     let other = TestDb::migrated().await;
-    let mut second = Ingester::spawn(
-        &other.url,
-        &broker.url(),
-        "events",
-        broker.dir.path().join("ing2.log"),
-        &["--batch-duration", "100ms"],
-    );
+    let mut second = ingest(&other, &broker, "ing2.log", &["--batch-duration", "100ms"]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         job_count(&other).await,
@@ -168,7 +84,7 @@ async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
         second.log_text()
     );
     second.signal(libc::SIGTERM);
-    let _ = wait_exit(&mut second, Duration::from_secs(10)).await;
+    let _ = second.wait_exit(Duration::from_secs(10)).await;
     other.drop_db().await;
     db.drop_db().await;
     broker.stop().await;
@@ -176,19 +92,14 @@ async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_gives_the_same_tables() {
-    let broker = Broker::start().await;
-    let seqs = sample::generate(23, 1200);
-    let expected = baseline(&seqs, broker.dir.path()).await;
-    broker.publish("events", payloads(&seqs)).await;
-    let db = TestDb::migrated().await;
-    let log = broker.dir.path().join("ing.log");
+    let (broker, expected, db) = published(23, 1200).await;
     let args = ["--batch-size", "200", "--batch-duration", "50ms"];
     let mut kills = 0;
     let mut last_jobs = -1;
     // Kill as soon as progress is seen, repeatedly, while rows are still arriving.
     let deadline = Instant::now() + Duration::from_secs(120);
     while kills < 6 && Instant::now() < deadline {
-        let ing = Ingester::spawn(&db.url, &broker.url(), "events", log.clone(), &args);
+        let ing = ingest(&db, &broker, "ing.log", &args);
         let start = Instant::now();
         loop {
             let n = job_count(&db).await;
@@ -201,8 +112,8 @@ async fn sigkill_mid_stream_then_restart_gives_the_same_tables() {
         ing.sigkill().await;
         kills += 1;
     }
-    let ing = Ingester::spawn(&db.url, &broker.url(), "events", log, &args);
-    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    let ing = ingest(&db, &broker, "ing.log", &args);
+    wait_equal(&db.url, &expected, Duration::from_secs(120), Some(&ing)).await;
     ing.sigkill().await;
     assert!(
         kills >= 3,
@@ -220,11 +131,10 @@ async fn broker_restart_mid_stream_gives_the_same_tables() {
     let (first, second) = seqs.split_at(seqs.len() / 2);
     broker.publish("events", payloads(first)).await;
     let db = TestDb::migrated().await;
-    let ing = Ingester::spawn(
-        &db.url,
-        &broker.url(),
-        "events",
-        broker.dir.path().join("ing.log"),
+    let ing = ingest(
+        &db,
+        &broker,
+        "ing.log",
         &["--batch-size", "300", "--batch-duration", "50ms"],
     );
     let start = Instant::now();
@@ -238,7 +148,7 @@ async fn broker_restart_mid_stream_gives_the_same_tables() {
     }
     broker.restart().await;
     broker.publish("events", payloads(second)).await;
-    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    wait_equal(&db.url, &expected, Duration::from_secs(120), Some(&ing)).await;
     assert!(
         ing.log_text().contains("reconnecting"),
         "the ingester noticed the restart"
@@ -250,16 +160,11 @@ async fn broker_restart_mid_stream_gives_the_same_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connections_give_the_same_tables() {
-    let broker = Broker::start().await;
-    let seqs = sample::generate(25, 800);
-    let expected = baseline(&seqs, broker.dir.path()).await;
-    broker.publish("events", payloads(&seqs)).await;
-    let db = TestDb::migrated().await;
-    let ing = Ingester::spawn(
-        &db.url,
-        &broker.url(),
-        "events",
-        broker.dir.path().join("ing.log"),
+    let (broker, expected, db) = published(25, 800).await;
+    let ing = ingest(
+        &db,
+        &broker,
+        "ing.log",
         &["--batch-size", "200", "--batch-duration", "50ms"],
     );
     for _ in 0..3 {
@@ -282,7 +187,7 @@ async fn cut_connections_give_the_same_tables() {
         .await
         .expect("the ingester reconnects");
     }
-    wait_equal(&db, &expected, Duration::from_secs(120), Some(&ing)).await;
+    wait_equal(&db.url, &expected, Duration::from_secs(120), Some(&ing)).await;
     let stats = broker.proxy.stats();
     assert!(
         stats.cut >= 3 && stats.accepted >= 4,
@@ -333,49 +238,35 @@ async fn record_then_replay_equals_live_ingestion_with_an_upstream_config_file()
 
     // Record the topic (no subscription touched), then replay the file.
     let file = broker.dir.path().join("recorded.bin.gz");
-    let rec = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args([
-            "record",
-            "--pulsar-url",
-            &broker.url(),
-            "--topic",
-            "events",
-            "--gzip",
-            "--idle",
-            "3s",
-            "--out",
-        ])
-        .arg(&file)
-        .output()
-        .await
-        .expect("record");
-    let stdout = String::from_utf8_lossy(&rec.stdout);
+    let file_arg = file.display().to_string();
+    let url = broker.url();
+    let rec = cli([
+        "record",
+        "--pulsar-url",
+        &url,
+        "--topic",
+        "events",
+        "--gzip",
+        "--idle",
+        "3s",
+        "--out",
+        &file_arg,
+    ])
+    .await;
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
     assert!(
-        rec.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&rec.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("recorded {} messages", seqs.len())),
-        "{stdout}"
+        rec.stdout
+            .contains(&format!("recorded {} messages", seqs.len())),
+        "{}",
+        rec.stdout
     );
     let replay_db = TestDb::migrated().await;
-    let pool = store::connect_pool(&replay_db.url, 2).await.expect("pool");
-    let summary = replay::replay(
-        vec![file],
-        Converter::new(Default::default()),
-        Arc::new(Store::new(pool.clone(), StoreSettings::default())),
-        common::dead_letters(pool),
-        pipeline::Settings::default(),
-        false,
-    )
-    .await
-    .expect("replay");
+    let summary = replay_files(&replay_db.url, vec![file], pipeline::Settings::default()).await;
     assert!(summary.clean(), "{summary}");
     let replayed = dump(&replay_db.client().await).await;
     assert!(replayed.contains("\"job_id\""), "the replay wrote rows");
     // Live ingestion converges on exactly what the recorded file produced.
-    wait_equal(&live_db, &replayed, Duration::from_secs(90), Some(&ing)).await;
+    wait_equal(&live_db.url, &replayed, Duration::from_secs(90), Some(&ing)).await;
     ing.sigkill().await;
     live_db.drop_db().await;
     replay_db.drop_db().await;

@@ -4,8 +4,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::TestDb;
+use common::{json_row, json_rows, TestDb};
 use lookout_ingester::migrate::{self, Migration, MIGRATION_LOCK_KEY};
+use serde_json::json;
 use tokio_postgres::Client;
 
 const LATEST: i64 = 31;
@@ -252,17 +253,13 @@ async fn assert_latest_schema(client: &Client) {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(tables, expected_tables);
-    let own: Vec<(i32, String)> = client
-        .query(
-            "SELECT version, name FROM lookout_ingester_schema_version ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(own, vec![(1, "0001_dead_letter.sql".to_string())]);
+    let own = json_rows(
+        client,
+        "SELECT version, name FROM lookout_ingester_schema_version ORDER BY version",
+        &[],
+    )
+    .await;
+    assert_eq!(own, [json!({"version": 1, "name": "0001_dead_letter.sql"})]);
 
     // Columns: order, types, nullability.
     let rows = client
@@ -288,41 +285,34 @@ async fn assert_latest_schema(client: &Client) {
 
     // The same facts through information_schema for a few key columns.
     let info = |table: &'static str, column: &'static str| async move {
-        let row = client
-            .query_one(
-                "SELECT data_type::text, is_nullable::text, column_default::text FROM information_schema.columns \
-                 WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
-                &[&table, &column],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{table}.{column}: {e}"));
-        (
-            row.get::<_, String>(0),
-            row.get::<_, String>(1),
-            row.get::<_, Option<String>>(2),
+        json_row(
+            client,
+            "SELECT data_type, is_nullable, column_default FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+            &[&table, &column],
         )
+        .await
     };
+    let column = |data_type: &str, nullable: &str, default: Option<&str>| json!({"data_type": data_type, "is_nullable": nullable, "column_default": default});
+    const TS: &str = "timestamp without time zone";
     assert_eq!(
         info("job_run", "failure_info").await,
-        ("jsonb".into(), "YES".into(), None)
+        column("jsonb", "YES", None)
     );
-    assert_eq!(info("job_run", "pending").await.1, "YES");
-    assert_eq!(
-        info("job_run", "leased").await.0,
-        "timestamp without time zone"
-    );
+    assert_eq!(info("job_run", "pending").await, column(TS, "YES", None));
+    assert_eq!(info("job_run", "leased").await, column(TS, "YES", None));
     assert_eq!(
         info("job", "annotations").await,
-        ("jsonb".into(), "YES".into(), None)
+        column("jsonb", "YES", None)
     );
-    assert_eq!(info("job", "job_spec").await.1, "YES");
+    assert_eq!(info("job", "job_spec").await, column("bytea", "YES", None));
     assert_eq!(
         info("job", "duplicate").await,
-        ("boolean".into(), "NO".into(), Some("false".into()))
+        column("boolean", "NO", Some("false"))
     );
     assert_eq!(
-        info("job_deduplication", "inserted").await.2.as_deref(),
-        Some("CURRENT_TIMESTAMP")
+        info("job_deduplication", "inserted").await,
+        column(TS, "NO", Some("CURRENT_TIMESTAMP"))
     );
 
     // job.annotations is NOT NULL through a validated CHECK constraint.
@@ -507,18 +497,17 @@ async fn a_database_at_30_gets_only_31_and_keeps_its_data() {
     );
     assert_latest_schema(&client).await;
 
-    let row = client
-        .query_one(
-            "SELECT j.queue, j.annotations::text, r.run_id, r.failure_info IS NULL \
-             FROM job j JOIN job_run r ON r.job_id = j.job_id WHERE j.job_id = 'job-1'",
-            &[],
-        )
-        .await
-        .expect("data survived");
-    assert_eq!(row.get::<_, String>(0), "q");
-    assert_eq!(row.get::<_, String>(1), "{\"a\": \"b\"}");
-    assert_eq!(row.get::<_, String>(2), "run-1");
-    assert!(row.get::<_, bool>(3));
+    let row = json_row(
+        &client,
+        "SELECT j.queue, j.annotations, r.run_id, r.failure_info
+         FROM job j JOIN job_run r ON r.job_id = j.job_id WHERE j.job_id = 'job-1'",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        row,
+        json!({"queue": "q", "annotations": {"a": "b"}, "run_id": "run-1", "failure_info": null})
+    );
     drop(client);
     db.drop_db().await;
 }

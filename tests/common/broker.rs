@@ -11,15 +11,13 @@ use std::time::Duration;
 use lookout_ingester::config::{PulsarConfig, SubscriptionKind};
 use tokio::process::{Child, Command};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+// Starting pulsar-lite is the same for the proxy's own tests.
+#[path = "../../testkit/pulsar-proxy/tests/common/lite.rs"]
+mod lite;
 
-fn pulsar_lite_bin() -> String {
-    std::env::var("PULSAR_LITE_BIN").unwrap_or_else(|_| "pulsar-lite".to_string())
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    lite::free_addr().port()
 }
 
 pub struct Broker {
@@ -29,51 +27,17 @@ pub struct Broker {
     pub proxy: pulsar_proxy::ProxyHandle,
 }
 
-async fn spawn_broker(addr: SocketAddr, db: &Path, log: &Path) -> Child {
-    // Left alone, pulsar-lite serves metrics on 0.0.0.0:8080 (clashing between
-    // parallel tests and leaving loopback) and reads ./pulsar-lite.toml.
-    let dir = db.parent().unwrap_or(db);
-    let config = dir.join("pulsar-lite.toml");
-    std::fs::write(&config, "[metrics]\nenabled = false\n").expect("broker config");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("broker log");
-    let err = log.try_clone().expect("broker log");
-    let child = Command::new(pulsar_lite_bin())
-        .current_dir(dir)
-        .arg("--config")
-        .arg(&config)
-        .arg("--addr")
-        .arg(addr.to_string())
-        .arg("--db-path")
-        .arg(db)
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start pulsar-lite (run scripts/setup.sh): {e}"));
-    // Ready when it accepts connections.
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("pulsar-lite did not start listening on {addr}");
+/// pulsar-lite on `addr` with its data and config in `dir`, its output
+/// appended to `dir/broker.log` (kept across restarts).
+async fn spawn_broker(addr: SocketAddr, dir: &Path) -> Child {
+    lite::spawn_lite(dir, addr, "", &dir.join("broker.log")).await
 }
 
 impl Broker {
     pub async fn start() -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = spawn_broker(
-            broker_addr,
-            &dir.path().join("db"),
-            &dir.path().join("broker.log"),
-        )
-        .await;
+        let broker_addr = lite::free_addr();
+        let child = spawn_broker(broker_addr, dir.path()).await;
         let proxy = pulsar_proxy::start("127.0.0.1:0".parse().expect("addr"), broker_addr)
             .await
             .expect("proxy");
@@ -114,12 +78,7 @@ impl Broker {
     /// Starts the broker again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let child = spawn_broker(
-            self.broker_addr,
-            &self.dir.path().join("db"),
-            &self.dir.path().join("broker.log"),
-        )
-        .await;
+        let child = spawn_broker(self.broker_addr, self.dir.path()).await;
         self.child = Some(child);
     }
 
@@ -218,5 +177,33 @@ impl Ingester {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        super::tail(&self.log_text(), n)
+    }
+
+    /// Its exit code, once it exits; fails with its log if not within `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => panic!(
+                "the ingester did not exit within {limit:?}\n{}",
+                self.log_tail(40)
+            ),
+        }
+    }
+
+    /// SIGTERM: it must exit with status 0 within `limit`.
+    pub async fn terminate(&mut self, limit: Duration) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(limit).await;
+        assert_eq!(
+            code,
+            Some(0),
+            "exit status after SIGTERM\n{}",
+            self.log_tail(40)
+        );
     }
 }

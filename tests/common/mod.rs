@@ -1,11 +1,27 @@
 //! Test support shared by the integration tests: a fresh Postgres database
-//! per test, dropped at the end.
+//! per test (dropped at the end), connections, recorded files, clean-run
+//! baselines, table dumps and waiting for them, rows as JSON, and the
+//! binary's command line. Each test binary uses a part of it.
 #![allow(dead_code)]
 
 pub mod broker;
 pub mod pgcluster;
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::Ingester;
+use lookout_ingester::convert::Converter;
+use lookout_ingester::proto::armadaevents as ev;
+use lookout_ingester::source::file::RecordWriter;
+use lookout_ingester::store::{self, Store, StoreSettings};
+use lookout_ingester::{pipeline, replay};
+use prost::Message;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 /// The server the tests use; any database on it works as the admin entry point.
@@ -31,7 +47,8 @@ fn with_db(url: &str, db: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> Client {
+/// A connection to `url`, its driver on a task; panics if refused.
+pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
@@ -39,6 +56,19 @@ async fn connect(url: &str) -> Client {
         let _ = conn.await;
     });
     client
+}
+
+/// A connection, or `None` while the server is unreachable or refusing.
+pub async fn try_connect(url: &str) -> Option<Client> {
+    match tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls)).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Some(client)
+        }
+        _ => None,
+    }
 }
 
 impl TestDb {
@@ -168,4 +198,176 @@ pub fn dead_letters(
     let spool =
         std::env::temp_dir().join(format!("lookout-test-spool-{}.jsonl", std::process::id()));
     lookout_ingester::deadletter::DeadLetters::new(pool, spool)
+}
+
+/// The last `n` lines of `text` (of a log, for failure messages).
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Each sequence as the bytes of one message.
+pub fn payloads(seqs: &[ev::EventSequence]) -> Vec<Vec<u8>> {
+    seqs.iter().map(|s| s.encode_to_vec()).collect()
+}
+
+/// A recorded file at `path` holding `payloads`, one record each.
+pub fn write_recording(path: PathBuf, payloads: &[Vec<u8>], gzip: bool) -> PathBuf {
+    let mut w = RecordWriter::create(&path, gzip)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    for p in payloads {
+        w.write_record(p)
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    w.finish()
+        .unwrap_or_else(|e| panic!("finish {}: {e}", path.display()));
+    path
+}
+
+/// Replays `files` into the (migrated) database at `url` in-process, with
+/// the default converter and store settings.
+pub async fn replay_files(
+    url: &str,
+    files: Vec<PathBuf>,
+    settings: pipeline::Settings,
+) -> replay::Summary {
+    let pool = store::connect_pool(url, 4)
+        .await
+        .unwrap_or_else(|e| panic!("pool for {url}: {e:#}"));
+    let store = Arc::new(Store::new(pool.clone(), StoreSettings::default()));
+    replay::replay(
+        files,
+        Converter::new(Default::default()),
+        store,
+        dead_letters(pool),
+        settings,
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replay into {url}: {e:#}"))
+}
+
+/// Replays `seqs` into the (migrated, empty) database at `url` as one
+/// uninterrupted run, checks it was clean, and returns its dump.
+pub async fn replay_dump(url: &str, seqs: &[ev::EventSequence], dir: &Path) -> String {
+    let name = format!("baseline-{}.bin", chrono::Utc::now().timestamp_micros());
+    let path = write_recording(dir.join(name), &payloads(seqs), false);
+    let s = replay_files(url, vec![path.clone()], pipeline::Settings::default()).await;
+    assert!(s.clean(), "{s}");
+    let _ = std::fs::remove_file(path);
+    dump(&connect(url).await).await
+}
+
+/// The tables a clean run of `seqs` leaves, replayed into a database of its
+/// own on the shared server.
+pub async fn baseline(seqs: &[ev::EventSequence], dir: &Path) -> String {
+    let db = TestDb::migrated().await;
+    let d = replay_dump(&db.url, seqs, dir).await;
+    db.drop_db().await;
+    d
+}
+
+/// Where two dumps first differ, for failure messages.
+pub fn first_difference(got: &str, expected: &str) -> String {
+    for (i, (x, y)) in got.lines().zip(expected.lines()).enumerate() {
+        if x != y {
+            return format!("line {}:\n  got:      {x}\n  expected: {y}", i + 1);
+        }
+    }
+    format!(
+        "one is a prefix of the other ({} vs {} lines)",
+        got.lines().count(),
+        expected.lines().count()
+    )
+}
+
+/// Waits until the dump of `url` equals `expected` (riding out a server
+/// that is down), or fails with the first difference and the ingester's
+/// last log lines; both dumps are then written next to its log.
+pub async fn wait_equal(url: &str, expected: &str, limit: Duration, ing: Option<&Ingester>) {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Some(client) = try_connect(url).await {
+            last = dump(&client).await;
+            if last == expected {
+                return;
+            }
+        }
+        if start.elapsed() > limit {
+            if let Some(dir) = ing.and_then(|i| i.log.parent()) {
+                let _ = std::fs::write(dir.join("dump-got.txt"), &last);
+                let _ = std::fs::write(dir.join("dump-expected.txt"), expected);
+            }
+            panic!(
+                "tables did not reach the expected state within {limit:?}; first difference: {}\nlast log lines:\n{}",
+                first_difference(&last, expected),
+                ing.map(|i| i.log_tail(40)).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Rows of a dump (its lines but the table headers).
+pub fn dump_rows(dump: &str) -> usize {
+    dump.lines().filter(|l| !l.starts_with("== ")).count()
+}
+
+/// Every row `sql` returns as one JSON object (column name → value), in its
+/// order: tests compare rows with one `assert_eq!` against `json!`. Postgres
+/// writes timestamps as `2023-11-14T22:13:20.123456` and bytea as `\x…` hex
+/// (see [`bytea`]).
+pub async fn json_rows(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<Value> {
+    // A subquery with ORDER BY is scanned in that order.
+    let wrapped = format!("SELECT to_jsonb(t) FROM ({sql}) t");
+    client
+        .query(&wrapped, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The one row `sql` returns, as JSON (see [`json_rows`]).
+pub async fn json_row(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Value {
+    let mut rows = json_rows(client, sql, params).await;
+    assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+    rows.remove(0)
+}
+
+/// Bytes as `to_jsonb` writes a bytea value.
+pub fn bytea(bytes: &[u8]) -> String {
+    let mut s = String::from("\\x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// What the binary printed and how it exited.
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the ingester binary to completion with `args`.
+pub async fn cli<I, S>(args: I) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args(args)
+        .env_remove("LOOKOUT_DATABASE_URL")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run lookout-ingester: {e}"));
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -199,7 +199,7 @@ impl PgCluster {
         let mut last = String::new();
         for _ in 0..5 {
             cluster.port = super::broker::free_port();
-            match cluster.pg_ctl_start().await {
+            match cluster.pg_ctl(&["start"], "pg_ctl start").await {
                 Ok(()) => {
                     cluster.running = true;
                     cluster.wait_accepting(Duration::from_secs(30)).await;
@@ -232,24 +232,22 @@ impl PgCluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    async fn pg_ctl_start(&self) -> Result<(), String> {
-        run_pg(
-            self.bin.join("pg_ctl"),
-            vec![
-                "start".into(),
-                "-w".into(),
-                "-t".into(),
-                "30".into(),
-                "-D".into(),
-                self.data().display().to_string(),
-                "-l".into(),
-                self.log_path().display().to_string(),
-                "-o".into(),
-                format!("-p {}", self.port),
-            ],
-            "pg_ctl start",
-        )
-        .await
+    /// `pg_ctl <action>` on this cluster's data directory, log and port,
+    /// waiting up to 30 s for it to take effect.
+    async fn pg_ctl(&self, action: &[&str], what: &'static str) -> Result<(), String> {
+        let mut args: Vec<String> = action.iter().map(|a| a.to_string()).collect();
+        args.extend([
+            "-w".into(),
+            "-t".into(),
+            "30".into(),
+            "-D".into(),
+            self.data().display().to_string(),
+            "-l".into(),
+            self.log_path().display().to_string(),
+            "-o".into(),
+            format!("-p {}", self.port),
+        ]);
+        run_pg(self.bin.join("pg_ctl"), args, what).await
     }
 
     /// A URL for database `db` of this cluster.
@@ -262,14 +260,7 @@ impl PgCluster {
     }
 
     pub async fn connect(&self, db: &str) -> Client {
-        let url = self.url(db);
-        let (client, conn) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        super::connect(&self.url(db)).await
     }
 
     /// Waits until a connection succeeds and answers a query.
@@ -303,26 +294,9 @@ impl PgCluster {
     /// `pg_ctl restart -m fast`, then waits until the server accepts
     /// connections again.
     pub async fn restart(&mut self) {
-        run_pg(
-            self.bin.join("pg_ctl"),
-            vec![
-                "restart".into(),
-                "-m".into(),
-                "fast".into(),
-                "-w".into(),
-                "-t".into(),
-                "30".into(),
-                "-D".into(),
-                self.data().display().to_string(),
-                "-l".into(),
-                self.log_path().display().to_string(),
-                "-o".into(),
-                format!("-p {}", self.port),
-            ],
-            "pg_ctl restart",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.pg_ctl(&["restart", "-m", "fast"], "pg_ctl restart")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
         self.running = true;
         self.wait_accepting(Duration::from_secs(30)).await;
     }
@@ -352,7 +326,7 @@ impl PgCluster {
 
     pub async fn start_again(&mut self) {
         assert!(!self.running, "the cluster is running");
-        self.pg_ctl_start()
+        self.pg_ctl(&["start"], "pg_ctl start")
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
         self.running = true;

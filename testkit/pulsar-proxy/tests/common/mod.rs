@@ -1,13 +1,13 @@
 //! Shared helpers for the tests that need a real pulsar-lite.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+pub mod lite;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use pulsar::{Pulsar, TokioExecutor};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// A pulsar-lite child process on a free loopback port with its own storage.
 /// Killed on drop (`kill_on_drop`), so a failing test cannot leak it.
@@ -18,51 +18,15 @@ pub struct Lite {
 }
 
 impl Lite {
-    /// Starts pulsar-lite (`$PULSAR_LITE_BIN`, else `pulsar-lite` on PATH).
-    /// `extra_config` holds top-level TOML keys for its config file.
+    /// Starts pulsar-lite in a temporary directory (see
+    /// [`lite::spawn_lite`]). `extra_config` holds top-level TOML keys for
+    /// its config file.
     pub async fn start(extra_config: &str) -> Lite {
-        let bin = std::env::var_os("PULSAR_LITE_BIN").unwrap_or_else(|| "pulsar-lite".into());
         let dir = tempfile::tempdir().expect("tempdir");
-        // The metrics endpoint would otherwise bind 0.0.0.0:8080, clashing
-        // between parallel tests and leaving loopback.
-        let config = dir.path().join("pulsar-lite.toml");
-        std::fs::write(
-            &config,
-            format!("{extra_config}\n[metrics]\nenabled = false\n"),
-        )
-        .expect("write config");
-        let log = std::fs::File::create(dir.path().join("pulsar-lite.log")).expect("log file");
-        let addr = free_port();
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--addr")
-            .arg(addr.to_string())
-            .arg("--db-path")
-            .arg(dir.path().join("db"))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin:?} (set PULSAR_LITE_BIN): {e}"));
-        let mut lite = Lite { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return lite;
-            }
-            if let Ok(Some(status)) = lite.child.try_wait() {
-                panic!("pulsar-lite exited with {status}:\n{}", lite.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pulsar-lite did not start:\n{}",
-                lite.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let addr = lite::free_addr();
+        let log = dir.path().join("pulsar-lite.log");
+        let child = lite::spawn_lite(dir.path(), addr, extra_config, &log).await;
+        Lite { child, addr, dir }
     }
 
     pub fn log(&self) -> String {
@@ -76,11 +40,6 @@ impl Lite {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local_addr")
 }
 
 pub fn loopback0() -> SocketAddr {
