@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::model::InstructionSet;
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
-use crate::store::{Store, WriteReport};
+use crate::store::{Store, Table, WriteReport};
 
 /// How batches are cut; defaults are upstream's.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +165,7 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
         }
         for f in &write.failed {
             let mine = match f.table {
-                "job_run" => m.run_ids.contains(&f.key),
+                Table::JobRun => m.run_ids.contains(&f.key),
                 _ => m.job_ids.contains(&f.key),
             };
             if mine {
@@ -178,7 +178,7 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
         }
         for u in &write.unmatched {
             let (mine, reason) = match u.table {
-                "job_run" => (m.run_ids.contains(&u.key), "unknown_run"),
+                Table::JobRun => (m.run_ids.contains(&u.key), "unknown_run"),
                 _ => (m.job_ids.contains(&u.key), "unknown_job"),
             };
             if mine {
