@@ -8,6 +8,7 @@
 //! `migrate`, `metrics` and `cli` sit at the edges.
 
 pub mod ack;
+mod backoff;
 pub mod cli;
 pub mod config;
 pub mod convert;

@@ -10,6 +10,7 @@
 //! `fatalInsertionErrors`, so one bad row can wedge it; we keep its fatal regex
 //! override and otherwise decide by SQLSTATE.
 
+use crate::backoff::Backoff;
 use regex::Regex;
 use std::future::Future;
 use std::time::Duration;
@@ -198,27 +199,9 @@ pub fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// Capped exponential backoff: `min(1s, max)`, then doubling up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_secs(1).min(max),
-            max,
-        }
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        wait
-    }
+/// The store's waits: 1s (or `max`, if smaller), doubling up to `max`.
+fn store_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_secs(1).min(max), max)
 }
 
 /// How long and how often to retry.
@@ -275,7 +258,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::new(policy.max_backoff);
+    let mut backoff = store_backoff(policy.max_backoff);
     let mut retries: u32 = 0;
     loop {
         let err = match op().await {
@@ -393,10 +376,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(60));
+        let mut b = store_backoff(Duration::from_secs(60));
         let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        let mut b = Backoff::new(Duration::from_millis(5));
+        let mut b = store_backoff(Duration::from_millis(5));
         assert_eq!(b.next_wait(), Duration::from_millis(5));
         assert_eq!(b.next_wait(), Duration::from_millis(5));
     }
