@@ -27,7 +27,7 @@ mod copy;
 pub mod retry;
 mod step;
 
-pub use step::{Operation, Step, Table};
+pub use step::{Operation, Table};
 
 use crate::metrics;
 use crate::model::InstructionSet;
@@ -37,7 +37,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use regex::Regex;
 use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
 use std::time::{Duration, Instant};
-use step::STEPS;
+use step::{Step, STEPS};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -250,14 +250,6 @@ impl Store {
     pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Store {
         self.shutdown = Some(shutdown);
         self
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub fn settings(&self) -> &StoreSettings {
-        &self.settings
     }
 
     /// Applies `set`. The fast path is a single transaction, so a crash or a

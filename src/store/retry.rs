@@ -26,12 +26,12 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub fn is_retryable(self) -> bool {
+    pub(crate) fn is_retryable(self) -> bool {
         self == ErrorClass::Retryable
     }
 
     /// Label value for `metrics::DB_ERRORS`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable",
             ErrorClass::NotRetryable => "fatal",
@@ -83,7 +83,7 @@ pub const CLASSIFICATION: &[(&str, bool, &str)] = &[
 ];
 
 /// Classifies a SQLSTATE code (five characters, e.g. `"40001"`). See [`CLASSIFICATION`].
-pub fn classify_sqlstate(code: &str) -> ErrorClass {
+pub(crate) fn classify_sqlstate(code: &str) -> ErrorClass {
     use ErrorClass::*;
     let class = code.get(..2).unwrap_or("");
     match code {
@@ -103,7 +103,7 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
 /// reports and the fatal regexes need the server message and SQLSTATE, in the
 /// same shape as pgx's (`ERROR: msg (SQLSTATE 23505)`) so upstream's regexes
 /// keep working.
-pub fn describe(err: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut s = format!(
             "{}: {} (SQLSTATE {})",
@@ -180,7 +180,7 @@ fn classify_unforced(err: &tokio_postgres::Error) -> ErrorClass {
 /// Classifies an error from getting a pooled connection. Everything that can
 /// go wrong while *creating* a connection is environmental, so retryable,
 /// unless a fatal regex says otherwise; a closed or runtime-less pool is not.
-pub fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> ErrorClass {
+pub(crate) fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> ErrorClass {
     use deadpool_postgres::PoolError as P;
     if matches_fatal(&describe_pool(err), fatal) {
         return ErrorClass::NotRetryable;
@@ -192,7 +192,7 @@ pub fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> Err
 }
 
 /// Full text of a pool error (see [`describe`]).
-pub fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+pub(crate) fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(e) => format!("pool: {}", describe(e)),
         other => format!("pool: {other}"),
@@ -206,14 +206,14 @@ fn store_backoff(max: Duration) -> Backoff {
 
 /// How long and how often to retry.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_backoff: Duration,
+pub(crate) struct RetryPolicy {
+    pub(crate) max_backoff: Duration,
     /// Retries after the first attempt; `None` retries forever (upstream's default).
-    pub max_retries: Option<u32>,
+    pub(crate) max_retries: Option<u32>,
 }
 
 /// An error the retry loop can reason about.
-pub trait RetryableError {
+pub(crate) trait RetryableError {
     fn class(&self, fatal: &[Regex]) -> ErrorClass;
     /// Full text for logs and reports.
     fn text(&self) -> String;
@@ -223,7 +223,7 @@ pub trait RetryableError {
 
 /// Why [`retry`] gave up.
 #[derive(Debug)]
-pub enum RetryError<E> {
+pub(crate) enum RetryError<E> {
     /// Not retryable: the caller decides (fallback or report).
     Fatal(E),
     /// Retryable, but `max_retries` retries failed too.
@@ -246,7 +246,7 @@ async fn shutdown_requested(shutdown: &watch::Receiver<bool>) {
 /// stopping between attempts leaves nothing half-done).
 /// Returns the value and how many retries it took. Every failure is counted
 /// in `metrics::DB_ERRORS`.
-pub async fn retry<T, E, F, Fut>(
+pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     fatal: &[Regex],
     shutdown: Option<&watch::Receiver<bool>>,

@@ -57,7 +57,7 @@ impl fmt::Display for Operation {
 
 /// One unit of work, in the order upstream applies them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     JobInsert,
     JobSpecInsert,
     JobUpdate,
@@ -68,7 +68,7 @@ pub enum Step {
 
 /// Jobs (and their specs) first, since everything else refers to them; runs
 /// before run updates, so an update sees a run created in the same batch.
-pub const STEPS: [Step; 6] = [
+pub(crate) const STEPS: [Step; 6] = [
     Step::JobInsert,
     Step::JobSpecInsert,
     Step::JobUpdate,
@@ -78,7 +78,7 @@ pub const STEPS: [Step; 6] = [
 ];
 
 impl Step {
-    pub fn table(self) -> Table {
+    pub(crate) fn table(self) -> Table {
         match self {
             Step::JobInsert | Step::JobUpdate => Table::Job,
             Step::JobSpecInsert => Table::JobSpec,
@@ -87,7 +87,7 @@ impl Step {
         }
     }
 
-    pub fn operation(self) -> Operation {
+    pub(crate) fn operation(self) -> Operation {
         match self {
             Step::JobUpdate | Step::RunUpdate => Operation::Update,
             _ => Operation::Insert,
