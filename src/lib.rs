@@ -9,6 +9,7 @@
 //! failure once) and `cli` sit at the edges.
 
 pub mod ack;
+mod backoff;
 pub mod cli;
 pub mod config;
 pub mod convert;

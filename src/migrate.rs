@@ -26,17 +26,18 @@
 //!   inside a transaction block; it is used (as upstream does) for indexes on
 //!   the big `job` and `job_run` tables so that building them does not block
 //!   ingestion. A file whose first line is
-//!   `-- lookout-ingester: no-transaction` ([`NO_TRANSACTION_MARKER`]) is run
-//!   one statement at a time outside any transaction (a multi-statement simple
-//!   query would run as one implicit transaction), and the version is bumped
-//!   afterwards in a transaction of its own. Such files must be idempotent:
-//!   every `CREATE INDEX CONCURRENTLY` in them must say `IF NOT EXISTS`, and,
+//!   `-- lookout-ingester: no-transaction` ([`NO_TRANSACTION_MARKER`]) holds
+//!   exactly one statement (a multi-statement query would run as one
+//!   implicit transaction), run outside any transaction; the version is
+//!   bumped afterwards in a transaction of its own. Such files must be
+//!   idempotent: a `CREATE INDEX CONCURRENTLY` must say `IF NOT EXISTS`, and,
 //!   because a failed concurrent build leaves an `INVALID` index behind that
 //!   `IF NOT EXISTS` would then silently keep, an invalid index of the same
 //!   name on the same schema is dropped (`DROP INDEX CONCURRENTLY`) right
 //!   before the build. If the process dies between the statements and the
 //!   version bump, the next run simply repeats the file.
-//! * **Advisory lock.** The whole run holds the session-level advisory lock
+//! * **Advisory lock.** The whole run (upstream's migrations, then the
+//!   ingester's own, see [`OWN_MIGRATIONS`]) holds the session-level advisory lock
 //!   [`MIGRATION_LOCK_KEY`] (scoped to the current database), so replicas
 //!   starting together migrate one at a time: the second waits, then finds
 //!   the database up to date and applies nothing. The lock is taken by
@@ -54,23 +55,26 @@
 //! The role running the migrations needs to own the tables (as upstream) and
 //! the `database_version` sequence (for `ALTER SEQUENCE`).
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
-/// One numbered schema migration.
+/// One numbered schema migration, of upstream's schema or of the
+/// ingester's own tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
     /// The number at the start of the file name; also the schema version the
     /// database is at once this migration has been applied.
     pub version: i64,
-    /// The file name under `migrations/`, e.g. `031_add_failure_info_to_job_run.sql`.
+    /// The file name under `migrations/` (or `migrations/ingester/`), e.g.
+    /// `031_add_failure_info_to_job_run.sql`.
     pub name: &'static str,
     /// The file's contents.
     pub sql: &'static str,
-    /// `false` when the file starts with [`NO_TRANSACTION_MARKER`]: its
-    /// statements are run one by one outside a transaction.
+    /// `false` when the file starts with [`NO_TRANSACTION_MARKER`]: its one
+    /// statement runs outside a transaction.
     pub transactional: bool,
 }
 
@@ -117,14 +121,18 @@ const fn starts_with(text: &str, prefix: &str) -> bool {
     true
 }
 
+/// A [`Migration`] from `migrations/` (or a subdirectory of it).
 macro_rules! migration {
     ($version:literal, $file:literal) => {
+        migration!($version, "", $file)
+    };
+    ($version:literal, $dir:literal, $file:literal) => {
         Migration {
             version: $version,
             name: $file,
-            sql: include_str!(concat!("../migrations/", $file)),
+            sql: include_str!(concat!("../migrations/", $dir, $file)),
             transactional: !starts_with(
-                include_str!(concat!("../migrations/", $file)),
+                include_str!(concat!("../migrations/", $dir, $file)),
                 NO_TRANSACTION_MARKER,
             ),
         }
@@ -187,6 +195,39 @@ pub struct Status {
     pub latest: i64,
     /// Migrations `migrate` would apply, in order.
     pub pending: Vec<(i64, &'static str)>,
+    /// The ingester's own migrations ([`OWN_MIGRATIONS`]) not yet applied.
+    pub own_pending: Vec<(i64, &'static str)>,
+}
+
+/// What `migrate --status` prints.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "database version: {}", self.current)?;
+        writeln!(f, "binary's latest:  {}", self.latest)?;
+        if self.current > self.latest {
+            writeln!(
+                f,
+                "the database is newer than this binary; migrate will not touch it"
+            )
+        } else if self.pending.is_empty() {
+            writeln!(f, "up to date")?;
+            if self.own_pending.is_empty() {
+                writeln!(f, "ingester tables: up to date")
+            } else {
+                writeln!(f, "ingester tables pending (migrations/ingester):")?;
+                for (v, name) in &self.own_pending {
+                    writeln!(f, "  {v:04} {name}")?;
+                }
+                Ok(())
+            }
+        } else {
+            writeln!(f, "pending:")?;
+            for (v, name) in &self.pending {
+                writeln!(f, "  {v:03} {name}")?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The outcome of a migration run.
@@ -202,6 +243,26 @@ pub struct Report {
     pub own_applied: Vec<(i64, &'static str)>,
 }
 
+/// What `migrate` prints.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (v, name) in &self.own_applied {
+            writeln!(f, "applied ingester migration {v:04} {name}")?;
+        }
+        if self.applied.is_empty() {
+            writeln!(f, "database at version {}; nothing to apply", self.to)
+        } else {
+            writeln!(
+                f,
+                "migrated from version {} to {} ({} applied)",
+                self.from,
+                self.to,
+                self.applied.len()
+            )
+        }
+    }
+}
+
 /// Migrations of tables only this ingester uses (`migrations/ingester/`).
 ///
 /// They are numbered and tracked separately from upstream's, in the table
@@ -209,11 +270,7 @@ pub struct Report {
 /// can never collide with ours and upstream's `database_version` keeps its
 /// meaning for both binaries. Each runs in one transaction with its
 /// bookkeeping row, under the same advisory lock as upstream's.
-pub static OWN_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_dead_letter.sql",
-    include_str!("../migrations/ingester/0001_dead_letter.sql"),
-)];
+pub static OWN_MIGRATIONS: &[Migration] = &[migration!(1, "ingester/", "0001_dead_letter.sql")];
 
 const OWN_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS lookout_ingester_schema_version (
     version    integer     PRIMARY KEY,
@@ -221,8 +278,37 @@ const OWN_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS lookout_ingester_sch
     applied_at timestamptz NOT NULL DEFAULT now()
 )";
 
+/// Which list a migration belongs to, and so where its version is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// Upstream's schema ([`MIGRATIONS`]): the `database_version` sequence.
+    Lookout,
+    /// The ingester's own tables ([`OWN_MIGRATIONS`]): one row per
+    /// migration in `lookout_ingester_schema_version`.
+    Ingester,
+}
+
+impl Stream {
+    /// Records `m` as applied, inside the caller's transaction.
+    async fn record(self, tx: &Transaction<'_>, m: &Migration) -> Result<()> {
+        match self {
+            Stream::Lookout => bump_version(tx, m.version).await,
+            Stream::Ingester => {
+                tx.execute(
+                    "INSERT INTO lookout_ingester_schema_version (version, name) VALUES ($1::bigint::integer, $2)",
+                    &[&m.version, &m.name],
+                )
+                .await
+                .with_context(|| format!("{}: recording the version", m.name))?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The ingester's own migrations not yet applied (creates nothing).
-pub async fn own_pending(client: &Client) -> Result<Vec<(i64, &'static str)>> {
+/// [`status`] carries them as [`Status::own_pending`].
+pub(crate) async fn own_pending(client: &Client) -> Result<Vec<(i64, &'static str)>> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass('lookout_ingester_schema_version') IS NOT NULL",
@@ -230,7 +316,8 @@ pub async fn own_pending(client: &Client) -> Result<Vec<(i64, &'static str)>> {
         )
         .await
         .context("reading the ingester's schema version")?
-        .get(0);
+        .try_get(0)
+        .context("reading the ingester's schema version")?;
     let mut applied = Vec::new();
     if exists {
         for row in client
@@ -246,8 +333,8 @@ pub async fn own_pending(client: &Client) -> Result<Vec<(i64, &'static str)>> {
     }
     Ok(OWN_MIGRATIONS
         .iter()
-        .filter(|(v, _, _)| !applied.contains(v))
-        .map(|(v, n, _)| (*v, *n))
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| (m.version, m.name))
         .collect())
 }
 
@@ -258,34 +345,22 @@ async fn migrate_own_locked(client: &mut Client) -> Result<Vec<(i64, &'static st
         .context("creating lookout_ingester_schema_version")?;
     let pending = own_pending(client).await?;
     let mut done = Vec::new();
-    for (version, name) in pending {
-        let Some((_, _, sql)) = OWN_MIGRATIONS.iter().find(|(v, _, _)| *v == version) else {
-            continue;
-        };
-        tracing::info!("applying ingester migration {name}");
-        let tx = client
-            .transaction()
+    for m in OWN_MIGRATIONS
+        .iter()
+        .filter(|m| pending.contains(&(m.version, m.name)))
+    {
+        tracing::info!(name = m.name, "applying ingester migration");
+        apply(client, Stream::Ingester, m)
             .await
-            .with_context(|| format!("{name}: begin"))?;
-        tx.batch_execute(sql)
-            .await
-            .with_context(|| format!("applying migrations/ingester/{name}"))?;
-        tx.execute(
-            "INSERT INTO lookout_ingester_schema_version (version, name) VALUES ($1::bigint::integer, $2)",
-            &[&version, &name],
-        )
-        .await
-        .with_context(|| format!("{name}: recording the version"))?;
-        tx.commit()
-            .await
-            .with_context(|| format!("{name}: commit"))?;
-        done.push((version, name));
+            .with_context(|| format!("applying migrations/ingester/{}", m.name))?;
+        done.push((m.version, m.name));
     }
     Ok(done)
 }
 
-/// Reads the schema version without creating or changing anything: a
-/// database without the `database_version` sequence reports version 0.
+/// Reads the schema versions of both streams without creating or changing
+/// anything: a database without the `database_version` sequence reports
+/// version 0.
 pub async fn status(client: &Client) -> Result<Status> {
     let current = read_version(client).await?.unwrap_or(0);
     let pending = MIGRATIONS
@@ -297,34 +372,36 @@ pub async fn status(client: &Client) -> Result<Status> {
         current,
         latest: latest_version(),
         pending,
+        own_pending: own_pending(client).await?,
     })
 }
 
 /// Brings the database up to [`latest_version`], then applies the
 /// ingester's own migrations ([`OWN_MIGRATIONS`]). See the module docs.
 pub async fn migrate(client: &mut Client) -> Result<Report> {
-    let mut report = migrate_with(client, MIGRATIONS, latest_version()).await?;
-    acquire_lock(client).await?;
-    let own = migrate_own_locked(client).await;
-    let released = release_lock(client).await;
-    report.own_applied = own?;
-    released?;
-    Ok(report)
+    run(client, MIGRATIONS, latest_version(), true).await
 }
 
 /// Applies the pending migrations up to and including `target` only (for
 /// tests and tools, e.g. to build a database as an older release left it).
 /// A database already at or past `target` is left as it is (but one past
-/// [`latest_version`] is still an error).
+/// [`latest_version`] is still an error). The ingester's own migrations are
+/// not applied.
 pub async fn migrate_to(client: &mut Client, target: i64) -> Result<Report> {
-    migrate_with(client, MIGRATIONS, target).await
+    run(client, MIGRATIONS, target, false).await
 }
 
-/// The runner behind [`migrate`] and [`migrate_to`], over an arbitrary list
-/// of migrations (sorted by strictly increasing version). Exposed for tests
-/// that need migrations that fail; production code uses [`migrate`].
+/// [`migrate_to`] over an arbitrary list of migrations (sorted by strictly
+/// increasing version). Exposed for tests that need migrations that fail;
+/// production code uses [`migrate`].
 #[doc(hidden)]
 pub async fn migrate_with(client: &mut Client, list: &[Migration], target: i64) -> Result<Report> {
+    run(client, list, target, false).await
+}
+
+/// The runner: upstream's `list` up to `target`, then (if `own`) the
+/// ingester's own migrations, all under one hold of the advisory lock.
+async fn run(client: &mut Client, list: &[Migration], target: i64, own: bool) -> Result<Report> {
     check_list(list)?;
     let known_latest = list.last().map_or(0, |m| m.version);
     if !(0..=known_latest).contains(&target) {
@@ -332,7 +409,14 @@ pub async fn migrate_with(client: &mut Client, list: &[Migration], target: i64) 
     }
 
     acquire_lock(client).await?;
-    let result = migrate_locked(client, list, known_latest, target).await;
+    let result = async {
+        let mut report = migrate_locked(client, list, known_latest, target).await?;
+        if own {
+            report.own_applied = migrate_own_locked(client).await?;
+        }
+        Ok(report)
+    }
+    .await;
     let released = release_lock(client).await;
     match (result, released) {
         (Ok(report), Ok(())) => Ok(report),
@@ -415,12 +499,7 @@ async fn migrate_locked(
             "applying migration"
         );
         let started = Instant::now();
-        let outcome = if m.transactional {
-            apply_transactional(client, m).await
-        } else {
-            apply_non_transactional(client, m).await
-        };
-        outcome.with_context(|| {
+        apply(client, Stream::Lookout, m).await.with_context(|| {
             format!(
                 "migration {} failed; the database is still at version {version}",
                 m.name
@@ -480,33 +559,30 @@ async fn bump_version(tx: &impl GenericClient, version: i64) -> Result<()> {
     Ok(())
 }
 
-async fn apply_transactional(client: &mut Client, m: &Migration) -> Result<()> {
-    let tx = client
-        .transaction()
-        .await
-        .context("starting a transaction")?;
-    tx.batch_execute(m.sql).await.context("executing the SQL")?;
-    bump_version(&tx, m.version).await?;
-    tx.commit().await.context("committing")?;
-    Ok(())
-}
-
-async fn apply_non_transactional(client: &mut Client, m: &Migration) -> Result<()> {
-    for step in plan_non_transactional(m.sql)? {
-        if let Some(index) = &step.concurrent_index {
-            drop_invalid_index(client, index).await?;
+/// Applies `m` and records it in its stream's bookkeeping. A transactional
+/// migration commits together with its record; the one statement of a
+/// no-transaction file runs on its own first, and the record follows in a
+/// transaction of its own.
+async fn apply(client: &mut Client, stream: Stream, m: &Migration) -> Result<()> {
+    if !m.transactional {
+        let stmt = single_statement(m.sql)?;
+        if let Some(index) = parse_concurrent_index(&stmt)? {
+            drop_invalid_index(client, &index).await?;
         }
         client
-            .batch_execute(&step.sql)
+            .batch_execute(&stmt)
             .await
-            .with_context(|| format!("executing `{}`", one_line(&step.sql)))?;
+            .with_context(|| format!("executing `{}`", one_line(&stmt)))?;
     }
     let tx = client
         .transaction()
         .await
         .context("starting a transaction")?;
-    bump_version(&tx, m.version).await?;
-    tx.commit().await.context("committing the version bump")?;
+    if m.transactional {
+        tx.batch_execute(m.sql).await.context("executing the SQL")?;
+    }
+    stream.record(&tx, m).await?;
+    tx.commit().await.context("committing")?;
     Ok(())
 }
 
@@ -599,25 +675,31 @@ struct ConcurrentIndex {
     table: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Step {
-    sql: String,
-    concurrent_index: Option<ConcurrentIndex>,
-}
-
-/// Splits a non-transactional migration into statements and recognises the
-/// concurrent index builds in it.
-fn plan_non_transactional(sql: &str) -> Result<Vec<Step>> {
-    split_statements(sql)?
-        .into_iter()
-        .map(|stmt| {
-            let concurrent_index = parse_concurrent_index(&stmt)?;
-            Ok(Step {
-                sql: stmt,
-                concurrent_index,
-            })
-        })
-        .collect()
+/// The one statement of a no-transaction file: its text without whole-line
+/// `--` comments and the final `;`. Postgres runs a query string of several
+/// statements as one implicit transaction, which `CREATE INDEX CONCURRENTLY`
+/// refuses, so such a file may hold only one statement; a second one (any
+/// other `;`, even in a string or a trailing comment) is refused rather
+/// than split.
+fn single_statement(sql: &str) -> Result<String> {
+    let code: Vec<&str> = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    let code = code.join("\n");
+    let code = code.trim();
+    let stmt = code.strip_suffix(';').unwrap_or(code).trim();
+    if stmt.is_empty() {
+        bail!("a no-transaction migration must hold one statement; this one holds none");
+    }
+    if stmt.contains(';') {
+        bail!(
+            "a no-transaction migration must hold exactly one statement \
+             (split it into one file per statement): `{}`",
+            one_line(stmt)
+        );
+    }
+    Ok(stmt.to_string())
 }
 
 /// Recognises `CREATE [UNIQUE] INDEX CONCURRENTLY ...`; such a statement must
@@ -677,132 +759,6 @@ fn is_plain_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Splits SQL text into statements at top-level semicolons, dropping
-/// comments and empty statements. Understands `--` and (nested) `/* */`
-/// comments, '…' strings (including E'…' escapes), "…" identifiers and
-/// $tag$…$tag$ bodies, which is all the migration files use.
-fn split_statements(sql: &str) -> Result<Vec<String>> {
-    let chars: Vec<char> = sql.chars().collect();
-    let mut statements = Vec::new();
-    let mut current = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        match c {
-            '-' if next == Some('-') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-                current.push(' ');
-            }
-            '/' if next == Some('*') => {
-                let mut depth = 0usize;
-                loop {
-                    match (chars.get(i), chars.get(i + 1)) {
-                        (Some('/'), Some('*')) => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (Some('*'), Some('/')) => {
-                            depth -= 1;
-                            i += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        (Some(_), _) => i += 1,
-                        (None, _) => bail!("unterminated /* comment in SQL"),
-                    }
-                }
-                current.push(' ');
-            }
-            '\'' | '"' => {
-                let escapes = c == '\''
-                    && i > 0
-                    && matches!(chars[i - 1], 'e' | 'E')
-                    && !chars
-                        .get(i.wrapping_sub(2))
-                        .is_some_and(|p| p.is_alphanumeric() || *p == '_');
-                current.push(c);
-                i += 1;
-                loop {
-                    let Some(&d) = chars.get(i) else {
-                        bail!("unterminated {c} quote in SQL");
-                    };
-                    current.push(d);
-                    i += 1;
-                    if escapes && d == '\\' {
-                        if let Some(&e) = chars.get(i) {
-                            current.push(e);
-                            i += 1;
-                        }
-                    } else if d == c {
-                        if chars.get(i) == Some(&c) {
-                            current.push(c);
-                            i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            '$' if dollar_tag(&chars, i).is_some() => {
-                let tag = dollar_tag(&chars, i).unwrap_or_default();
-                current.push_str(&tag);
-                i += tag.chars().count();
-                loop {
-                    if i >= chars.len() {
-                        bail!("unterminated {tag} quote in SQL");
-                    }
-                    if chars[i..].starts_with(&tag.chars().collect::<Vec<_>>()) {
-                        current.push_str(&tag);
-                        i += tag.chars().count();
-                        break;
-                    }
-                    current.push(chars[i]);
-                    i += 1;
-                }
-                continue;
-            }
-            ';' => {
-                push_statement(&mut statements, &mut current);
-                i += 1;
-                continue;
-            }
-            _ => current.push(c),
-        }
-        i += 1;
-    }
-    push_statement(&mut statements, &mut current);
-    Ok(statements)
-}
-
-fn push_statement(statements: &mut Vec<String>, current: &mut String) {
-    let stmt = current.trim();
-    if !stmt.is_empty() {
-        statements.push(stmt.to_string());
-    }
-    current.clear();
-}
-
-/// The `$tag$` opening a dollar-quoted string at `chars[i]`, if any (and not
-/// a positional parameter such as `$1` or part of an identifier).
-fn dollar_tag(chars: &[char], i: usize) -> Option<String> {
-    if i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_' || chars[i - 1] == '$') {
-        return None;
-    }
-    let mut j = i + 1;
-    while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
-        if j == i + 1 && chars[j].is_ascii_digit() {
-            return None;
-        }
-        j += 1;
-    }
-    (chars.get(j) == Some(&'$')).then(|| chars[i..=j].iter().collect())
-}
-
 fn one_line(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -850,6 +806,39 @@ mod tests {
     }
 
     #[test]
+    fn own_names_match_the_migration_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/ingester");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read migrations/ingester dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let names: Vec<&str> = OWN_MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(names, files);
+        check_list(OWN_MIGRATIONS).expect("sorted");
+        for m in OWN_MIGRATIONS {
+            assert_eq!(&m.name[..4], format!("{:04}", m.version), "{}", m.name);
+            let on_disk = std::fs::read_to_string(dir.join(m.name)).expect("read file");
+            assert_eq!(on_disk, m.sql, "{}", m.name);
+        }
+    }
+
+    /// The SQL of a file without its whole-line comments, on one line.
+    fn code(sql: &str) -> String {
+        let lines: Vec<&str> = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        one_line(&lines.join(" "))
+    }
+
+    #[test]
     fn concurrently_iff_non_transactional() {
         let non_tx: Vec<i64> = migrations()
             .iter()
@@ -857,32 +846,112 @@ mod tests {
             .map(|m| m.version)
             .collect();
         assert_eq!(non_tx, vec![12, 17, 19, 20, 21, 22, 23, 24, 26, 27, 29, 30]);
-        for m in migrations() {
-            let stmts = split_statements(m.sql).expect("splits");
-            assert!(!stmts.is_empty(), "{}", m.name);
-            let concurrent = stmts
-                .iter()
-                .any(|s| s.to_ascii_uppercase().contains("CONCURRENTLY"));
-            assert_eq!(concurrent, !m.transactional, "{}", m.name);
-            for s in &stmts {
-                let first = s
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_ascii_uppercase();
+        for m in migrations().iter().chain(OWN_MIGRATIONS) {
+            let code = code(m.sql).to_ascii_uppercase();
+            assert!(!code.is_empty(), "{}", m.name);
+            assert_eq!(
+                code.contains("CONCURRENTLY"),
+                !m.transactional,
+                "{}",
+                m.name
+            );
+            // Statement-level transaction control (a PL/pgSQL `BEGIN … END`
+            // block is not one).
+            for control in [
+                "BEGIN;",
+                "BEGIN TRANSACTION",
+                "BEGIN WORK",
+                "START TRANSACTION",
+                "COMMIT",
+                "ROLLBACK",
+                "END;",
+                "SAVEPOINT",
+            ] {
                 assert!(
-                    !["BEGIN", "COMMIT", "ROLLBACK", "START", "END"].contains(&first.as_str()),
+                    !code.starts_with(control) && !code.contains(&format!("; {control}")),
                     "{}: transaction control inside a migration",
                     m.name
                 );
             }
             if !m.transactional {
-                let plan = plan_non_transactional(m.sql).expect("plan");
-                for step in plan {
-                    assert!(step.concurrent_index.is_some(), "{}: {}", m.name, step.sql);
-                }
+                let stmt = single_statement(m.sql).expect("one statement");
+                let index = parse_concurrent_index(&stmt).expect("idempotent");
+                assert!(index.is_some(), "{}: {stmt}", m.name);
             }
         }
+    }
+
+    #[test]
+    fn no_transaction_files_hold_one_statement() {
+        let one = "-- lookout-ingester: no-transaction\n-- why\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i\n    ON job (a);\n";
+        assert_eq!(
+            single_statement(one).expect("one"),
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i\n    ON job (a)"
+        );
+        assert_eq!(single_statement("SELECT 1").expect("no ;"), "SELECT 1");
+        for bad in [
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON job (a);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS j ON job (b);",
+            "SELECT 1;;",
+            "SELECT 1; -- trailing",
+            "-- only a comment\n  ",
+            ";",
+        ] {
+            assert!(single_statement(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_prints_like_the_cli() {
+        let status = |current, pending: Vec<(i64, &'static str)>, own_pending| Status {
+            current,
+            latest: 31,
+            pending,
+            own_pending,
+        };
+        assert_eq!(
+            status(31, vec![], vec![]).to_string(),
+            "database version: 31\nbinary's latest:  31\nup to date\ningester tables: up to date\n"
+        );
+        assert_eq!(
+            status(31, vec![], vec![(1, "0001_dead_letter.sql")]).to_string(),
+            "database version: 31\nbinary's latest:  31\nup to date\n\
+             ingester tables pending (migrations/ingester):\n  0001 0001_dead_letter.sql\n"
+        );
+        assert_eq!(
+            status(29, vec![(30, "030_a.sql"), (31, "031_b.sql")], vec![(1, "0001_x.sql")])
+                .to_string(),
+            "database version: 29\nbinary's latest:  31\npending:\n  030 030_a.sql\n  031 031_b.sql\n"
+        );
+        assert_eq!(
+            status(99, vec![], vec![(1, "0001_x.sql")]).to_string(),
+            "database version: 99\nbinary's latest:  31\n\
+             the database is newer than this binary; migrate will not touch it\n"
+        );
+    }
+
+    #[test]
+    fn report_prints_like_the_cli() {
+        let report = Report {
+            from: 0,
+            to: 31,
+            applied: migrations().iter().map(|m| (m.version, m.name)).collect(),
+            own_applied: vec![(1, "0001_dead_letter.sql")],
+        };
+        assert_eq!(
+            report.to_string(),
+            "applied ingester migration 0001 0001_dead_letter.sql\n\
+             migrated from version 0 to 31 (31 applied)\n"
+        );
+        let report = Report {
+            from: 31,
+            to: 31,
+            applied: vec![],
+            own_applied: vec![],
+        };
+        assert_eq!(
+            report.to_string(),
+            "database at version 31; nothing to apply\n"
+        );
     }
 
     #[test]
@@ -890,29 +959,6 @@ mod tests {
         assert_eq!(MIGRATION_LOCK_KEY, -942064953667972313);
         let k = MIGRATION_LOCK_KEY as u64;
         assert_eq!((k >> 32, k & 0xffff_ffff), (4075625706, 2034668327));
-    }
-
-    #[test]
-    fn splits_statements() {
-        let sql = "-- a; comment\nCREATE TABLE a (x text DEFAULT 'a;''b');\n\
-                   /* block ; /* nested ; */ */ SELECT \"we;ird\" ;;\n\
-                   DO $$ BEGIN PERFORM 1; END $$;\n\
-                   DO $fn$ BEGIN PERFORM $1; END $fn$; SELECT E'x\\';y'";
-        assert_eq!(
-            split_statements(sql).unwrap(),
-            vec![
-                "CREATE TABLE a (x text DEFAULT 'a;''b')",
-                "SELECT \"we;ird\"",
-                "DO $$ BEGIN PERFORM 1; END $$",
-                "DO $fn$ BEGIN PERFORM $1; END $fn$",
-                "SELECT E'x\\';y'",
-            ]
-        );
-        assert!(split_statements("SELECT 'x").is_err());
-        assert!(split_statements("/* x").is_err());
-        assert!(split_statements("-- only a comment\n  ")
-            .unwrap()
-            .is_empty());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
 use crate::model::InstructionSet;
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
-use crate::store::{Store, WriteReport};
+use crate::store::{Store, Table, WriteReport};
 use crate::{metrics, telemetry};
 
 /// How batches are cut; defaults are upstream's.
@@ -233,9 +233,9 @@ fn unapplied(p: &Problem) -> bool {
 }
 
 /// Whether rows of the store's `table` are keyed by run id (`job_run`);
-/// the others are keyed by job id. The one place that reads table names.
-fn keyed_by_run(table: &str) -> bool {
-    table == "job_run"
+/// the others are keyed by job id.
+fn keyed_by_run(table: Table) -> bool {
+    table == Table::JobRun
 }
 
 /// The dead letters of a committed batch: every message with an unapplied
@@ -245,7 +245,7 @@ fn keyed_by_run(table: &str) -> bool {
 pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<DeadLetter> {
     let mut out = Vec::new();
     for m in messages {
-        let mine = |table: &str, key: &String| {
+        let mine = |table: Table, key: &String| {
             if keyed_by_run(table) {
                 m.run_ids.contains(key)
             } else {
@@ -520,7 +520,7 @@ async fn storing(
 mod tests {
     use super::*;
     use crate::sample::*;
-    use crate::store::{FailedRow, Unmatched};
+    use crate::store::{FailedRow, Operation, Unmatched};
 
     fn origin(index: u64) -> Origin {
         Origin::File {
@@ -586,18 +586,18 @@ mod tests {
         let clean = judged(3, payload(vec![event(Some(ts(1)), job_succeeded("j9"))])).message;
         let write = WriteReport {
             failed: vec![FailedRow {
-                table: "job",
-                operation: "update",
+                table: Table::Job,
+                operation: Operation::Update,
                 key: "j1".into(),
                 error: "boom (SQLSTATE 22001)".into(),
             }],
             unmatched: vec![
                 Unmatched {
-                    table: "job_run",
+                    table: Table::JobRun,
                     key: "r1".into(),
                 },
                 Unmatched {
-                    table: "job",
+                    table: Table::Job,
                     key: "j1".into(),
                 },
             ],

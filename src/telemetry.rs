@@ -19,7 +19,7 @@ use crate::deadletter::{self, DeadLetter};
 use crate::metrics;
 use crate::source::Origin;
 use crate::store::retry::ErrorClass;
-use crate::store::{copy, FailedRow, Unmatched};
+use crate::store::{FailedRow, Unmatched, STEPS};
 
 /// Log lines with the same key are written at most once per window.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -166,7 +166,9 @@ pub fn file_unreadable(origin: &Origin, error: &str) {
 /// A row that could not be written even on its own (an error: data is
 /// missing from the tables until its dead letter is redriven).
 pub fn row_failed(f: &FailedRow) {
-    metrics::ROWS_FAILED.with_label_values(&[f.table]).inc();
+    metrics::ROWS_FAILED
+        .with_label_values(&[f.table.as_str()])
+        .inc();
     log(
         Level::Error,
         &format!("row_failed {} {}", f.table, f.operation),
@@ -220,10 +222,10 @@ pub fn register() {
     for reason in deadletter::Reason::all() {
         metrics::DEAD_LETTERS.with_label_values(&[reason.as_str()]);
     }
-    for step in copy::STEPS {
-        metrics::ROWS.with_label_values(&[step.table(), step.operation()]);
-        metrics::ROWS_FAILED.with_label_values(&[step.table()]);
-        metrics::FALLBACKS.with_label_values(&[step.table()]);
+    for step in STEPS {
+        metrics::ROWS.with_label_values(&[step.table().as_str(), step.operation().as_str()]);
+        metrics::ROWS_FAILED.with_label_values(&[step.table().as_str()]);
+        metrics::FALLBACKS.with_label_values(&[step.table().as_str()]);
     }
     for class in [ErrorClass::Retryable, ErrorClass::NotRetryable] {
         for op in DB_OPERATIONS {

@@ -624,7 +624,8 @@ async fn status_reports_pending_migrations_without_creating_anything() {
         migrate::Status {
             current: LATEST,
             latest: LATEST,
-            pending: vec![]
+            pending: vec![],
+            own_pending: vec![]
         }
     );
     drop(client);

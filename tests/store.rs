@@ -11,7 +11,7 @@ use lookout_ingester::model::{
 };
 use lookout_ingester::store::retry::{classify, ErrorClass};
 use lookout_ingester::store::{
-    connect_pool, Store, StoreError, StoreSettings, Unmatched, WriteReport,
+    connect_pool, Operation, Store, StoreError, StoreSettings, Table, Unmatched, WriteReport,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -196,7 +196,7 @@ fn unmatched(report: &WriteReport) -> Vec<(&'static str, String)> {
     report
         .unmatched
         .iter()
-        .map(|u| (u.table, u.key.clone()))
+        .map(|u| (u.table.as_str(), u.key.clone()))
         .collect()
 }
 
@@ -614,8 +614,8 @@ async fn terminal_filter_also_applies_row_by_row() {
     assert!(report.fell_back);
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert_eq!(report.failed[0].key, "bad-update");
-    assert_eq!(report.failed[0].table, "job");
-    assert_eq!(report.failed[0].operation, "update");
+    assert_eq!(report.failed[0].table, Table::Job);
+    assert_eq!(report.failed[0].operation, Operation::Update);
     assert!(
         report.failed[0].error.contains("22001"),
         "{}",
@@ -736,7 +736,7 @@ async fn bad_rows_do_not_stop_the_others() {
     let mut failed: Vec<(&str, &str, String)> = report
         .failed
         .iter()
-        .map(|f| (f.table, f.operation, f.key.clone()))
+        .map(|f| (f.table.as_str(), f.operation.as_str(), f.key.clone()))
         .collect();
     failed.sort();
     let mut want = vec![
@@ -1029,12 +1029,12 @@ async fn run_update_without_run_is_unmatched() {
     assert_eq!(
         report.unmatched,
         [Unmatched {
-            table: "job_run",
+            table: Table::JobRun,
             key: "run-early".into()
         }]
     );
-    assert_eq!(report.unmatched_count("job_run"), 1);
-    assert_eq!(report.unmatched_count("job"), 0);
+    assert_eq!(report.unmatched_count(Table::JobRun), 1);
+    assert_eq!(report.unmatched_count(Table::Job), 0);
     assert_eq!(report.job_run_updated.attempted, 1);
     assert_eq!(report.job_run_updated.affected, 0);
     assert!(report.failed.is_empty());
@@ -1060,11 +1060,11 @@ async fn job_update_without_job_is_unmatched() {
     assert_eq!(
         report.unmatched,
         [Unmatched {
-            table: "job",
+            table: Table::Job,
             key: "never-submitted".into()
         }]
     );
-    assert_eq!(report.unmatched_count("job"), 1);
+    assert_eq!(report.unmatched_count(Table::Job), 1);
     assert_eq!(report.job_updated.attempted, 1);
     assert_eq!(report.job_updated.affected, 0);
     // Missing is not terminal.
@@ -1139,8 +1139,8 @@ fn unmatched_want() -> Vec<(&'static str, String)> {
 /// What the unmatched scenario must leave, whichever way it was written.
 async fn check_unmatched(c: &Client, report: &WriteReport) {
     assert_eq!(unmatched(report), unmatched_want());
-    assert_eq!(report.unmatched_count("job"), 2);
-    assert_eq!(report.unmatched_count("job_run"), 2);
+    assert_eq!(report.unmatched_count(Table::Job), 2);
+    assert_eq!(report.unmatched_count(Table::JobRun), 2);
     assert_eq!(report.filtered_terminal, 1); // "done"
     assert_eq!(report.job_updated.affected, 2); // job-1, new-job
     assert_eq!(report.job_run_updated.affected, 2); // run-1, new-run
@@ -1207,7 +1207,7 @@ async fn unmatched_updates_are_reported_step_by_step() {
     let failed: Vec<(&str, &str)> = report
         .failed
         .iter()
-        .map(|f| (f.table, f.operation))
+        .map(|f| (f.table.as_str(), f.operation.as_str()))
         .collect();
     assert_eq!(failed, [("job", "insert"), ("job_spec", "insert")]);
     check_unmatched(&c, &report).await;
@@ -1242,7 +1242,7 @@ async fn unmatched_updates_are_reported_row_by_row() {
     let failed: Vec<(&str, &str, &str)> = report
         .failed
         .iter()
-        .map(|f| (f.table, f.operation, f.key.as_str()))
+        .map(|f| (f.table.as_str(), f.operation.as_str(), f.key.as_str()))
         .collect();
     assert_eq!(
         failed,

@@ -23,6 +23,7 @@ use pulsar::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::config::{PulsarConfig, SubscriptionKind};
 use crate::http::Health;
 use crate::metrics;
@@ -124,7 +125,7 @@ pub async fn run(
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let mut out = Some(out);
-    let mut backoff = cfg.backoff.max(Duration::from_millis(50));
+    let mut backoff = Backoff::new(cfg.backoff.max(Duration::from_millis(50)), cfg.max_backoff);
     let mut seen = Redeliveries::new(cfg.subscription_kind.ordered(), cfg.skip_redelivered);
     let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
     loop {
@@ -142,11 +143,11 @@ pub async fn run(
                 Ok(pair) => pair,
                 Err(e) => {
                     metrics::SOURCE_ERRORS.with_label_values(&["connect"]).inc();
-                    tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, cfg.url, backoff);
-                    if wait_or_done(backoff, &mut shutdown, &mut acks, stopping).await {
+                    let wait = backoff.next_wait();
+                    tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, cfg.url, wait);
+                    if wait_or_done(wait, &mut shutdown, &mut acks, stopping).await {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(cfg.max_backoff);
                     continue;
                 }
             },
@@ -160,7 +161,7 @@ pub async fn run(
             cfg.url
         );
         health.broker_connected.store(true, Ordering::Relaxed);
-        backoff = cfg.backoff.max(Duration::from_millis(50));
+        backoff.reset();
         let ended = loop {
             let receiving = out.is_some();
             tokio::select! {
@@ -222,13 +223,13 @@ pub async fn run(
         };
         health.broker_connected.store(false, Ordering::Relaxed);
         metrics::SOURCE_ERRORS.with_label_values(&["stream"]).inc();
-        tracing::warn!("{ended}; reconnecting in {backoff:?}");
+        let wait = backoff.next_wait();
+        tracing::warn!("{ended}; reconnecting in {wait:?}");
         drop(consumer);
         let stopping = out.is_none();
-        if wait_or_done(backoff, &mut shutdown, &mut acks, stopping).await {
+        if wait_or_done(wait, &mut shutdown, &mut acks, stopping).await {
             return Ok(());
         }
-        backoff = (backoff * 2).min(cfg.max_backoff);
     }
 }
 

@@ -77,7 +77,7 @@ fn conflate_by<T>(
 /// dropped (Armada keeps emitting e.g. "running" after a job finished, which
 /// would resurrect it), except PREEMPTED, which overrides a terminal state
 /// (a job can be reported failed after being preempted; it stays preempted).
-pub fn conflate_job_updates(updates: Vec<UpdateJob>) -> Vec<UpdateJob> {
+pub(crate) fn conflate_job_updates(updates: Vec<UpdateJob>) -> Vec<UpdateJob> {
     conflate_by(
         updates,
         |u| u.job_id.as_str(),
@@ -91,7 +91,7 @@ pub fn conflate_job_updates(updates: Vec<UpdateJob>) -> Vec<UpdateJob> {
 }
 
 /// One update per run; no terminal rule for runs (as upstream).
-pub fn conflate_run_updates(updates: Vec<UpdateJobRun>) -> Vec<UpdateJobRun> {
+pub(crate) fn conflate_run_updates(updates: Vec<UpdateJobRun>) -> Vec<UpdateJobRun> {
     conflate_by(updates, |u| u.run_id.as_str(), merge_run)
 }
 
@@ -102,15 +102,15 @@ fn first_by_key<T>(items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
     conflate_by(items, key, |_, _| {})
 }
 
-pub fn dedup_job_creations(jobs: Vec<CreateJob>) -> Vec<CreateJob> {
+pub(crate) fn dedup_job_creations(jobs: Vec<CreateJob>) -> Vec<CreateJob> {
     first_by_key(jobs, |j| j.job_id.as_str())
 }
 
-pub fn dedup_run_creations(runs: Vec<CreateJobRun>) -> Vec<CreateJobRun> {
+pub(crate) fn dedup_run_creations(runs: Vec<CreateJobRun>) -> Vec<CreateJobRun> {
     first_by_key(runs, |r| r.run_id.as_str())
 }
 
-pub fn dedup_job_errors(errors: Vec<CreateJobError>) -> Vec<CreateJobError> {
+pub(crate) fn dedup_job_errors(errors: Vec<CreateJobError>) -> Vec<CreateJobError> {
     first_by_key(errors, |e| e.job_id.as_str())
 }
 

@@ -8,23 +8,33 @@
 //! batch statement fails for a reason that the rows themselves might cause, so
 //! that one bad row does not stop the others.
 //!
+//! Each step's columns are listed once ([`COLUMNS`]): name, temp-table type,
+//! driver type and where the value comes from. The temp table, the `COPY`,
+//! the insert statements and the `SET` lists of the updates are generated
+//! from that list, once per process ([`sql`]); only the parts of the update
+//! statements that are about more than columns (the terminal filter, the
+//! unmatched-row detection) are written out by hand. A schema generation
+//! that adds columns is then a different [`Columns`].
+//!
 //! Columns and temp-table types are upstream's (insertion.go), so values that
 //! upstream would reject (e.g. a 33-character job id) are rejected here too,
 //! already at `COPY` time.
 
 use super::retry::{classify, describe, ErrorClass, RetryableError};
+use super::step::{Operation, Step, STEPS};
 use crate::model::{CreateJob, CreateJobError, CreateJobRun, UpdateJob, UpdateJobRun};
 use futures::pin_mut;
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
 /// A driver error plus what we were doing (the `operation` metric label).
 #[derive(Debug)]
-pub struct OpError {
-    pub op: &'static str,
-    pub err: tokio_postgres::Error,
+pub(crate) struct OpError {
+    pub(crate) op: &'static str,
+    pub(crate) err: tokio_postgres::Error,
 }
 
 impl RetryableError for OpError {
@@ -45,72 +55,31 @@ fn op(op: &'static str) -> impl Fn(tokio_postgres::Error) -> OpError {
 
 /// What a step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Rows inserted or updated.
-    pub affected: u64,
+    pub(crate) affected: u64,
     /// Job updates not applied because the job is terminal.
-    pub filtered: u64,
+    pub(crate) filtered: u64,
     /// Keys (job or run ids) of updates whose row did not exist, in the order
     /// of the step's rows; empty for inserts. An UPDATE that matches nothing
     /// is not an error to Postgres, so without this an out-of-order or
     /// orphaned event would vanish without a trace.
-    pub unmatched: Vec<String>,
-}
-
-/// One unit of work, in the order upstream applies them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    JobInsert,
-    JobSpecInsert,
-    JobUpdate,
-    RunInsert,
-    JobErrorInsert,
-    RunUpdate,
-}
-
-/// Jobs (and their specs) first, since everything else refers to them; runs
-/// before run updates, so an update sees a run created in the same batch.
-pub const STEPS: [Step; 6] = [
-    Step::JobInsert,
-    Step::JobSpecInsert,
-    Step::JobUpdate,
-    Step::RunInsert,
-    Step::JobErrorInsert,
-    Step::RunUpdate,
-];
-
-impl Step {
-    pub fn sql(self) -> &'static TableSql {
-        match self {
-            Step::JobInsert => &JOB_INSERT,
-            Step::JobSpecInsert => &JOB_SPEC_INSERT,
-            Step::JobUpdate => &JOB_UPDATE,
-            Step::RunInsert => &RUN_INSERT,
-            Step::JobErrorInsert => &JOB_ERROR_INSERT,
-            Step::RunUpdate => &RUN_UPDATE,
-        }
-    }
-    pub fn table(self) -> &'static str {
-        self.sql().table
-    }
-    pub fn operation(self) -> &'static str {
-        self.sql().operation
-    }
+    pub(crate) unmatched: Vec<String>,
 }
 
 /// Everything to write, already conflated and de-duplicated.
 #[derive(Debug, Default)]
-pub struct Batch {
-    pub jobs: Vec<CreateJob>,
-    pub job_updates: Vec<UpdateJob>,
-    pub runs: Vec<CreateJobRun>,
-    pub run_updates: Vec<UpdateJobRun>,
-    pub job_errors: Vec<CreateJobError>,
+pub(crate) struct Conflated {
+    pub(crate) jobs: Vec<CreateJob>,
+    pub(crate) job_updates: Vec<UpdateJob>,
+    pub(crate) runs: Vec<CreateJobRun>,
+    pub(crate) run_updates: Vec<UpdateJobRun>,
+    pub(crate) job_errors: Vec<CreateJobError>,
 }
 
-impl Batch {
+impl Conflated {
     /// Rows the step writes.
-    pub fn len(&self, step: Step) -> usize {
+    pub(crate) fn len(&self, step: Step) -> usize {
         match step {
             Step::JobInsert | Step::JobSpecInsert => self.jobs.len(),
             Step::JobUpdate => self.job_updates.len(),
@@ -121,7 +90,7 @@ impl Batch {
     }
 
     /// The primary key of row `i` of a step, for failure reports.
-    pub fn key(&self, step: Step, i: usize) -> String {
+    pub(crate) fn key(&self, step: Step, i: usize) -> String {
         let k = match step {
             Step::JobInsert | Step::JobSpecInsert => self.jobs.get(i).map(|j| &j.job_id),
             Step::JobUpdate => self.job_updates.get(i).map(|u| &u.job_id),
@@ -131,140 +100,292 @@ impl Batch {
         };
         k.cloned().unwrap_or_default()
     }
+
+    /// Puts the values of row `i` of `step` into `out` (cleared first), in
+    /// column order; false if there is no such row.
+    fn values<'a>(
+        &'a self,
+        columns: &Columns,
+        step: Step,
+        i: usize,
+        out: &mut Vec<Value<'a>>,
+    ) -> bool {
+        fn fill<'a, R>(cols: &[Column<R>], row: Option<&'a R>, out: &mut Vec<Value<'a>>) -> bool {
+            out.clear();
+            let Some(row) = row else { return false };
+            out.extend(cols.iter().map(|c| (c.get)(row)));
+            true
+        }
+        match step {
+            Step::JobInsert => fill(columns.job, self.jobs.get(i), out),
+            Step::JobSpecInsert => fill(columns.job_spec, self.jobs.get(i), out),
+            Step::JobUpdate => fill(columns.job_update, self.job_updates.get(i), out),
+            Step::RunInsert => fill(columns.run, self.runs.get(i), out),
+            Step::JobErrorInsert => fill(columns.job_error, self.job_errors.get(i), out),
+            Step::RunUpdate => fill(columns.run_update, self.run_updates.get(i), out),
+        }
+    }
 }
+
+// ------------------------------------------------------------------ columns
+
+/// One column's value in one row, borrowed from the row.
+#[derive(Debug)]
+enum Value<'a> {
+    /// A field with its own `ToSql`.
+    Sql(&'a (dyn ToSql + Sync)),
+    /// A string map as a JSON object (annotations).
+    Strings(Json<&'a BTreeMap<String, String>>),
+    /// An optional port → address map as a JSON object; serde_json writes
+    /// the integer keys as strings (`{"8080": "10.0.0.1"}`), matching
+    /// upstream's Go encoding.
+    Ports(Option<Json<&'a BTreeMap<i32, String>>>),
+}
+
+impl Value<'_> {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Value::Sql(v) => *v,
+            Value::Strings(v) => v,
+            Value::Ports(v) => v,
+        }
+    }
+}
+
+/// One column of a step, in temp-table, `COPY` and parameter order.
+pub(crate) struct Column<R> {
+    name: &'static str,
+    /// The temp-table type, upstream's.
+    sql_type: &'static str,
+    /// The `COPY` column and statement parameter type.
+    ty: Type,
+    get: for<'a> fn(&'a R) -> Value<'a>,
+}
+
+const fn col<R>(
+    name: &'static str,
+    sql_type: &'static str,
+    ty: Type,
+    get: for<'a> fn(&'a R) -> Value<'a>,
+) -> Column<R> {
+    Column {
+        name,
+        sql_type,
+        ty,
+        get,
+    }
+}
+
+/// The columns of every step for one Lookout schema generation. An update
+/// step's first column is its key; the others are merged with `coalesce`,
+/// so a missing (NULL) value keeps what the row has.
+pub(crate) struct Columns {
+    job: &'static [Column<CreateJob>],
+    job_spec: &'static [Column<CreateJob>],
+    job_update: &'static [Column<UpdateJob>],
+    run: &'static [Column<CreateJobRun>],
+    job_error: &'static [Column<CreateJobError>],
+    run_update: &'static [Column<UpdateJobRun>],
+}
+
+use Value::Sql;
+
+/// The columns as of Lookout migration 031.
+#[rustfmt::skip]
+pub(crate) const COLUMNS: Columns = Columns {
+    job: &[
+        col("job_id",                       "varchar(32)",   Type::VARCHAR,   |j| Sql(&j.job_id)),
+        col("queue",                        "varchar(512)",  Type::VARCHAR,   |j| Sql(&j.queue)),
+        col("owner",                        "varchar(512)",  Type::VARCHAR,   |j| Sql(&j.owner)),
+        col("namespace",                    "varchar(512)",  Type::VARCHAR,   |j| Sql(&j.namespace)),
+        col("jobset",                       "varchar(1024)", Type::VARCHAR,   |j| Sql(&j.jobset)),
+        col("cpu",                          "bigint",        Type::INT8,      |j| Sql(&j.cpu)),
+        col("memory",                       "bigint",        Type::INT8,      |j| Sql(&j.memory)),
+        col("ephemeral_storage",            "bigint",        Type::INT8,      |j| Sql(&j.ephemeral_storage)),
+        col("gpu",                          "bigint",        Type::INT8,      |j| Sql(&j.gpu)),
+        col("priority",                     "bigint",        Type::INT8,      |j| Sql(&j.priority)),
+        col("submitted",                    "timestamp",     Type::TIMESTAMP, |j| Sql(&j.submitted)),
+        col("state",                        "smallint",      Type::INT2,      |j| Sql(&j.state)),
+        col("last_transition_time",         "timestamp",     Type::TIMESTAMP, |j| Sql(&j.last_transition_time)),
+        col("last_transition_time_seconds", "bigint",        Type::INT8,      |j| Sql(&j.last_transition_time_seconds)),
+        col("priority_class",               "varchar(63)",   Type::VARCHAR,   |j| Sql(&j.priority_class)),
+        col("annotations",                  "jsonb",         Type::JSONB,     |j| Value::Strings(Json(&j.annotations))),
+        col("external_job_uri",             "varchar(1024)", Type::VARCHAR,   |j| Sql(&j.external_job_uri)),
+    ],
+    job_spec: &[
+        col("job_id",                       "varchar(32)",   Type::VARCHAR,   |j| Sql(&j.job_id)),
+        col("job_spec",                     "bytea",         Type::BYTEA,     |j| Sql(&j.job_spec)),
+    ],
+    job_update: &[
+        col("job_id",                       "varchar(32)",   Type::VARCHAR,   |u| Sql(&u.job_id)),
+        col("priority",                     "bigint",        Type::INT8,      |u| Sql(&u.priority)),
+        col("state",                        "smallint",      Type::INT2,      |u| Sql(&u.state)),
+        col("cancelled",                    "timestamp",     Type::TIMESTAMP, |u| Sql(&u.cancelled)),
+        col("last_transition_time",         "timestamp",     Type::TIMESTAMP, |u| Sql(&u.last_transition_time)),
+        col("last_transition_time_seconds", "bigint",        Type::INT8,      |u| Sql(&u.last_transition_time_seconds)),
+        col("duplicate",                    "bool",          Type::BOOL,      |u| Sql(&u.duplicate)),
+        col("latest_run_id",                "varchar(36)",   Type::VARCHAR,   |u| Sql(&u.latest_run_id)),
+        col("cancel_reason",                "varchar(512)",  Type::VARCHAR,   |u| Sql(&u.cancel_reason)),
+        col("cancel_user",                  "varchar(512)",  Type::VARCHAR,   |u| Sql(&u.cancel_user)),
+    ],
+    // `ingress_addresses` is NULL on creation; it arrives with the running event.
+    run: &[
+        col("run_id",                       "varchar(36)",   Type::VARCHAR,   |r| Sql(&r.run_id)),
+        col("job_id",                       "varchar(32)",   Type::VARCHAR,   |r| Sql(&r.job_id)),
+        col(
+            "cluster",
+            "varchar(512)",
+            Type::VARCHAR,
+            |r| Sql(&r.cluster),
+        ),
+        col("node",                         "varchar(512)",  Type::VARCHAR,   |r| Sql(&r.node)),
+        col("leased",                       "timestamp",     Type::TIMESTAMP, |r| Sql(&r.leased)),
+        col("pending",                      "timestamp",     Type::TIMESTAMP, |r| Sql(&r.pending)),
+        col("job_run_state",                "smallint",      Type::INT2,      |r| Sql(&r.job_run_state)),
+        col("pool",                         "text",          Type::TEXT,      |r| Sql(&r.pool)),
+        col("ingress_addresses",            "jsonb",         Type::JSONB,     |_| Value::Ports(None)),
+    ],
+    job_error: &[
+        col("job_id",                       "varchar(32)",   Type::VARCHAR,   |e| Sql(&e.job_id)),
+        col("error",                        "bytea",         Type::BYTEA,     |e| Sql(&e.error)),
+    ],
+    run_update: &[
+        col("run_id",                       "varchar(36)",   Type::VARCHAR,   |u| Sql(&u.run_id)),
+        col("node",                         "varchar(512)",  Type::VARCHAR,   |u| Sql(&u.node)),
+        col("pending",                      "timestamp",     Type::TIMESTAMP, |u| Sql(&u.pending)),
+        col("started",                      "timestamp",     Type::TIMESTAMP, |u| Sql(&u.started)),
+        col("finished",                     "timestamp",     Type::TIMESTAMP, |u| Sql(&u.finished)),
+        col("job_run_state",                "smallint",      Type::INT2,      |u| Sql(&u.job_run_state)),
+        col("error",                        "bytea",         Type::BYTEA,     |u| Sql(&u.error)),
+        col("debug",                        "bytea",         Type::BYTEA,     |u| Sql(&u.debug)),
+        col("exit_code",                    "int",           Type::INT4,      |u| Sql(&u.exit_code)),
+        col("ingress_addresses",            "jsonb",         Type::JSONB,     |u| Value::Ports(u.ingress_addresses.as_ref().map(Json))),
+        col("failure_info",                 "jsonb",         Type::JSONB,     |u| Sql(&u.failure_info)),
+    ],
+};
+
+// --------------------------------------------------------------- statements
 
 /// The statements of one step, side by side.
-pub struct TableSql {
-    pub table: &'static str,
-    pub operation: &'static str,
+pub(crate) struct StepSql {
     /// `CREATE TEMPORARY TABLE ... ON COMMIT DROP`.
-    pub create_tmp: &'static str,
+    pub(crate) create_tmp: String,
     /// Binary `COPY` into the temp table; columns in `types` order.
-    pub copy: &'static str,
+    pub(crate) copy: String,
     /// Column types for `copy` and parameter types for `row`.
-    pub types: &'static [Type],
+    pub(crate) types: Vec<Type>,
     /// Temp table → real table.
-    pub merge: &'static str,
+    pub(crate) merge: String,
     /// One row, parameters in `types` order.
-    pub row: &'static str,
+    pub(crate) row: String,
 }
 
-// ---------------------------------------------------------------- job insert
-
-pub const JOB_INSERT: TableSql = TableSql {
-    table: "job",
-    operation: "insert",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_create_tmp (
-            job_id                       varchar(32),
-            queue                        varchar(512),
-            owner                        varchar(512),
-            namespace                    varchar(512),
-            jobset                       varchar(1024),
-            cpu                          bigint,
-            memory                       bigint,
-            ephemeral_storage            bigint,
-            gpu                          bigint,
-            priority                     bigint,
-            submitted                    timestamp,
-            state                        smallint,
-            last_transition_time         timestamp,
-            last_transition_time_seconds bigint,
-            priority_class               varchar(63),
-            annotations                  jsonb,
-            external_job_uri             varchar(1024)
-        ) ON COMMIT DROP",
-    copy: "COPY job_create_tmp (job_id, queue, owner, namespace, jobset, cpu, memory,
-            ephemeral_storage, gpu, priority, submitted, state, last_transition_time,
-            last_transition_time_seconds, priority_class, annotations, external_job_uri)
-        FROM STDIN (FORMAT binary)",
-    types: &[
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::TIMESTAMP,
-        Type::INT2,
-        Type::TIMESTAMP,
-        Type::INT8,
-        Type::VARCHAR,
-        Type::JSONB,
-        Type::VARCHAR,
-    ],
-    merge: "
-        INSERT INTO job (job_id, queue, owner, namespace, jobset, cpu, memory,
-            ephemeral_storage, gpu, priority, submitted, state, last_transition_time,
-            last_transition_time_seconds, priority_class, annotations, external_job_uri)
-        SELECT job_id, queue, owner, namespace, jobset, cpu, memory,
-            ephemeral_storage, gpu, priority, submitted, state, last_transition_time,
-            last_transition_time_seconds, priority_class, annotations, external_job_uri
-        FROM job_create_tmp
-        ON CONFLICT DO NOTHING",
-    row: "
-        INSERT INTO job (job_id, queue, owner, namespace, jobset, cpu, memory,
-            ephemeral_storage, gpu, priority, submitted, state, last_transition_time,
-            last_transition_time_seconds, priority_class, annotations, external_job_uri)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-        ON CONFLICT DO NOTHING",
-};
-
-type Annotations<'a> = Json<&'a BTreeMap<String, String>>;
-
-fn job_params<'a>(
-    j: &'a CreateJob,
-    annotations: &'a Annotations<'a>,
-) -> Vec<&'a (dyn ToSql + Sync)> {
-    vec![
-        &j.job_id,
-        &j.queue,
-        &j.owner,
-        &j.namespace,
-        &j.jobset,
-        &j.cpu,
-        &j.memory,
-        &j.ephemeral_storage,
-        &j.gpu,
-        &j.priority,
-        &j.submitted,
-        &j.state,
-        &j.last_transition_time,
-        &j.last_transition_time_seconds,
-        &j.priority_class,
-        annotations,
-        &j.external_job_uri,
-    ]
+/// Every step's statements, generated from one [`Columns`].
+struct Statements {
+    columns: &'static Columns,
+    /// In [`STEPS`] order.
+    steps: Vec<StepSql>,
 }
 
-// ----------------------------------------------------------- job spec insert
+static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::new(&COLUMNS));
 
-pub const JOB_SPEC_INSERT: TableSql = TableSql {
-    table: "job_spec",
-    operation: "insert",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_spec_create_tmp (
-            job_id   varchar(32),
-            job_spec bytea
-        ) ON COMMIT DROP",
-    copy: "COPY job_spec_create_tmp (job_id, job_spec) FROM STDIN (FORMAT binary)",
-    types: &[Type::VARCHAR, Type::BYTEA],
-    merge: "
-        INSERT INTO job_spec (job_id, job_spec)
-        SELECT job_id, job_spec FROM job_spec_create_tmp
-        ON CONFLICT DO NOTHING",
-    row: "INSERT INTO job_spec (job_id, job_spec) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-};
-
-fn job_spec_params(j: &CreateJob) -> Vec<&(dyn ToSql + Sync)> {
-    vec![&j.job_id, &j.job_spec]
+/// The statements of `step`, generated on first use.
+pub(crate) fn sql(step: Step) -> &'static StepSql {
+    STATEMENTS.get(step)
 }
 
-// ---------------------------------------------------------------- job update
+impl Statements {
+    fn new(columns: &'static Columns) -> Statements {
+        let steps = STEPS
+            .iter()
+            .map(|&step| match step {
+                Step::JobInsert => insert(step, columns.job),
+                Step::JobSpecInsert => insert(step, columns.job_spec),
+                Step::RunInsert => insert(step, columns.run),
+                Step::JobErrorInsert => insert(step, columns.job_error),
+                Step::JobUpdate => job_update(columns.job_update),
+                Step::RunUpdate => run_update(columns.run_update),
+            })
+            .collect();
+        Statements { columns, steps }
+    }
+
+    fn get(&self, step: Step) -> &StepSql {
+        let i = STEPS.iter().position(|s| *s == step).unwrap_or(0);
+        &self.steps[i]
+    }
+}
+
+/// `job_create_tmp`, `job_run_update_tmp`, …
+fn tmp_table(step: Step) -> String {
+    let verb = match step.operation() {
+        Operation::Insert => "create",
+        Operation::Update => "update",
+    };
+    format!("{}_{verb}_tmp", step.table())
+}
+
+fn names<R>(cols: &[Column<R>]) -> String {
+    cols.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The temp table, its `COPY` and the types, which every step shares.
+fn step_sql<R>(step: Step, cols: &[Column<R>], merge: String, row: String) -> StepSql {
+    let tmp = tmp_table(step);
+    let defs = cols
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.sql_type))
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    StepSql {
+        create_tmp: format!("CREATE TEMPORARY TABLE {tmp} (\n    {defs}\n) ON COMMIT DROP"),
+        copy: format!("COPY {tmp} ({}) FROM STDIN (FORMAT binary)", names(cols)),
+        types: cols.iter().map(|c| c.ty.clone()).collect(),
+        merge,
+        row,
+    }
+}
+
+/// Inserts ignore existing keys, as upstream: a redelivered creation is a no-op.
+fn insert<R>(step: Step, cols: &[Column<R>]) -> StepSql {
+    let (table, tmp, names) = (step.table(), tmp_table(step), names(cols));
+    let params = (1..=cols.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    step_sql(
+        step,
+        cols,
+        format!("INSERT INTO {table} ({names})\nSELECT {names} FROM {tmp}\nON CONFLICT DO NOTHING"),
+        format!("INSERT INTO {table} ({names})\nVALUES ({params})\nON CONFLICT DO NOTHING"),
+    )
+}
+
+/// The `SET` list of an update: every column but the key (the first),
+/// keeping the stored value (`stored` prefixes its name) where the update
+/// has none. `new` gives the update's value of the column at a position
+/// (1-based, the key being 1) with a name.
+fn set_list<R>(cols: &[Column<R>], new: impl Fn(usize, &str) -> String, stored: &str) -> String {
+    cols.iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, c)| {
+            format!(
+                "{0} = coalesce({1}, {stored}{0})",
+                c.name,
+                new(i + 1, c.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n        ")
+}
+
+/// The 1-based parameter number of column `name` in the row statement.
+fn param<R>(cols: &[Column<R>], name: &str) -> usize {
+    cols.iter()
+        .position(|c| c.name == name)
+        .map_or(0, |i| i + 1)
+}
 
 /// The terminal filter lives in the `WHERE`: a job in a terminal state
 /// (4 SUCCEEDED, 5 FAILED, 6 CANCELLED, 7 PREEMPTED, 9 REJECTED) is left
@@ -280,93 +401,73 @@ fn job_spec_params(j: &CreateJob) -> Vec<&(dyn ToSql + Sync)> {
 /// reported. Updates minus unmatched minus updated = filtered by the terminal
 /// rule. The anti-join replaces the join that used to count the matched
 /// updates, so it costs nothing extra.
-pub const JOB_UPDATE: TableSql = TableSql {
-    table: "job",
-    operation: "update",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_update_tmp (
-            job_id                       varchar(32),
-            priority                     bigint,
-            state                        smallint,
-            cancelled                    timestamp,
-            last_transition_time         timestamp,
-            last_transition_time_seconds bigint,
-            duplicate                    bool,
-            latest_run_id                varchar(36),
-            cancel_reason                varchar(512),
-            cancel_user                  varchar(512)
-        ) ON COMMIT DROP",
-    copy: "COPY job_update_tmp (job_id, priority, state, cancelled, last_transition_time,
-            last_transition_time_seconds, duplicate, latest_run_id, cancel_reason, cancel_user)
-        FROM STDIN (FORMAT binary)",
-    types: &[
-        Type::VARCHAR,
-        Type::INT8,
-        Type::INT2,
-        Type::TIMESTAMP,
-        Type::TIMESTAMP,
-        Type::INT8,
-        Type::BOOL,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-    ],
-    merge: "
-        WITH updated AS (
-            UPDATE job SET
-                priority                     = coalesce(tmp.priority, job.priority),
-                state                        = coalesce(tmp.state, job.state),
-                cancelled                    = coalesce(tmp.cancelled, job.cancelled),
-                last_transition_time         = coalesce(tmp.last_transition_time, job.last_transition_time),
-                last_transition_time_seconds = coalesce(tmp.last_transition_time_seconds, job.last_transition_time_seconds),
-                duplicate                    = coalesce(tmp.duplicate, job.duplicate),
-                latest_run_id                = coalesce(tmp.latest_run_id, job.latest_run_id),
-                cancel_reason                = coalesce(tmp.cancel_reason, job.cancel_reason),
-                cancel_user                  = coalesce(tmp.cancel_user, job.cancel_user)
-            FROM job_update_tmp AS tmp
-            WHERE tmp.job_id = job.job_id
-              AND (job.state NOT IN (4, 5, 6, 7, 9)
-                   OR (tmp.state = 7 AND job.state IN (4, 5, 6)))
-            RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM updated) AS updated,
-               (SELECT array_agg(tmp.job_id) FROM job_update_tmp AS tmp
-                WHERE NOT EXISTS (SELECT 1 FROM job WHERE job.job_id = tmp.job_id)) AS unmatched",
-    row: "
-        WITH existing AS (SELECT 1 FROM job WHERE job_id = $1),
-        updated AS (
-            UPDATE job SET
-                priority                     = coalesce($2, priority),
-                state                        = coalesce($3, state),
-                cancelled                    = coalesce($4, cancelled),
-                last_transition_time         = coalesce($5, last_transition_time),
-                last_transition_time_seconds = coalesce($6, last_transition_time_seconds),
-                duplicate                    = coalesce($7, duplicate),
-                latest_run_id                = coalesce($8, latest_run_id),
-                cancel_reason                = coalesce($9, cancel_reason),
-                cancel_user                  = coalesce($10, cancel_user)
-            WHERE job_id = $1
-              AND (state NOT IN (4, 5, 6, 7, 9)
-                   OR ($3 = 7 AND state IN (4, 5, 6)))
-            RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM updated) AS updated,
-               (SELECT count(*) FROM existing) AS matched",
-};
+fn job_update(cols: &[Column<UpdateJob>]) -> StepSql {
+    let merge_set = set_list(cols, |_, name| format!("tmp.{name}"), "job.");
+    let row_set = set_list(cols, |i, _| format!("${i}"), "");
+    let state = param(cols, "state");
+    let merge = format!(
+        "WITH updated AS (
+    UPDATE job SET
+        {merge_set}
+    FROM job_update_tmp AS tmp
+    WHERE tmp.job_id = job.job_id
+      AND (job.state NOT IN (4, 5, 6, 7, 9)
+           OR (tmp.state = 7 AND job.state IN (4, 5, 6)))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) AS updated,
+       (SELECT array_agg(tmp.job_id) FROM job_update_tmp AS tmp
+        WHERE NOT EXISTS (SELECT 1 FROM job WHERE job.job_id = tmp.job_id)) AS unmatched"
+    );
+    let row = format!(
+        "WITH existing AS (SELECT 1 FROM job WHERE job_id = $1),
+updated AS (
+    UPDATE job SET
+        {row_set}
+    WHERE job_id = $1
+      AND (state NOT IN (4, 5, 6, 7, 9)
+           OR (${state} = 7 AND state IN (4, 5, 6)))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) AS updated,
+       (SELECT count(*) FROM existing) AS matched"
+    );
+    step_sql(Step::JobUpdate, cols, merge, row)
+}
 
-fn job_update_params(u: &UpdateJob) -> Vec<&(dyn ToSql + Sync)> {
-    vec![
-        &u.job_id,
-        &u.priority,
-        &u.state,
-        &u.cancelled,
-        &u.last_transition_time,
-        &u.last_transition_time_seconds,
-        &u.duplicate,
-        &u.latest_run_id,
-        &u.cancel_reason,
-        &u.cancel_user,
-    ]
+/// No filter here, so an update changes nothing exactly when its run does not
+/// exist: the ids of the temp rows that `RETURNING` did not yield are the
+/// unmatched ones (unique, as the temp table is conflated; in no particular
+/// order). A run created earlier in the same transaction is updated, so it
+/// is not reported, and a run deleted concurrently before the update reached
+/// it is. The anti-join only runs when fewer rows were updated than sent (an
+/// uncorrelated subquery in a `CASE` branch is evaluated lazily), so the
+/// usual all-matched batch pays only for the `RETURNING`: on 10k updates
+/// about 4ms over the plain `UPDATE`'s ~47ms (best of 31), 7ms when some
+/// are unmatched. Alternatives measured: always anti-joining costs ~7ms,
+/// anti-joining against `job_run` ~25ms; a second statement only when the
+/// count falls short would race with concurrent writers.
+fn run_update(cols: &[Column<UpdateJobRun>]) -> StepSql {
+    let merge_set = set_list(cols, |_, name| format!("tmp.{name}"), "job_run.");
+    let row_set = set_list(cols, |i, _| format!("${i}"), "");
+    let merge = format!(
+        "WITH updated AS (
+    UPDATE job_run SET
+        {merge_set}
+    FROM job_run_update_tmp AS tmp
+    WHERE tmp.run_id = job_run.run_id
+    RETURNING job_run.run_id
+),
+n AS (SELECT count(*) AS updated FROM updated)
+SELECT n.updated,
+       CASE WHEN n.updated < (SELECT count(*) FROM job_run_update_tmp) THEN
+           (SELECT array_agg(tmp.run_id) FROM job_run_update_tmp AS tmp
+            WHERE NOT EXISTS (SELECT 1 FROM updated WHERE updated.run_id = tmp.run_id))
+       END AS unmatched
+FROM n"
+    );
+    let row = format!("UPDATE job_run SET\n        {row_set}\nWHERE run_id = $1");
+    step_sql(Step::RunUpdate, cols, merge, row)
 }
 
 /// Reads `(updated, unmatched)` from a set-based update statement. `keys`
@@ -408,217 +509,22 @@ fn row_update_counts(row: &tokio_postgres::Row, key: &str) -> Result<Applied, Op
     })
 }
 
-// ---------------------------------------------------------------- run insert
-
-/// `ingress_addresses` is NULL on creation; it arrives with the running event.
-pub const RUN_INSERT: TableSql = TableSql {
-    table: "job_run",
-    operation: "insert",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_run_create_tmp (
-            run_id            varchar(36),
-            job_id            varchar(32),
-            cluster           varchar(512),
-            node              varchar(512),
-            leased            timestamp,
-            pending           timestamp,
-            job_run_state     smallint,
-            pool              text,
-            ingress_addresses jsonb
-        ) ON COMMIT DROP",
-    copy: "COPY job_run_create_tmp (run_id, job_id, cluster, node, leased, pending,
-            job_run_state, pool, ingress_addresses)
-        FROM STDIN (FORMAT binary)",
-    types: &[
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::TIMESTAMP,
-        Type::TIMESTAMP,
-        Type::INT2,
-        Type::TEXT,
-        Type::JSONB,
-    ],
-    merge: "
-        INSERT INTO job_run (run_id, job_id, cluster, node, leased, pending,
-            job_run_state, pool, ingress_addresses)
-        SELECT run_id, job_id, cluster, node, leased, pending,
-            job_run_state, pool, ingress_addresses
-        FROM job_run_create_tmp
-        ON CONFLICT DO NOTHING",
-    row: "
-        INSERT INTO job_run (run_id, job_id, cluster, node, leased, pending,
-            job_run_state, pool, ingress_addresses)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        ON CONFLICT DO NOTHING",
-};
-
-/// A typed SQL NULL for `ingress_addresses` on creation.
-const NO_INGRESS: Option<serde_json::Value> = None;
-
-fn run_params(r: &CreateJobRun) -> Vec<&(dyn ToSql + Sync)> {
-    vec![
-        &r.run_id,
-        &r.job_id,
-        &r.cluster,
-        &r.node,
-        &r.leased,
-        &r.pending,
-        &r.job_run_state,
-        &r.pool,
-        &NO_INGRESS,
-    ]
-}
-
-// ---------------------------------------------------------- job error insert
-
-pub const JOB_ERROR_INSERT: TableSql = TableSql {
-    table: "job_error",
-    operation: "insert",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_error_create_tmp (
-            job_id varchar(32),
-            error  bytea
-        ) ON COMMIT DROP",
-    copy: "COPY job_error_create_tmp (job_id, error) FROM STDIN (FORMAT binary)",
-    types: &[Type::VARCHAR, Type::BYTEA],
-    merge: "
-        INSERT INTO job_error (job_id, error)
-        SELECT job_id, error FROM job_error_create_tmp
-        ON CONFLICT DO NOTHING",
-    row: "INSERT INTO job_error (job_id, error) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-};
-
-fn job_error_params(e: &CreateJobError) -> Vec<&(dyn ToSql + Sync)> {
-    vec![&e.job_id, &e.error]
-}
-
-// ---------------------------------------------------------------- run update
-
-/// No filter here, so an update changes nothing exactly when its run does not
-/// exist: the ids of the temp rows that `RETURNING` did not yield are the
-/// unmatched ones (unique, as the temp table is conflated; in no particular
-/// order). A run created earlier in the same transaction is updated, so it
-/// is not reported, and a run deleted concurrently before the update reached
-/// it is. The anti-join only runs when fewer rows were updated than sent (an
-/// uncorrelated subquery in a `CASE` branch is evaluated lazily), so the
-/// usual all-matched batch pays only for the `RETURNING`: on 10k updates
-/// about 4ms over the plain `UPDATE`'s ~47ms (best of 31), 7ms when some
-/// are unmatched. Alternatives measured: always anti-joining costs ~7ms,
-/// anti-joining against `job_run` ~25ms; a second statement only when the
-/// count falls short would race with concurrent writers.
-pub const RUN_UPDATE: TableSql = TableSql {
-    table: "job_run",
-    operation: "update",
-    create_tmp: "
-        CREATE TEMPORARY TABLE job_run_update_tmp (
-            run_id            varchar(36),
-            node              varchar(512),
-            pending           timestamp,
-            started           timestamp,
-            finished          timestamp,
-            job_run_state     smallint,
-            error             bytea,
-            debug             bytea,
-            exit_code         int,
-            ingress_addresses jsonb,
-            failure_info      jsonb
-        ) ON COMMIT DROP",
-    copy: "COPY job_run_update_tmp (run_id, node, pending, started, finished, job_run_state,
-            error, debug, exit_code, ingress_addresses, failure_info)
-        FROM STDIN (FORMAT binary)",
-    types: &[
-        Type::VARCHAR,
-        Type::VARCHAR,
-        Type::TIMESTAMP,
-        Type::TIMESTAMP,
-        Type::TIMESTAMP,
-        Type::INT2,
-        Type::BYTEA,
-        Type::BYTEA,
-        Type::INT4,
-        Type::JSONB,
-        Type::JSONB,
-    ],
-    merge: "
-        WITH updated AS (
-            UPDATE job_run SET
-                node              = coalesce(tmp.node, job_run.node),
-                pending           = coalesce(tmp.pending, job_run.pending),
-                started           = coalesce(tmp.started, job_run.started),
-                finished          = coalesce(tmp.finished, job_run.finished),
-                job_run_state     = coalesce(tmp.job_run_state, job_run.job_run_state),
-                error             = coalesce(tmp.error, job_run.error),
-                debug             = coalesce(tmp.debug, job_run.debug),
-                exit_code         = coalesce(tmp.exit_code, job_run.exit_code),
-                ingress_addresses = coalesce(tmp.ingress_addresses, job_run.ingress_addresses),
-                failure_info      = coalesce(tmp.failure_info, job_run.failure_info)
-            FROM job_run_update_tmp AS tmp
-            WHERE tmp.run_id = job_run.run_id
-            RETURNING job_run.run_id
-        ),
-        n AS (SELECT count(*) AS updated FROM updated)
-        SELECT n.updated,
-               CASE WHEN n.updated < (SELECT count(*) FROM job_run_update_tmp) THEN
-                   (SELECT array_agg(tmp.run_id) FROM job_run_update_tmp AS tmp
-                    WHERE NOT EXISTS (SELECT 1 FROM updated WHERE updated.run_id = tmp.run_id))
-               END AS unmatched
-        FROM n",
-    row: "
-        UPDATE job_run SET
-            node              = coalesce($2, node),
-            pending           = coalesce($3, pending),
-            started           = coalesce($4, started),
-            finished          = coalesce($5, finished),
-            job_run_state     = coalesce($6, job_run_state),
-            error             = coalesce($7, error),
-            debug             = coalesce($8, debug),
-            exit_code         = coalesce($9, exit_code),
-            ingress_addresses = coalesce($10, ingress_addresses),
-            failure_info      = coalesce($11, failure_info)
-        WHERE run_id = $1",
-};
-
-/// Port → address as a JSON object; serde_json writes integer keys as
-/// strings (`{"8080": "10.0.0.1"}`), matching upstream's Go encoding.
-type Ingress<'a> = Option<Json<&'a BTreeMap<i32, String>>>;
-
-fn ingress(u: &UpdateJobRun) -> Ingress<'_> {
-    u.ingress_addresses.as_ref().map(Json)
-}
-
-fn run_update_params<'a>(
-    u: &'a UpdateJobRun,
-    ingress: &'a Ingress<'a>,
-) -> Vec<&'a (dyn ToSql + Sync)> {
-    vec![
-        &u.run_id,
-        &u.node,
-        &u.pending,
-        &u.started,
-        &u.finished,
-        &u.job_run_state,
-        &u.error,
-        &u.debug,
-        &u.exit_code,
-        ingress,
-        &u.failure_info,
-    ]
-}
-
 // ------------------------------------------------------------------ running
 
-/// Streams rows into the step's temp table.
-async fn copy_rows<'a>(
+/// Streams the step's rows into its temp table.
+async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
-    sql: &TableSql,
-    rows: impl Iterator<Item = Vec<&'a (dyn ToSql + Sync)>>,
+    sql: &StepSql,
+    batch: &Conflated,
+    step: Step,
 ) -> Result<(), OpError> {
-    let sink = tx.copy_in(sql.copy).await.map_err(op("copy"))?;
-    let writer = BinaryCopyInWriter::new(sink, sql.types);
+    let sink = tx.copy_in(sql.copy.as_str()).await.map_err(op("copy"))?;
+    let writer = BinaryCopyInWriter::new(sink, &sql.types);
     pin_mut!(writer);
-    for params in rows {
+    let mut values = Vec::with_capacity(sql.types.len());
+    for i in 0..batch.len(step) {
+        batch.values(STATEMENTS.columns, step, i, &mut values);
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
         writer.as_mut().write(&params).await.map_err(op("copy"))?;
     }
     writer.finish().await.map_err(op("copy"))?;
@@ -627,53 +533,22 @@ async fn copy_rows<'a>(
 
 /// Runs one step set-based inside `tx` (temp table, COPY, merge).
 /// The caller owns the transaction: the step is only durable once it commits.
-pub async fn run_batch(
+pub(crate) async fn run_batch(
     tx: &tokio_postgres::Transaction<'_>,
-    batch: &Batch,
+    batch: &Conflated,
     step: Step,
 ) -> Result<Applied, OpError> {
     if batch.len(step) == 0 {
         return Ok(Applied::default());
     }
-    let sql = step.sql();
-    tx.batch_execute(sql.create_tmp)
+    let sql = sql(step);
+    tx.batch_execute(&sql.create_tmp)
         .await
         .map_err(op("create_temp_table"))?;
-    match step {
-        Step::JobInsert => {
-            let anns: Vec<Annotations> = batch.jobs.iter().map(|j| Json(&j.annotations)).collect();
-            copy_rows(
-                tx,
-                sql,
-                batch.jobs.iter().zip(&anns).map(|(j, a)| job_params(j, a)),
-            )
-            .await?
-        }
-        Step::JobSpecInsert => copy_rows(tx, sql, batch.jobs.iter().map(job_spec_params)).await?,
-        Step::JobUpdate => {
-            copy_rows(tx, sql, batch.job_updates.iter().map(job_update_params)).await?
-        }
-        Step::RunInsert => copy_rows(tx, sql, batch.runs.iter().map(run_params)).await?,
-        Step::JobErrorInsert => {
-            copy_rows(tx, sql, batch.job_errors.iter().map(job_error_params)).await?
-        }
-        Step::RunUpdate => {
-            let ings: Vec<Ingress> = batch.run_updates.iter().map(ingress).collect();
-            copy_rows(
-                tx,
-                sql,
-                batch
-                    .run_updates
-                    .iter()
-                    .zip(&ings)
-                    .map(|(u, i)| run_update_params(u, i)),
-            )
-            .await?
-        }
-    }
+    copy_rows(tx, sql, batch, step).await?;
     match step {
         Step::JobUpdate => {
-            let row = tx.query_one(sql.merge, &[]).await.map_err(op("update"))?;
+            let row = tx.query_one(&sql.merge, &[]).await.map_err(op("update"))?;
             let keys = batch.job_updates.iter().map(|u| u.job_id.as_str());
             let (updated, unmatched) = merge_result(&row, keys)?;
             let matched = (batch.job_updates.len() - unmatched.len()) as u64;
@@ -684,7 +559,7 @@ pub async fn run_batch(
             })
         }
         Step::RunUpdate => {
-            let row = tx.query_one(sql.merge, &[]).await.map_err(op("update"))?;
+            let row = tx.query_one(&sql.merge, &[]).await.map_err(op("update"))?;
             let keys = batch.run_updates.iter().map(|u| u.run_id.as_str());
             let (affected, unmatched) = merge_result(&row, keys)?;
             Ok(Applied {
@@ -695,9 +570,9 @@ pub async fn run_batch(
         }
         _ => {
             let affected = tx
-                .execute(sql.merge, &[])
+                .execute(&sql.merge, &[])
                 .await
-                .map_err(op(sql.operation))?;
+                .map_err(op(step.operation().as_str()))?;
             Ok(Applied {
                 affected,
                 ..Applied::default()
@@ -708,87 +583,52 @@ pub async fn run_batch(
 
 /// Runs row `i` of a step as one auto-committed statement (prepared once per
 /// connection, parameters typed as the temp-table columns).
-pub async fn run_row(
+pub(crate) async fn run_row(
     client: &deadpool_postgres::ClientWrapper,
-    batch: &Batch,
+    batch: &Conflated,
     step: Step,
     i: usize,
 ) -> Result<Applied, OpError> {
-    let sql = step.sql();
+    let sql = sql(step);
+    let exec_op = step.operation().as_str();
     let stmt = client
-        .prepare_typed_cached(sql.row, sql.types)
+        .prepare_typed_cached(&sql.row, &sql.types)
         .await
-        .map_err(op(sql.operation))?;
-    let exec_op = sql.operation;
-    let done = |n: u64| Applied {
-        affected: n,
-        ..Applied::default()
-    };
+        .map_err(op(exec_op))?;
+    let mut values = Vec::with_capacity(sql.types.len());
+    if !batch.values(STATEMENTS.columns, step, i, &mut values) {
+        return Ok(Applied::default());
+    }
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_sql()).collect();
     match step {
-        Step::JobInsert => {
-            let Some(j) = batch.jobs.get(i) else {
-                return Ok(Applied::default());
-            };
-            let a = Json(&j.annotations);
-            execute(client, &stmt, &job_params(j, &a), exec_op)
+        Step::JobUpdate => {
+            let row = client
+                .query_one(&stmt, &params)
                 .await
-                .map(done)
+                .map_err(op("update"))?;
+            row_update_counts(&row, &batch.key(step, i))
         }
-        Step::JobSpecInsert => match batch.jobs.get(i) {
-            Some(j) => execute(client, &stmt, &job_spec_params(j), exec_op)
-                .await
-                .map(done),
-            None => Ok(Applied::default()),
-        },
-        Step::JobUpdate => match batch.job_updates.get(i) {
-            Some(u) => {
-                let row = client
-                    .query_one(&stmt, &job_update_params(u))
-                    .await
-                    .map_err(op("update"))?;
-                row_update_counts(&row, &u.job_id)
-            }
-            None => Ok(Applied::default()),
-        },
-        Step::RunInsert => match batch.runs.get(i) {
-            Some(r) => execute(client, &stmt, &run_params(r), exec_op)
-                .await
-                .map(done),
-            None => Ok(Applied::default()),
-        },
-        Step::JobErrorInsert => match batch.job_errors.get(i) {
-            Some(e) => execute(client, &stmt, &job_error_params(e), exec_op)
-                .await
-                .map(done),
-            None => Ok(Applied::default()),
-        },
         Step::RunUpdate => {
-            let Some(u) = batch.run_updates.get(i) else {
-                return Ok(Applied::default());
-            };
-            let ing = ingress(u);
             // Nothing filters run updates: no row changed means no such run.
-            let affected = execute(client, &stmt, &run_update_params(u, &ing), exec_op).await?;
+            let affected = client.execute(&stmt, &params).await.map_err(op(exec_op))?;
             Ok(Applied {
                 affected,
                 filtered: 0,
                 unmatched: if affected == 0 {
-                    vec![u.run_id.clone()]
+                    vec![batch.key(step, i)]
                 } else {
                     Vec::new()
                 },
             })
         }
+        _ => {
+            let affected = client.execute(&stmt, &params).await.map_err(op(exec_op))?;
+            Ok(Applied {
+                affected,
+                ..Applied::default()
+            })
+        }
     }
-}
-
-async fn execute(
-    client: &tokio_postgres::Client,
-    stmt: &tokio_postgres::Statement,
-    params: &[&(dyn ToSql + Sync)],
-    operation: &'static str,
-) -> Result<u64, OpError> {
-    client.execute(stmt, params).await.map_err(op(operation))
 }
 
 #[cfg(test)]
@@ -803,18 +643,45 @@ mod tests {
     #[test]
     fn statements_agree_with_types() {
         for step in STEPS {
-            let sql = step.sql();
+            let sql = sql(step);
             // Row statements take one parameter per temp-table column.
-            assert_eq!(count_params(sql.row), sql.types.len(), "{step:?}");
+            assert_eq!(count_params(&sql.row), sql.types.len(), "{step:?}");
             // COPY lists as many columns as there are types.
-            let cols = sql
+            let cols: Vec<&str> = sql
                 .copy
                 .split_once('(')
                 .and_then(|(_, rest)| rest.split_once(')'))
-                .map(|(cols, _)| cols.split(',').count())
-                .unwrap_or(0);
-            assert_eq!(cols, sql.types.len(), "{step:?}");
+                .map(|(cols, _)| cols.split(',').map(str::trim).collect())
+                .unwrap_or_default();
+            assert_eq!(cols.len(), sql.types.len(), "{step:?}");
             assert!(sql.create_tmp.contains("ON COMMIT DROP"));
+            assert!(sql.create_tmp.contains(&format!(" {}_", step.table())));
+            match step.operation() {
+                Operation::Insert => {
+                    assert!(sql
+                        .merge
+                        .starts_with(&format!("INSERT INTO {} (", step.table())));
+                    assert!(sql.merge.ends_with("ON CONFLICT DO NOTHING"), "{step:?}");
+                    assert!(sql.row.ends_with("ON CONFLICT DO NOTHING"), "{step:?}");
+                }
+                // Every column but the key is merged, keeping the stored
+                // value where the update has none.
+                Operation::Update => {
+                    for (i, c) in cols.iter().enumerate().skip(1) {
+                        let n = i + 1;
+                        let t = step.table();
+                        assert!(
+                            sql.merge
+                                .contains(&format!("{c} = coalesce(tmp.{c}, {t}.{c})")),
+                            "{step:?} {c}"
+                        );
+                        assert!(
+                            sql.row.contains(&format!("{c} = coalesce(${n}, {c})")),
+                            "{step:?} {c}"
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -827,7 +694,8 @@ mod tests {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        for sql in [JOB_UPDATE.merge, JOB_UPDATE.row] {
+        let job_update = sql(Step::JobUpdate);
+        for sql in [&job_update.merge, &job_update.row] {
             assert!(sql.contains(&format!("NOT IN ({list})")), "{sql}");
             assert!(sql.contains(&format!("= {} AND", job_state::PREEMPTED)));
             assert!(sql.contains(&format!(
@@ -837,6 +705,8 @@ mod tests {
                 job_state::CANCELLED
             )));
         }
+        // The row statement's filter reads the update's own state.
+        assert!(job_update.row.contains("($3 = 7 AND"), "{}", job_update.row);
     }
 
     #[test]
@@ -849,7 +719,7 @@ mod tests {
 
     #[test]
     fn update_merges_report_unmatched_keys() {
-        for sql in [JOB_UPDATE.merge, RUN_UPDATE.merge] {
+        for sql in [&sql(Step::JobUpdate).merge, &sql(Step::RunUpdate).merge] {
             assert!(sql.contains("AS updated"), "{sql}");
             assert!(sql.contains("AS unmatched"), "{sql}");
         }

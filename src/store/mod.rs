@@ -22,18 +22,23 @@
 //! listed in [`WriteReport::unmatched`] so the caller can dead-letter the
 //! messages that produced them.
 
-pub mod conflate;
-pub mod copy;
+mod conflate;
+mod copy;
 pub mod retry;
+mod step;
+
+pub(crate) use step::STEPS;
+pub use step::{Operation, Table};
 
 use crate::metrics;
 use crate::model::InstructionSet;
 use anyhow::Context;
-use copy::{Applied, Batch, OpError, Step, STEPS};
+use copy::{Applied, Conflated, OpError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use regex::Regex;
 use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
 use std::time::{Duration, Instant};
+use step::Step;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -75,10 +80,8 @@ pub struct TableCounts {
 /// A row instruction that could not be written even on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRow {
-    /// `job`, `job_spec`, `job_run` or `job_error`.
-    pub table: &'static str,
-    /// `insert` or `update`.
-    pub operation: &'static str,
+    pub table: Table,
+    pub operation: Operation,
     /// The row's primary key (job id or run id).
     pub key: String,
     /// The database's message, with SQLSTATE.
@@ -89,8 +92,8 @@ pub struct FailedRow {
 /// update was applied (a run created earlier in the same batch does exist).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unmatched {
-    /// `job` or `job_run`.
-    pub table: &'static str,
+    /// [`Table::Job`] or [`Table::JobRun`].
+    pub table: Table,
     /// The job id (`job`) or run id (`job_run`).
     pub key: String,
 }
@@ -136,9 +139,8 @@ impl WriteReport {
         }
     }
 
-    /// How many updates of `table` (`job` or `job_run`) matched no row, for
-    /// a metric.
-    pub fn unmatched_count(&self, table: &str) -> u64 {
+    /// How many updates of `table` matched no row, for a metric.
+    pub fn unmatched_count(&self, table: Table) -> u64 {
         self.unmatched.iter().filter(|u| u.table == table).count() as u64
     }
 
@@ -156,7 +158,7 @@ impl WriteReport {
                 .map(|key| Unmatched { table, key }),
         );
         metrics::ROWS
-            .with_label_values(&[step.table(), step.operation()])
+            .with_label_values(&[step.table().as_str(), step.operation().as_str()])
             .inc_by(attempted);
         metrics::TERMINAL_FILTERED.inc_by(applied.filtered);
     }
@@ -214,8 +216,8 @@ fn op(op: &'static str) -> impl Fn(tokio_postgres::Error) -> DbFailure {
     move |err| DbFailure::Op(OpError { op, err })
 }
 
-/// Outcome of one retried unit of work, after the retry loop.
-enum Outcome<T> {
+/// How one retried unit of work ended, after the retry loop.
+enum Attempt<T> {
     Done(T),
     /// Not retryable: the caller falls back (or reports the row).
     Fatal(String),
@@ -251,14 +253,6 @@ impl Store {
         self
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub fn settings(&self) -> &StoreSettings {
-        &self.settings
-    }
-
     /// Applies `set`. The fast path is a single transaction, so a crash or a
     /// failed attempt leaves all or nothing of the batch: with at-least-once
     /// delivery the unacknowledged batch is simply written again, and the
@@ -270,7 +264,7 @@ impl Store {
         if set.is_empty() {
             return Ok(report);
         }
-        let batch = Batch {
+        let batch = Conflated {
             jobs: conflate::dedup_job_creations(set.jobs_to_create),
             job_updates: conflate::conflate_job_updates(set.jobs_to_update),
             runs: conflate::dedup_run_creations(set.runs_to_create),
@@ -284,12 +278,12 @@ impl Store {
             })
             .await?
         {
-            Outcome::Done(applied) => {
+            Attempt::Done(applied) => {
                 for (step, a) in STEPS.iter().zip(applied) {
                     report.record(*step, batch.len(*step) as u64, a);
                 }
             }
-            Outcome::Fatal(error) => {
+            Attempt::Fatal(error) => {
                 tracing::warn!(%error, "batch write failed; applying it step by step");
                 report.fell_back = true;
                 self.write_step_by_step(&batch, &mut report).await?;
@@ -314,14 +308,14 @@ impl Store {
     }
 
     /// Runs `op` under the retry policy; non-retryable errors come back as
-    /// [`Outcome::Fatal`], except an unusable pool, which aborts the write
+    /// [`Attempt::Fatal`], except an unusable pool, which aborts the write
     /// (failing rows because the pool is closed would lose them).
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
         report: &mut WriteReport,
         op: F,
-    ) -> Result<Outcome<T>, StoreError>
+    ) -> Result<Attempt<T>, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DbFailure>>,
@@ -337,12 +331,12 @@ impl Store {
         match result {
             Ok((v, retries)) => {
                 report.retries = report.retries.saturating_add(retries);
-                Ok(Outcome::Done(v))
+                Ok(Attempt::Done(v))
             }
             Err(RetryError::Fatal(DbFailure::Pool(e))) => {
                 Err(StoreError::Pool(retry::describe_pool(&e)))
             }
-            Err(RetryError::Fatal(e)) => Ok(Outcome::Fatal(e.text())),
+            Err(RetryError::Fatal(e)) => Ok(Attempt::Fatal(e.text())),
             Err(RetryError::Exhausted { attempts, last }) => Err(StoreError::RetriesExhausted {
                 attempts,
                 last: last.text(),
@@ -352,7 +346,7 @@ impl Store {
     }
 
     /// Every step in one transaction on one connection.
-    async fn write_in_one_transaction(&self, batch: &Batch) -> Result<[Applied; 6], DbFailure> {
+    async fn write_in_one_transaction(&self, batch: &Conflated) -> Result<[Applied; 6], DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
         let mut applied: [Applied; 6] = Default::default();
@@ -364,7 +358,7 @@ impl Store {
     }
 
     /// One step in its own transaction.
-    async fn write_step(&self, batch: &Batch, step: Step) -> Result<Applied, DbFailure> {
+    async fn write_step(&self, batch: &Conflated, step: Step) -> Result<Applied, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
         let applied = copy::run_batch(&tx, batch, step).await?;
@@ -373,14 +367,19 @@ impl Store {
     }
 
     /// One row as one auto-committed statement.
-    async fn write_row(&self, batch: &Batch, step: Step, i: usize) -> Result<Applied, DbFailure> {
+    async fn write_row(
+        &self,
+        batch: &Conflated,
+        step: Step,
+        i: usize,
+    ) -> Result<Applied, DbFailure> {
         let conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         Ok(copy::run_row(&conn, batch, step, i).await?)
     }
 
     async fn write_step_by_step(
         &self,
-        batch: &Batch,
+        batch: &Conflated,
         report: &mut WriteReport,
     ) -> Result<(), StoreError> {
         for step in STEPS {
@@ -388,15 +387,17 @@ impl Store {
             if n == 0 {
                 continue;
             }
-            let what = step_name(step);
+            let what = step.to_string();
             match self
-                .retrying(what, report, || self.write_step(batch, step))
+                .retrying(&what, report, || self.write_step(batch, step))
                 .await?
             {
-                Outcome::Done(applied) => report.record(step, n as u64, applied),
-                Outcome::Fatal(error) => {
-                    tracing::warn!(step = what, rows = n, %error, "step failed; writing its rows one by one");
-                    metrics::FALLBACKS.with_label_values(&[step.table()]).inc();
+                Attempt::Done(applied) => report.record(step, n as u64, applied),
+                Attempt::Fatal(error) => {
+                    tracing::warn!(step = %what, rows = n, %error, "step failed; writing its rows one by one");
+                    metrics::FALLBACKS
+                        .with_label_values(&[step.table().as_str()])
+                        .inc();
                     self.write_rows(batch, step, report).await?;
                 }
             }
@@ -406,18 +407,18 @@ impl Store {
 
     async fn write_rows(
         &self,
-        batch: &Batch,
+        batch: &Conflated,
         step: Step,
         report: &mut WriteReport,
     ) -> Result<(), StoreError> {
-        let what = step_name(step);
+        let what = step.to_string();
         for i in 0..batch.len(step) {
             match self
-                .retrying(what, report, || self.write_row(batch, step, i))
+                .retrying(&what, report, || self.write_row(batch, step, i))
                 .await?
             {
-                Outcome::Done(applied) => report.record(step, 1, applied),
-                Outcome::Fatal(error) => {
+                Attempt::Done(applied) => report.record(step, 1, applied),
+                Attempt::Fatal(error) => {
                     // Counted and logged once, from the report, by `telemetry::row_failed`.
                     let key = batch.key(step, i);
                     report.counts_mut(step).attempted += 1;
@@ -431,17 +432,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::JobInsert => "job insert",
-        Step::JobSpecInsert => "job_spec insert",
-        Step::JobUpdate => "job update",
-        Step::RunInsert => "job_run insert",
-        Step::JobErrorInsert => "job_error insert",
-        Step::RunUpdate => "job_run update",
     }
 }
 

@@ -10,6 +10,7 @@
 //! `fatalInsertionErrors`, so one bad row can wedge it; we keep its fatal regex
 //! override and otherwise decide by SQLSTATE.
 
+use crate::backoff::Backoff;
 use regex::Regex;
 use std::future::Future;
 use std::time::Duration;
@@ -25,12 +26,12 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub fn is_retryable(self) -> bool {
+    pub(crate) fn is_retryable(self) -> bool {
         self == ErrorClass::Retryable
     }
 
     /// Label value for `metrics::DB_ERRORS`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable",
             ErrorClass::NotRetryable => "fatal",
@@ -82,7 +83,7 @@ pub const CLASSIFICATION: &[(&str, bool, &str)] = &[
 ];
 
 /// Classifies a SQLSTATE code (five characters, e.g. `"40001"`). See [`CLASSIFICATION`].
-pub fn classify_sqlstate(code: &str) -> ErrorClass {
+pub(crate) fn classify_sqlstate(code: &str) -> ErrorClass {
     use ErrorClass::*;
     let class = code.get(..2).unwrap_or("");
     match code {
@@ -102,7 +103,7 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
 /// reports and the fatal regexes need the server message and SQLSTATE, in the
 /// same shape as pgx's (`ERROR: msg (SQLSTATE 23505)`) so upstream's regexes
 /// keep working.
-pub fn describe(err: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut s = format!(
             "{}: {} (SQLSTATE {})",
@@ -179,7 +180,7 @@ fn classify_unforced(err: &tokio_postgres::Error) -> ErrorClass {
 /// Classifies an error from getting a pooled connection. Everything that can
 /// go wrong while *creating* a connection is environmental, so retryable,
 /// unless a fatal regex says otherwise; a closed or runtime-less pool is not.
-pub fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> ErrorClass {
+pub(crate) fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> ErrorClass {
     use deadpool_postgres::PoolError as P;
     if matches_fatal(&describe_pool(err), fatal) {
         return ErrorClass::NotRetryable;
@@ -191,46 +192,28 @@ pub fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex]) -> Err
 }
 
 /// Full text of a pool error (see [`describe`]).
-pub fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+pub(crate) fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(e) => format!("pool: {}", describe(e)),
         other => format!("pool: {other}"),
     }
 }
 
-/// Capped exponential backoff: `min(1s, max)`, then doubling up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_secs(1).min(max),
-            max,
-        }
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        wait
-    }
+/// The store's waits: 1s (or `max`, if smaller), doubling up to `max`.
+fn store_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_secs(1).min(max), max)
 }
 
 /// How long and how often to retry.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_backoff: Duration,
+pub(crate) struct RetryPolicy {
+    pub(crate) max_backoff: Duration,
     /// Retries after the first attempt; `None` retries forever (upstream's default).
-    pub max_retries: Option<u32>,
+    pub(crate) max_retries: Option<u32>,
 }
 
 /// An error the retry loop can reason about.
-pub trait RetryableError {
+pub(crate) trait RetryableError {
     fn class(&self, fatal: &[Regex]) -> ErrorClass;
     /// Full text for logs and reports.
     fn text(&self) -> String;
@@ -240,7 +223,7 @@ pub trait RetryableError {
 
 /// Why [`retry`] gave up.
 #[derive(Debug)]
-pub enum RetryError<E> {
+pub(crate) enum RetryError<E> {
     /// Not retryable: the caller decides (fallback or report).
     Fatal(E),
     /// Retryable, but `max_retries` retries failed too.
@@ -263,7 +246,7 @@ async fn shutdown_requested(shutdown: &watch::Receiver<bool>) {
 /// stopping between attempts leaves nothing half-done).
 /// Returns the value and how many retries it took. Every failure is counted
 /// in `metrics::DB_ERRORS`.
-pub async fn retry<T, E, F, Fut>(
+pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     fatal: &[Regex],
     shutdown: Option<&watch::Receiver<bool>>,
@@ -275,7 +258,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::new(policy.max_backoff);
+    let mut backoff = store_backoff(policy.max_backoff);
     let mut retries: u32 = 0;
     loop {
         let err = match op().await {
@@ -393,10 +376,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(60));
+        let mut b = store_backoff(Duration::from_secs(60));
         let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        let mut b = Backoff::new(Duration::from_millis(5));
+        let mut b = store_backoff(Duration::from_millis(5));
         assert_eq!(b.next_wait(), Duration::from_millis(5));
         assert_eq!(b.next_wait(), Duration::from_millis(5));
     }
