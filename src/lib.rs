@@ -25,3 +25,4 @@ pub mod replay;
 pub mod sample;
 pub mod source;
 pub mod store;
+pub mod values;
