@@ -349,7 +349,8 @@ impl<const G: u8> Args for SettingArgs<G> {
                 arg = arg.action(ArgAction::Append).value_delimiter(',');
             }
             if let Some(env) = f.env {
-                arg = arg.env(env);
+                // The value may hold a password: never shown in help.
+                arg = arg.env(env).hide_env_values(true);
             }
             cmd.arg(arg)
         })

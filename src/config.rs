@@ -716,44 +716,12 @@ impl<'de> Deserializer<'de> for Node<'_> {
         self.deserialize_str(v)
     }
 
-    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        self.deserialize_str(v)
-    }
-
-    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        self.deserialize_str(v)
-    }
-
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         if self.is_set() {
             v.visit_some(self)
         } else {
             v.visit_none()
         }
-    }
-
-    fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_unit()
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        v: V,
-    ) -> Result<V::Value, DeError> {
-        v.visit_unit()
-    }
-
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_unit()
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -780,19 +748,6 @@ impl<'de> Deserializer<'de> for Node<'_> {
             ),
             _ => Err(de::Error::custom("expected a list of strings")),
         }
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, v: V) -> Result<V::Value, DeError> {
-        self.deserialize_seq(v)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: usize,
-        v: V,
-    ) -> Result<V::Value, DeError> {
-        self.deserialize_seq(v)
     }
 
     /// The sub-keys below this key, or the text of a key set whole.
@@ -847,6 +802,10 @@ impl<'de> Deserializer<'de> for Node<'_> {
         v: V,
     ) -> Result<V::Value, DeError> {
         v.visit_enum(self.text()?.into_deserializer())
+    }
+
+    serde::forward_to_deserialize_any! {
+        char bytes byte_buf unit unit_struct tuple tuple_struct identifier ignored_any
     }
 }
 
