@@ -383,18 +383,15 @@ pub fn load(
     })
 }
 
+/// A key is known at or below a known key: below a leaf it is kept, so that
+/// the leaf's value fails as "a list or map" instead of being lost.
 fn is_known(known: &[Key], lower: &str) -> bool {
     let at_or_under = |key: &str| {
         let key = key.to_lowercase();
         lower == key || lower.strip_prefix(&key).is_some_and(|r| r.starts_with('.'))
     };
-    known.iter().any(|k| {
-        if k.map {
-            at_or_under(&k.path)
-        } else {
-            lower == k.path.to_lowercase()
-        }
-    }) || IGNORED.iter().any(|k| at_or_under(k))
+    known.iter().any(|k| at_or_under(&k.path))
+        || IGNORED.iter().any(|k| at_or_under(k))
         || DEPRECATED
             .iter()
             .any(|(old, _)| lower == old.to_lowercase())
@@ -1117,6 +1114,8 @@ maxBackoff: 60
             ("subscriptionType: Roundrobin", "subscriptionType"),
             ("fatalInsertionErrors: ['(']", "fatalInsertionErrors"),
             ("batchSize: 0", "batchSize"),
+            ("batchSize:\n  a: 1", "batchSize"),
+            ("fatalInsertionErrors:\n  a: b", "fatalInsertionErrors"),
             ("batchDuration: 0s", "batchDuration"),
             ("maxBackoff: 1s", "maxBackoff"),
             ("pulsar:\n  URL: ''", "pulsar.URL"),
