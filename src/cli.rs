@@ -292,7 +292,10 @@ impl<const G: u8> SettingArgs<G> {
 
     /// Loads the configuration, logging what was odd about it.
     pub fn load(&self) -> anyhow::Result<config::Config> {
-        let loaded = config::load(&self.config, std::env::vars(), &self.flags)?;
+        // vars() would panic on a variable that is not UTF-8; such a one is no ARMADA_* key.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let loaded = config::load(&self.config, env, &self.flags)?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
@@ -615,6 +618,15 @@ pub fn redact(url: &str) -> String {
     if !url.contains("://") {
         return redact_key_values(url);
     }
+    let Some((base, query)) = url.split_once('?') else {
+        return redact_userinfo(url);
+    };
+    // URL parameters are `&`-separated key=value pairs (spaces are escaped).
+    let query = redact_key_values(&query.replace('&', " ")).replace(' ', "&");
+    format!("{}?{query}", redact_userinfo(base))
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -692,6 +704,11 @@ mod tests {
         );
         assert_eq!(redact("password = 'a \\' b' user=u"), "password=*** user=u");
         assert_eq!(redact("host=h user=u"), "host=h user=u");
+        assert_eq!(redact("password=a?b host=h"), "password=*** host=h");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=disable&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
