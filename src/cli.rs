@@ -1,17 +1,21 @@
-//! Command line: subcommands wired to the pipeline, the store and migrations.
+//! Command line: [`run`] dispatches each subcommand to one function, its
+//! entry point. Settings come from one place for every command that touches
+//! the database or converts events: `--config` files, `ARMADA_*`
+//! environment variables and the flags in [`FLAGS`], layered by
+//! [`config::load`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use prost::Message as _;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use serde_yaml::Value;
 
-use crate::convert::{self, Converter};
-use crate::deadletter::DeadLetters;
-use crate::{config, live, migrate, pipeline, record, replay, sample, source, store};
+use crate::convert::Converter;
+use crate::deadletter::{self, DeadLetters};
+use crate::values::parse_duration;
+use crate::{config, live, migrate, record, replay, sample, store};
 
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
@@ -32,39 +36,21 @@ pub enum Command {
     /// Consume the job-set events topic and keep the Lookout database up to date.
     Run {
         #[command(flatten)]
-        live: LiveArgs,
+        settings: SettingArgs<ALL>,
     },
     /// Copy a topic's messages into a recorded event file (no subscription is touched).
-    Record {
-        #[command(flatten)]
-        live: LiveArgs,
-        /// File to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Gzip the file.
-        #[arg(long)]
-        gzip: bool,
-        /// Skip messages published before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
-        #[arg(long)]
-        since: Option<String>,
-        /// Stop once the topic has been quiet this long (e.g. 5s).
-        #[arg(long, default_value = "5s")]
-        idle: String,
-        /// Stop after this many messages.
-        #[arg(long)]
-        max_messages: Option<u64>,
-    },
+    Record(RecordArgs),
     /// Publish recorded event files to the topic, one message per record (demos, tests).
     Publish {
         #[command(flatten)]
-        live: LiveArgs,
+        settings: SettingArgs<ALL>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Bring the Lookout schema up to date (or show its state with --status).
     Migrate {
         #[command(flatten)]
-        db: DbArgs,
+        settings: SettingArgs<DATABASE>,
         /// Print the current version and the pending migrations; change nothing.
         #[arg(long)]
         status: bool,
@@ -72,11 +58,7 @@ pub enum Command {
     /// Apply recorded event files (plain or gzip) to the database.
     Replay {
         #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        convert: ConvertArgs,
-        #[command(flatten)]
-        batch: BatchArgs,
+        settings: SettingArgs<REPLAY>,
         /// Recorded event files: length-delimited EventSequence records.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -85,83 +67,49 @@ pub enum Command {
     #[command(name = "dead-letters")]
     DeadLetters {
         #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        convert: ConvertArgs,
+        settings: SettingArgs<DEAD_LETTERS>,
         #[command(subcommand)]
         action: DeadLetterAction,
     },
     /// Write a synthetic recording of job life cycles (for demos and tests).
-    Sample {
-        /// File to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of jobs.
-        #[arg(long, default_value_t = 1000)]
-        jobs: usize,
-        /// Seed of the deterministic generator.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Gzip the file.
-        #[arg(long)]
-        gzip: bool,
-    },
+    Sample(SampleArgs),
 }
 
-/// Settings of live mode: upstream's YAML files, environment, and overrides.
-#[derive(Args, Debug, Clone)]
-pub struct LiveArgs {
-    /// Upstream lookoutingester YAML; repeatable, later files override earlier ones.
-    #[arg(long = "config")]
-    pub config: Vec<PathBuf>,
-    /// Postgres URL or key=value string; overrides postgres.connection.
-    #[arg(long, env = "LOOKOUT_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Pulsar service URL; overrides pulsar.URL.
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    settings: SettingArgs<ALL>,
+    /// File to write.
     #[arg(long)]
-    pub pulsar_url: Option<String>,
-    /// Topic; overrides pulsar.jobsetEventsTopic.
+    out: PathBuf,
+    /// Gzip the file.
     #[arg(long)]
-    pub topic: Option<String>,
-    /// Subscription name; overrides subscriptionName.
+    gzip: bool,
+    /// Skip messages published before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
     #[arg(long)]
-    pub subscription: Option<String>,
-    /// Failover (default), Exclusive, Shared or KeyShared; overrides subscriptionType.
+    since: Option<String>,
+    /// Stop once the topic has been quiet this long (e.g. 5s).
+    #[arg(long, default_value = "5s")]
+    idle: String,
+    /// Stop after this many messages.
     #[arg(long)]
-    pub subscription_type: Option<String>,
-    /// Events per batch; overrides batchSize.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Longest wait for a batch to fill, e.g. 500ms; overrides batchDuration.
-    #[arg(long)]
-    pub batch_duration: Option<String>,
-    /// Port of /metrics, /healthz and /readyz (0 = off); overrides metricsPort.
-    #[arg(long)]
-    pub metrics_port: Option<u16>,
-    /// File for dead letters Postgres refuses; overrides deadLetterSpool.
-    #[arg(long)]
-    pub dead_letter_spool: Option<PathBuf>,
+    max_messages: Option<u64>,
 }
 
-impl LiveArgs {
-    pub fn load(&self) -> anyhow::Result<config::Config> {
-        let overrides = config::Overrides {
-            database_url: self.database_url.clone(),
-            pulsar_url: self.pulsar_url.clone(),
-            topic: self.topic.clone(),
-            subscription: self.subscription.clone(),
-            subscription_type: self.subscription_type.clone(),
-            batch_size: self.batch_size,
-            batch_duration: self.batch_duration.clone(),
-            metrics_port: self.metrics_port,
-            dead_letter_spool: self.dead_letter_spool.clone(),
-        };
-        let loaded = config::load(&self.config, std::env::vars(), &overrides)?;
-        for w in &loaded.warnings {
-            tracing::warn!("{w}");
-        }
-        Ok(loaded.config)
-    }
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// File to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of jobs.
+    #[arg(long, default_value_t = 1000)]
+    jobs: usize,
+    /// Seed of the deterministic generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Gzip the file.
+    #[arg(long)]
+    gzip: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,82 +142,225 @@ pub enum DeadLetterAction {
     Flush,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DbArgs {
-    /// Postgres connection URL of the Lookout database.
-    #[arg(
+// What a setting flag is about; each command takes the groups it uses, so
+// that no command accepts a flag it would ignore.
+const DATABASE: u8 = 1;
+const PULSAR: u8 = 2;
+const BATCH: u8 = 4;
+const CONVERT: u8 = 8;
+const STORE: u8 = 16;
+const SPOOL: u8 = 32;
+const METRICS: u8 = 64;
+const ALL: u8 = u8::MAX;
+const REPLAY: u8 = DATABASE | BATCH | CONVERT | STORE | SPOOL;
+const DEAD_LETTERS: u8 = DATABASE | CONVERT | STORE | SPOOL;
+
+/// A flag that sets a configuration key.
+pub struct Flag {
+    pub long: &'static str,
+    /// The key it sets (see [`config`]).
+    pub key: &'static str,
+    group: u8,
+    help: &'static str,
+    /// Repeatable and comma-separated: the values form a list.
+    list: bool,
+    /// Appended to the value (a flag in other units than the key's).
+    suffix: &'static str,
+    /// Kept for old command lines, not shown in help.
+    hidden: bool,
+    env: Option<&'static str>,
+}
+
+const fn flag(long: &'static str, key: &'static str, group: u8, help: &'static str) -> Flag {
+    Flag {
         long,
-        env = "LOOKOUT_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/lookout"
-    )]
-    pub database_url: String,
-    /// Longest wait between retries of a retryable Postgres error, in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub max_backoff: u64,
-    /// Regex; a Postgres error whose message matches is never retried (repeatable).
-    #[arg(long = "fatal-insertion-error")]
-    pub fatal_insertion_errors: Vec<String>,
-    /// File for dead letters Postgres refuses (flushed into the table later).
-    #[arg(long, default_value = config::DEFAULT_SPOOL)]
-    pub dead_letter_spool: PathBuf,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ConvertArgs {
-    /// Prefix stripped from user annotation keys.
-    #[arg(long, default_value = "armadaproject.io/")]
-    pub user_annotation_prefix: String,
-    /// Annotation keys never stored, case-insensitive (repeatable, or comma-separated).
-    #[arg(long = "annotation-blocklist", value_delimiter = ',')]
-    pub annotation_blocklist: Vec<String>,
-    /// Job specs and error texts longer than this many bytes are compressed.
-    #[arg(long, default_value_t = 1024)]
-    pub min_job_spec_compression_size: usize,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BatchArgs {
-    /// Events per batch.
-    #[arg(long, default_value_t = 10_000)]
-    pub batch_size: usize,
-    /// Longest time a batch waits to fill, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub batch_duration_ms: u64,
-}
-
-impl ConvertArgs {
-    pub fn settings(&self) -> convert::Settings {
-        convert::Settings {
-            user_annotation_prefix: self.user_annotation_prefix.clone(),
-            annotation_blocklist: self.annotation_blocklist.clone(),
-            min_job_spec_compression_size: self.min_job_spec_compression_size,
-        }
+        key,
+        group,
+        help,
+        list: false,
+        suffix: "",
+        hidden: false,
+        env: None,
     }
 }
 
-impl BatchArgs {
-    pub fn settings(&self) -> pipeline::Settings {
-        pipeline::Settings {
-            batch_size: self.batch_size.max(1),
-            batch_duration: Duration::from_millis(self.batch_duration_ms),
-            ..pipeline::Settings::default()
+/// Every setting flag. The README's configuration table lists the visible
+/// ones beside their keys (a test keeps the two in step).
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        env: Some("LOOKOUT_DATABASE_URL"),
+        ..flag(
+            "database-url",
+            "postgres.connection",
+            DATABASE,
+            "Postgres URL or key=value string, instead of postgres.connection",
+        )
+    },
+    flag("pulsar-url", "pulsar.URL", PULSAR, "Pulsar service URL"),
+    flag("topic", "pulsar.jobsetEventsTopic", PULSAR, "Topic"),
+    flag(
+        "subscription",
+        "subscriptionName",
+        PULSAR,
+        "Subscription name",
+    ),
+    flag(
+        "subscription-type",
+        "subscriptionType",
+        PULSAR,
+        "Failover (default), Exclusive, Shared or KeyShared",
+    ),
+    flag("batch-size", "batchSize", BATCH, "Events per batch"),
+    flag(
+        "batch-duration",
+        "batchDuration",
+        BATCH,
+        "Longest wait for a batch to fill, e.g. 500ms",
+    ),
+    Flag {
+        suffix: "ms",
+        hidden: true,
+        ..flag(
+            "batch-duration-ms",
+            "batchDuration",
+            BATCH,
+            "Longest wait for a batch to fill, in milliseconds",
+        )
+    },
+    flag(
+        "metrics-port",
+        "metricsPort",
+        METRICS,
+        "Port of /metrics, /healthz and /readyz (0 = off)",
+    ),
+    flag(
+        "dead-letter-spool",
+        "deadLetterSpool",
+        SPOOL,
+        "File for dead letters Postgres refuses (flushed into the table later)",
+    ),
+    flag(
+        "max-backoff",
+        "maxBackoff",
+        STORE,
+        "Longest wait between retries, in seconds",
+    ),
+    Flag {
+        list: true,
+        ..flag(
+            "fatal-insertion-error",
+            "fatalInsertionErrors",
+            STORE,
+            "Regex; a Postgres error whose message matches is never retried (repeatable)",
+        )
+    },
+    flag(
+        "user-annotation-prefix",
+        "annotations.userAnnotationPrefix",
+        CONVERT,
+        "Prefix stripped from user annotation keys",
+    ),
+    Flag {
+        list: true,
+        ..flag(
+            "annotation-blocklist",
+            "annotations.blocklistAnnotations",
+            CONVERT,
+            "Annotation keys never stored, case-insensitive (repeatable, or comma-separated)",
+        )
+    },
+    flag(
+        "min-job-spec-compression-size",
+        "minJobSpecCompressionSize",
+        CONVERT,
+        "Job specs and error texts longer than this many bytes are compressed",
+    ),
+];
+
+/// `--config` files and the setting flags of the groups in `G`, as the
+/// `(key, value)` pairs they set.
+#[derive(Debug, Clone, Default)]
+pub struct SettingArgs<const G: u8> {
+    pub config: Vec<PathBuf>,
+    pub flags: Vec<(&'static str, Value)>,
+}
+
+impl<const G: u8> SettingArgs<G> {
+    fn flags() -> impl Iterator<Item = &'static Flag> {
+        FLAGS.iter().filter(|f| f.group & G != 0)
+    }
+
+    /// Loads the configuration, logging what was odd about it.
+    pub fn load(&self) -> anyhow::Result<config::Config> {
+        // vars() would panic on a variable that is not UTF-8; such a one is no ARMADA_* key.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let loaded = config::load(&self.config, env, &self.flags)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
         }
+        Ok(loaded.config)
     }
 }
 
-impl DbArgs {
-    pub fn store_settings(&self) -> anyhow::Result<store::StoreSettings> {
-        let mut fatal = Vec::new();
-        for r in &self.fatal_insertion_errors {
-            fatal.push(regex::Regex::new(r).map_err(|e| {
-                anyhow::anyhow!("--fatal-insertion-error {r:?} is not a valid regex: {e}")
-            })?);
+impl<const G: u8> FromArgMatches for SettingArgs<G> {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let config = m
+            .get_many::<PathBuf>("config")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        let mut flags = Vec::new();
+        for f in Self::flags() {
+            let Some(values) = m.get_many::<String>(f.long) else {
+                continue;
+            };
+            let mut values = values.map(|v| Value::String(format!("{v}{}", f.suffix)));
+            let value = if f.list {
+                Value::Sequence(values.collect())
+            } else {
+                values.next().unwrap_or(Value::Null)
+            };
+            flags.push((f.key, value));
         }
-        Ok(store::StoreSettings {
-            max_backoff: Duration::from_secs(self.max_backoff.max(1)),
-            fatal_errors: fatal,
-            ..store::StoreSettings::default()
+        Ok(SettingArgs { config, flags })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl<const G: u8> Args for SettingArgs<G> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let config = Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .action(ArgAction::Append)
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Upstream lookoutingester YAML; repeatable, later files override earlier ones");
+        Self::flags().fold(cmd.arg(config), |cmd, f| {
+            let mut arg = Arg::new(f.long)
+                .long(f.long)
+                .help(format!("{} [key: {}]", f.help, f.key))
+                .hide(f.hidden);
+            // Two flags for one key (a unit alias) cannot both be given.
+            for other in Self::flags().filter(|o| o.key == f.key && o.long != f.long) {
+                arg = arg.conflicts_with(other.long);
+            }
+            if f.list {
+                arg = arg.action(ArgAction::Append).value_delimiter(',');
+            }
+            if let Some(env) = f.env {
+                // The value may hold a password: never shown in help.
+                arg = arg.env(env).hide_env_values(true);
+            }
+            cmd.arg(arg)
         })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -306,6 +397,174 @@ fn init_logging() {
         .try_init();
 }
 
+/// Runs one subcommand.
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { settings } => run_live(&settings).await,
+        Command::Record(args) => record(args).await,
+        Command::Publish { settings, files } => publish(&settings, &files).await,
+        Command::Migrate { settings, status } => migrate(&settings, status).await,
+        Command::Replay { settings, files } => replay(&settings, files).await,
+        Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
+        Command::Sample(args) => write_sample(&args),
+    }
+}
+
+/// `run`: live ingestion until SIGTERM or SIGINT.
+async fn run_live(settings: &SettingArgs<ALL>) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    tracing::info!(
+        "lookout-ingester {} starting: topic {} on {}, subscription {} ({:?}), database {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.pulsar.topic,
+        cfg.pulsar.url,
+        cfg.pulsar.subscription,
+        cfg.pulsar.subscription_kind,
+        redact(&cfg.postgres.connection_string())
+    );
+    let (_keep, stop) = live::signal_stop()?;
+    live::run(cfg, stop).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `record`: copy the topic into a recorded file.
+async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.settings.load()?;
+    let since_ms = match &args.since {
+        None => None,
+        Some(s) => {
+            let t = chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| anyhow::anyhow!("--since {s:?} is not an RFC 3339 time: {e}"))?;
+            Some(u64::try_from(t.timestamp_millis()).unwrap_or(0))
+        }
+    };
+    let idle = parse_duration(&args.idle).map_err(|e| anyhow::anyhow!("--idle: {e}"))?;
+    let opts = record::RecordOptions {
+        since_ms,
+        idle,
+        max_messages: args.max_messages,
+        gzip: args.gzip,
+    };
+    let r = record::record(&cfg.pulsar, &args.out, &opts).await?;
+    println!("{}", r.summary(&cfg.pulsar.topic, &args.out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `publish`: send recorded files to the topic.
+async fn publish(settings: &SettingArgs<ALL>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let n = record::publish(&cfg.pulsar, files).await?;
+    println!("published {n} messages to {}", cfg.pulsar.topic);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate`: bring the schema up to date, or print its state.
+async fn migrate(settings: &SettingArgs<DATABASE>, status: bool) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let mut client = connect(&cfg.postgres.connection_string()).await?;
+    if status {
+        print!("{}", migrate::status(&client).await?);
+    } else {
+        print!("{}", migrate::migrate(&mut client).await?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay`: apply recorded files, print the summary.
+async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let pool = store::connect_pool(&cfg.postgres.connection_string(), 4).await?;
+    let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
+    let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
+    let converter = Converter::new(cfg.convert);
+    let progress = std::io::stderr().is_terminal();
+    let summary = replay::replay(files, converter, store, dead, cfg.pipeline, progress).await?;
+    print!("{summary}");
+    Ok(if summary.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SKIPPED)
+    })
+}
+
+/// `dead-letters`: inspect, retry, purge or flush dead letters.
+async fn dead_letters(
+    settings: &SettingArgs<DEAD_LETTERS>,
+    action: DeadLetterAction,
+) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let pool = store::connect_pool(&cfg.postgres.connection_string(), 2).await?;
+    let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
+    match action {
+        DeadLetterAction::List { json, limit } => {
+            for d in dead.list(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!("{}", deadletter::list_line(&d));
+                }
+            }
+        }
+        DeadLetterAction::Show { id } => {
+            let Some(d) = dead.get(id).await? else {
+                anyhow::bail!("no dead letter {id}");
+            };
+            print!("{}", deadletter::show_view(&d));
+        }
+        DeadLetterAction::Retry { id, all } => {
+            let ids = if all {
+                dead.ids().await?
+            } else {
+                id.into_iter().collect()
+            };
+            let store = store::Store::new(pool, cfg.store);
+            let converter = Converter::new(cfg.convert);
+            let r = crate::pipeline::redrive(&dead, &store, &converter, &ids).await?;
+            for (id, reason) in &r.still_failing {
+                println!("{id}: still failing: {reason}");
+            }
+            for id in &r.missing {
+                println!("{id}: no such dead letter");
+            }
+            println!(
+                "retried {}: {} applied and removed, {} still failing",
+                ids.len(),
+                r.applied.len(),
+                r.still_failing.len()
+            );
+            if !r.still_failing.is_empty() || !r.missing.is_empty() {
+                return Ok(ExitCode::from(EXIT_SKIPPED));
+            }
+        }
+        DeadLetterAction::Purge { older_than } => {
+            let d =
+                parse_duration(&older_than).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            println!("purged {} dead letter(s)", dead.purge(d).await?);
+        }
+        DeadLetterAction::Flush => {
+            println!(
+                "flushed {} dead letter(s) from {}",
+                dead.flush_spool().await?,
+                dead.spool_path().display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sample`: write a synthetic recording.
+fn write_sample(args: &SampleArgs) -> anyhow::Result<ExitCode> {
+    let w = sample::write_file(&args.out, args.seed, args.jobs, args.gzip)?;
+    println!(
+        "wrote {} records, {} events to {}",
+        w.records,
+        w.events,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -318,8 +577,21 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// The URL without its password, for messages.
+/// The connection string without its password, for messages: the URL form
+/// (`user:secret@`) and the key=value form (`password=secret`).
 pub fn redact(url: &str) -> String {
+    if !url.contains("://") {
+        return redact_key_values(url);
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return redact_userinfo(url);
+    };
+    // URL parameters are `&`-separated key=value pairs (spaces are escaped).
+    let query = redact_key_values(&query.replace('&', " ")).replace(' ', "&");
+    format!("{}?{query}", redact_userinfo(base))
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -332,231 +604,46 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Run { live: args } => {
-            let cfg = args.load()?;
-            tracing::info!(
-                "lookout-ingester {} starting: topic {} on {}, subscription {} ({:?}), database {}",
-                env!("CARGO_PKG_VERSION"),
-                cfg.pulsar.topic,
-                cfg.pulsar.url,
-                cfg.pulsar.subscription,
-                cfg.pulsar.subscription_kind,
-                redact(&cfg.database_url)
-            );
-            let (_keep, stop) = live::signal_stop()?;
-            live::run(cfg, stop).await?;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Record {
-            live: args,
-            out,
-            gzip,
-            since,
-            idle,
-            max_messages,
-        } => {
-            let cfg = args.load()?;
-            let since_ms = match since {
-                None => None,
-                Some(s) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| {
-                        anyhow::anyhow!("--since {s:?} is not an RFC 3339 time: {e}")
-                    })?;
-                    Some(u64::try_from(t.timestamp_millis()).unwrap_or(0))
-                }
-            };
-            let idle = config::parse_duration(&idle).map_err(|e| anyhow::anyhow!("--idle: {e}"))?;
-            let opts = record::RecordOptions {
-                since_ms,
-                idle,
-                max_messages,
-                gzip,
-            };
-            let r = record::record(&cfg.pulsar, &out, &opts).await?;
-            println!(
-                "recorded {} messages from {} to {} ({} events given their publish time as created, {} undecodable kept raw, {} before --since skipped)",
-                r.messages,
-                cfg.pulsar.topic,
-                out.display(),
-                r.created_filled,
-                r.undecodable_kept_raw,
-                r.skipped_before_since
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Publish { live: args, files } => {
-            let cfg = args.load()?;
-            let n = record::publish(&cfg.pulsar, &files).await?;
-            println!("published {n} messages to {}", cfg.pulsar.topic);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate { db, status } => {
-            let mut client = connect(&db.database_url).await?;
-            if status {
-                let s = migrate::status(&client).await?;
-                println!("database version: {}", s.current);
-                println!("binary's latest:  {}", s.latest);
-                if s.current > s.latest {
-                    println!("the database is newer than this binary; migrate will not touch it");
-                } else if s.pending.is_empty() {
-                    println!("up to date");
-                    let own = migrate::own_pending(&client).await?;
-                    if own.is_empty() {
-                        println!("ingester tables: up to date");
-                    } else {
-                        println!("ingester tables pending (migrations/ingester):");
-                        for (v, name) in &own {
-                            println!("  {v:04} {name}");
-                        }
-                    }
-                } else {
-                    println!("pending:");
-                    for (v, name) in &s.pending {
-                        println!("  {v:03} {name}");
-                    }
-                }
-            } else {
-                let r = migrate::migrate(&mut client).await?;
-                for (v, name) in &r.own_applied {
-                    println!("applied ingester migration {v:04} {name}");
-                }
-                if r.applied.is_empty() {
-                    println!("database at version {}; nothing to apply", r.to);
-                } else {
-                    println!(
-                        "migrated from version {} to {} ({} applied)",
-                        r.from,
-                        r.to,
-                        r.applied.len()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Replay {
-            db,
-            convert,
-            batch,
-            files,
-        } => {
-            let pool = store::connect_pool(&db.database_url, 4).await?;
-            let store = Arc::new(store::Store::new(pool.clone(), db.store_settings()?));
-            let dead = DeadLetters::new(pool, db.dead_letter_spool.clone());
-            let converter = Converter::new(convert.settings());
-            let progress = std::io::stderr().is_terminal();
-            let summary =
-                replay::replay(files, converter, store, dead, batch.settings(), progress).await?;
-            print!("{summary}");
-            Ok(if summary.clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_SKIPPED)
-            })
-        }
-        Command::DeadLetters {
-            db,
-            convert,
-            action,
-        } => {
-            let pool = store::connect_pool(&db.database_url, 2).await?;
-            let dead = DeadLetters::new(pool.clone(), db.dead_letter_spool.clone());
-            match action {
-                DeadLetterAction::List { json, limit } => {
-                    for d in dead.list(limit).await? {
-                        if json {
-                            println!("{}", serde_json::to_string(&d)?);
-                        } else {
-                            println!(
-                                "{:>6}  {}  {:<24} {:<40} {}",
-                                d.id,
-                                d.created.format("%Y-%m-%dT%H:%M:%SZ"),
-                                d.reason,
-                                d.source,
-                                d.error.chars().take(120).collect::<String>()
-                            );
-                        }
-                    }
-                }
-                DeadLetterAction::Show { id } => {
-                    let Some(d) = dead.get(id).await? else {
-                        anyhow::bail!("no dead letter {id}");
-                    };
-                    println!("id:           {}", d.id);
-                    println!("source:       {}", d.source);
-                    println!("reason:       {}", d.reason);
-                    println!("error:        {}", d.error);
-                    println!("created:      {}", d.created.to_rfc3339());
-                    if let Some(t) = d.publish_time {
-                        println!("published:    {}", t.to_rfc3339());
-                    }
-                    println!("retries:      {}", d.retries);
-                    print!("{}", crate::deadletter::describe_payload(&d.payload));
-                }
-                DeadLetterAction::Retry { id, all } => {
-                    let ids = if all {
-                        dead.ids().await?
-                    } else {
-                        id.into_iter().collect()
-                    };
-                    let store = store::Store::new(pool, db.store_settings()?);
-                    let converter = Converter::new(convert.settings());
-                    let r = crate::pipeline::redrive(&dead, &store, &converter, &ids).await?;
-                    for (id, reason) in &r.still_failing {
-                        println!("{id}: still failing: {reason}");
-                    }
-                    for id in &r.missing {
-                        println!("{id}: no such dead letter");
-                    }
-                    println!(
-                        "retried {}: {} applied and removed, {} still failing",
-                        ids.len(),
-                        r.applied.len(),
-                        r.still_failing.len()
-                    );
-                    if !r.still_failing.is_empty() || !r.missing.is_empty() {
-                        return Ok(ExitCode::from(EXIT_SKIPPED));
-                    }
-                }
-                DeadLetterAction::Purge { older_than } => {
-                    let d = config::parse_duration(&older_than)
-                        .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
-                    println!("purged {} dead letter(s)", dead.purge(d).await?);
-                }
-                DeadLetterAction::Flush => {
-                    println!(
-                        "flushed {} dead letter(s) from {}",
-                        dead.flush_spool().await?,
-                        dead.spool_path().display()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sample {
-            out,
-            jobs,
-            seed,
-            gzip,
-        } => {
-            let mut w = source::file::RecordWriter::create(&out, gzip)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-            let mut events = 0usize;
-            for seq in sample::generate(seed, jobs) {
-                events += seq.events.len();
-                w.write_record(&seq.encode_to_vec())?;
-            }
-            let records = w.records;
-            w.finish()?;
-            println!(
-                "wrote {records} records, {events} events to {}",
-                out.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+/// Replaces the value of `password=` in a libpq key=value string (quoted
+/// values included) with `***`.
+fn redact_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = find_key(rest, "password") {
+        out.push_str(&rest[..at]);
+        let after = rest[at + "password".len()..].trim_start();
+        let Some(value) = after.strip_prefix('=') else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        out.push_str("password=***");
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // Up to the closing quote, skipping backslash escapes.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let close = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close
+                })
+                .map(|(i, _)| i + 2)
+                .unwrap_or(value.len())
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        rest = &value[end..];
     }
+    out.push_str(rest);
+    out
+}
+
+/// Where `key` starts as a whole keyword (at the start or after whitespace).
+fn find_key(s: &str, key: &str) -> Option<usize> {
+    s.match_indices(key)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || s[..i].ends_with(char::is_whitespace))
 }
 
 #[cfg(test)]
@@ -576,5 +663,99 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("dbname=lookout host=h password=psw port=5432"),
+            "dbname=lookout host=h password=*** port=5432"
+        );
+        assert_eq!(redact("password = 'a \\' b' user=u"), "password=*** user=u");
+        assert_eq!(redact("host=h user=u"), "host=h user=u");
+        assert_eq!(redact("password=a?b host=h"), "password=*** host=h");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=disable&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lookout-ingester").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_set_keys_and_old_spellings_still_work() {
+        let cli = parse(&[
+            "replay",
+            "--batch-duration-ms",
+            "250",
+            "--fatal-insertion-error",
+            "a",
+            "--fatal-insertion-error",
+            "b",
+            "--annotation-blocklist",
+            "x,y",
+            "--max-backoff",
+            "5",
+            "f.bin",
+        ])
+        .expect("parse");
+        let Command::Replay { settings, .. } = cli.command else {
+            panic!("not replay");
+        };
+        let cfg = config::load(&settings.config, Vec::new(), &settings.flags)
+            .expect("load")
+            .config;
+        assert_eq!(cfg.pipeline.batch_duration.as_millis(), 250);
+        assert_eq!(cfg.store.fatal_errors.len(), 2);
+        assert_eq!(cfg.convert.annotation_blocklist, ["x", "y"]);
+        assert_eq!(cfg.store.max_backoff.as_secs(), 5);
+        assert!(parse(&[
+            "replay",
+            "--batch-duration",
+            "1s",
+            "--batch-duration-ms",
+            "5",
+            "f"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn migrate_takes_only_the_database() {
+        assert!(parse(&["migrate", "--config", "c.yaml", "--database-url", "x"]).is_ok());
+        for flag in FLAGS.iter().filter(|f| f.group != DATABASE) {
+            let err = parse(&["migrate", &format!("--{}", flag.long), "1"]);
+            assert!(err.is_err(), "migrate accepts --{}", flag.long);
+        }
+    }
+
+    /// Every flag sets a key the loader knows, and the README's table shows
+    /// each visible flag beside its key.
+    #[test]
+    fn flags_match_keys_and_readme() {
+        let known: Vec<String> = config::known_keys().into_iter().map(|k| k.path).collect();
+        for f in FLAGS {
+            assert!(known.iter().any(|k| k == f.key), "--{}: {}", f.long, f.key);
+        }
+        let readme = include_str!("../README.md");
+        let mut in_readme: Vec<(String, String)> = Vec::new();
+        for (key, flags) in config::tests::readme_table(readme) {
+            for f in flags.iter().filter(|f| f.starts_with("--")) {
+                in_readme.push((f.trim_start_matches("--").to_string(), key.clone()));
+            }
+        }
+        in_readme.sort();
+        let mut visible: Vec<(String, String)> = FLAGS
+            .iter()
+            .filter(|f| !f.hidden)
+            .map(|f| {
+                let key = if f.key == "postgres.connection" {
+                    "postgres.connection.*"
+                } else {
+                    f.key
+                };
+                (f.long.to_string(), key.to_string())
+            })
+            .collect();
+        visible.sort();
+        assert_eq!(in_readme, visible);
     }
 }

@@ -1,21 +1,38 @@
-//! Configuration: upstream's lookoutingester YAML, environment variables and
-//! command-line overrides, merged into one typed [`Config`].
+//! Configuration: upstream's lookoutingester YAML, `ARMADA_*` environment
+//! variables and command-line flags, layered into one key map and
+//! deserialised into the settings structs ([`Config`]).
 //!
-//! Layering, later wins: built-in defaults (upstream's
-//! `config/lookoutingester/config.yaml`, hosts on 127.0.0.1) → each `--config`
-//! file in order → `ARMADA_*` environment variables → flags. As with upstream
-//! (viper), keys are case-insensitive and an environment variable is the key
-//! path upper-cased with `_` between parts, e.g. `ARMADA_PULSAR_URL`,
+//! Layering, later wins: each `--config` file in order → `ARMADA_*`
+//! environment variables → flags. A key no layer sets takes its default
+//! from the settings struct's `Default` impl, the only place a default is
+//! written (each field's doc line says what it is). As with upstream
+//! (viper), keys are case-insensitive and an environment variable is the
+//! key path upper-cased with `_` between parts, e.g. `ARMADA_PULSAR_URL`,
 //! `ARMADA_BATCHSIZE`, `ARMADA_POSTGRES_CONNECTION_HOST`.
 //!
+//! The key map is flat (`pulsar.url` → value), so a later layer overrides
+//! single keys, including single `postgres.connection` parameters. A settings
+//! struct names its keys with serde renames, dotted where the key is nested
+//! (`annotations.blocklistAnnotations`); the set of known keys is read from
+//! the structs themselves (see [`known_keys`]), so adding an option touches
+//! its struct field, the field's doc line and the README table, nothing else.
+//!
 //! Unknown keys are warned about (returned in [`Loaded::warnings`]); an
-//! invalid value stops start-up with an error naming the key.
+//! invalid value stops start-up with an error that starts with the key.
+//! The key map and its deserializers are in `config/keymap.rs`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_yaml::Value;
+
+use crate::store::StoreSettings;
+use crate::{convert, pipeline, values};
+
+mod keymap;
+use keymap::{keys_of, KeyMap};
 
 /// How the ingester subscribes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,40 +54,202 @@ impl SubscriptionKind {
     }
 }
 
+impl<'de> Deserialize<'de> for SubscriptionKind {
+    /// Case-insensitive, `_` and `-` ignored (`key_shared`, `Key-Shared`).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.to_lowercase().replace(['_', '-'], "").as_str() {
+            "failover" => Ok(SubscriptionKind::Failover),
+            "exclusive" => Ok(SubscriptionKind::Exclusive),
+            "shared" => Ok(SubscriptionKind::Shared),
+            "keyshared" => Ok(SubscriptionKind::KeyShared),
+            other => Err(de::Error::custom(format!(
+                "expected Failover, Exclusive, Shared or KeyShared, got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Pulsar settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct PulsarConfig {
+    /// Service URL of the broker. Default: pulsar://127.0.0.1:6650
+    #[serde(rename = "pulsar.URL", deserialize_with = "non_empty")]
     pub url: String,
+    /// Topic of the job-set events. Default: events
+    #[serde(rename = "pulsar.jobsetEventsTopic", deserialize_with = "non_empty")]
     pub topic: String,
+    /// Subscription name. Default: lookout-ingester-v2
+    #[serde(rename = "subscriptionName", deserialize_with = "non_empty")]
     pub subscription: String,
+    /// Subscription type (ours). Default: Failover
+    #[serde(rename = "subscriptionType")]
     pub subscription_kind: SubscriptionKind,
+    /// Messages the consumer may hold; 0 counts as 1. Default: 100
+    #[serde(rename = "pulsar.receiverQueueSize")]
     pub receiver_queue_size: u32,
-    /// Pause after a receive error, and first wait when reconnecting.
+    /// Pause after a receive error, and first wait when reconnecting. Default: 1s
+    #[serde(rename = "pulsar.backoffTime", deserialize_with = "values::duration")]
     pub backoff: Duration,
-    /// Longest wait between reconnect attempts.
+    /// Longest wait between reconnect attempts: the store's `maxBackoff`,
+    /// copied here by the loader.
+    #[serde(skip)]
     pub max_backoff: Duration,
-    /// JWT for token authentication, read from `pulsar.jwtTokenPath`.
+    /// JWT for token authentication, used when `pulsar.authenticationEnabled`.
+    /// Default: none
+    #[serde(rename = "pulsar.jwtTokenPath")]
     pub jwt_token_path: Option<PathBuf>,
-    /// Skip redeliveries of messages already in flight or committed.
+    /// Skip redeliveries of messages already in flight or committed (ours).
+    /// Default: true
+    #[serde(rename = "skipRedeliveredMessages")]
     pub skip_redelivered: bool,
 }
 
-/// The whole typed configuration.
+impl Default for PulsarConfig {
+    fn default() -> Self {
+        PulsarConfig {
+            url: "pulsar://127.0.0.1:6650".into(),
+            topic: "events".into(),
+            subscription: "lookout-ingester-v2".into(),
+            subscription_kind: SubscriptionKind::Failover,
+            receiver_queue_size: 100,
+            backoff: Duration::from_secs(1),
+            max_backoff: StoreSettings::default().max_backoff,
+            jwt_token_path: None,
+            skip_redelivered: true,
+        }
+    }
+}
+
+/// Pulsar authentication switches; the loader turns them into
+/// [`PulsarConfig::jwt_token_path`] or an error.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+struct PulsarAuth {
+    /// Authenticate to the broker. Default: false
+    #[serde(rename = "pulsar.authenticationEnabled")]
+    enabled: bool,
+    /// Only `JWT` is supported. Default: empty
+    #[serde(rename = "pulsar.authenticationType")]
+    kind: String,
+}
+
+/// Where the Lookout database is.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default)]
+pub struct Postgres {
+    /// libpq parameters, set key by key over the defaults (or, from
+    /// `--database-url`, one whole URL or key=value string).
+    /// Default: host=127.0.0.1 port=5432 user=postgres password=psw dbname=lookout sslmode=disable
+    #[serde(rename = "postgres.connection")]
+    pub connection: Connection,
+}
+
+impl Postgres {
+    /// A connection string for tokio-postgres: libpq key=value pairs in key
+    /// order, or the whole string as given. May hold a password: pass it
+    /// through `cli::redact` before printing.
+    pub fn connection_string(&self) -> String {
+        match &self.connection {
+            Connection::Whole(s) => s.clone(),
+            Connection::Params(params) => params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", quote_libpq(v)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+/// How to reach Postgres.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// A libpq-style `key=value` connection string or a `postgres://` URL.
-    pub database_url: String,
+pub enum Connection {
+    /// `postgres.connection.*`: lower-cased libpq keywords and their values.
+    Params(BTreeMap<String, String>),
+    /// A `postgres://` URL or a libpq key=value string.
+    Whole(String),
+}
+
+impl Connection {
+    fn default_params() -> BTreeMap<String, String> {
+        [
+            ("host", "127.0.0.1"),
+            ("port", "5432"),
+            ("user", "postgres"),
+            ("password", "psw"),
+            ("dbname", "lookout"),
+            ("sslmode", "disable"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection::Params(Connection::default_params())
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Connection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("libpq connection parameters or a connection string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Connection, E> {
+                Ok(Connection::Whole(s.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Connection, A::Error> {
+                // Set key by key over the defaults, as upstream's layered viper does.
+                let mut params = Connection::default_params();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    params.insert(k.to_lowercase(), v);
+                }
+                Ok(Connection::Params(params))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Settings of this process's surroundings.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default)]
+pub struct Service {
+    /// Port of /metrics, /healthz and /readyz; 0 turns them off. Default: 9002
+    #[serde(rename = "metricsPort")]
     pub metrics_port: u16,
-    pub pulsar: PulsarConfig,
-    pub batch_size: usize,
-    pub batch_duration: Duration,
-    pub convert: crate::convert::Settings,
-    /// Longest wait between Postgres retries.
-    pub max_backoff: Duration,
-    /// Regexes; matching Postgres errors are never retried.
-    pub fatal_insertion_errors: Vec<String>,
-    /// Local append-only file for dead letters Postgres refuses.
+    /// Local append-only file for dead letters Postgres refuses; empty means
+    /// the default. Default: lookout-ingester-dead-letters.jsonl (relative to
+    /// the working directory)
+    #[serde(rename = "deadLetterSpool")]
     pub dead_letter_spool: PathBuf,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            metrics_port: 9002,
+            dead_letter_spool: PathBuf::from("lookout-ingester-dead-letters.jsonl"),
+        }
+    }
+}
+
+/// The whole typed configuration: one settings struct per part.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub postgres: Postgres,
+    pub service: Service,
+    pub pulsar: PulsarConfig,
+    pub convert: convert::Settings,
+    pub pipeline: pipeline::Settings,
+    /// Holds the compiled `fatalInsertionErrors`.
+    pub store: StoreSettings,
 }
 
 /// A loaded configuration and what was odd about its sources.
@@ -93,96 +272,51 @@ pub enum ConfigError {
     Invalid { key: String, msg: String },
 }
 
-/// Where dead letters go when Postgres refuses them (relative to the working directory).
-pub const DEFAULT_SPOOL: &str = "lookout-ingester-dead-letters.jsonl";
-
-/// Upstream's defaults, with hosts on loopback.
-pub const DEFAULTS: &str = r#"
-postgres:
-  connection:
-    host: 127.0.0.1
-    port: 5432
-    user: postgres
-    password: psw
-    dbname: lookout
-    sslmode: disable
-metricsPort: 9002
-pulsar:
-  URL: "pulsar://127.0.0.1:6650"
-  jobsetEventsTopic: "events"
-  backoffTime: 1s
-  receiverQueueSize: 100
-subscriptionName: "lookout-ingester-v2"
-subscriptionType: Failover
-batchSize: 10000
-batchDuration: 500ms
-minJobSpecCompressionSize: 1024
-userAnnotationPrefix: "armadaproject.io/"
-maxBackoff: 60
-"#;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Str,
-    U16,
-    U32,
-    Usize,
-    Seconds,
-    Duration,
-    Bool,
-    StrList,
-    /// A map of free-form string values (postgres.connection).
-    StrMap,
-    /// Understood by upstream, meaningless here: accepted, not used.
-    Ignored,
-}
-
-/// Every key we accept: canonical spelling (used in messages and for the
-/// environment variable) and kind. Lookups are case-insensitive.
-const KEYS: &[(&str, Kind)] = &[
-    ("postgres.connection", Kind::StrMap),
-    ("metricsPort", Kind::U16),
-    ("pulsar.URL", Kind::Str),
-    ("pulsar.jobsetEventsTopic", Kind::Str),
-    ("pulsar.receiverQueueSize", Kind::U32),
-    ("pulsar.backoffTime", Kind::Duration),
-    ("pulsar.authenticationEnabled", Kind::Bool),
-    ("pulsar.authenticationType", Kind::Str),
-    ("pulsar.jwtTokenPath", Kind::Str),
-    ("pulsar.restURL", Kind::Ignored),
-    ("pulsar.delayMonitor", Kind::Ignored),
-    ("pulsar.TLSTrustCertsFilePath", Kind::Ignored),
-    ("pulsar.TLSAllowInsecureConnection", Kind::Ignored),
-    ("pulsar.TLSValidateHostname", Kind::Ignored),
-    ("pulsar.maxConnectionsPerBroker", Kind::Ignored),
-    ("pulsar.controlPlaneEventsTopic", Kind::Ignored),
-    ("pulsar.metricEventsTopic", Kind::Ignored),
-    ("pulsar.compressionType", Kind::Ignored),
-    ("pulsar.compressionLevel", Kind::Ignored),
-    ("pulsar.maxAllowedEventsPerMessage", Kind::Ignored),
-    ("pulsar.maxAllowedMessageSize", Kind::Ignored),
-    ("pulsar.sendTimeout", Kind::Ignored),
-    ("subscriptionName", Kind::Str),
-    ("skipRedeliveredMessages", Kind::Bool),
-    ("subscriptionType", Kind::Str),
-    ("batchSize", Kind::Usize),
-    ("batchDuration", Kind::Duration),
-    ("pulsarReceiveTimeout", Kind::Ignored),
-    ("pulsarBackoffTime", Kind::Duration),
-    ("minJobSpecCompressionSize", Kind::Usize),
-    ("userAnnotationPrefix", Kind::Str),
-    ("annotations.blocklistAnnotations", Kind::StrList),
-    ("annotations.userAnnotationPrefix", Kind::Str),
-    ("maxBackoff", Kind::Seconds),
-    ("fatalInsertionErrors", Kind::StrList),
-    ("profiling", Kind::Ignored),
-    ("deadLetterSpool", Kind::Str),
+/// Upstream keys that only concern producers, monitoring or TLS: accepted,
+/// not used (with everything below them). `pulsarBackoffTime` was only read
+/// when `pulsar.backoffTime` was unset, which its default never was.
+const IGNORED: &[&str] = &[
+    "pulsar.restURL",
+    "pulsar.delayMonitor",
+    "pulsar.TLSTrustCertsFilePath",
+    "pulsar.TLSAllowInsecureConnection",
+    "pulsar.TLSValidateHostname",
+    "pulsar.maxConnectionsPerBroker",
+    "pulsar.controlPlaneEventsTopic",
+    "pulsar.metricEventsTopic",
+    "pulsar.compressionType",
+    "pulsar.compressionLevel",
+    "pulsar.maxAllowedEventsPerMessage",
+    "pulsar.maxAllowedMessageSize",
+    "pulsar.sendTimeout",
+    "pulsarReceiveTimeout",
+    "pulsarBackoffTime",
+    "profiling",
 ];
 
-fn known(path: &str) -> Option<(&'static str, Kind)> {
-    KEYS.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(path))
-        .copied()
+/// Upstream's deprecated spelling of a key and the key it stands for, which
+/// wins unless it is empty.
+const DEPRECATED: &[(&str, &str)] = &[("userAnnotationPrefix", "annotations.userAnnotationPrefix")];
+
+/// A key the settings structs read; `map` keys take sub-keys of their own
+/// (`postgres.connection.host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub path: String,
+    pub map: bool,
+}
+
+/// Every key the settings structs read, in canonical spelling.
+pub fn known_keys() -> Vec<Key> {
+    let mut keys = Vec::new();
+    keys_of::<Postgres>(&mut keys);
+    keys_of::<Service>(&mut keys);
+    keys_of::<PulsarConfig>(&mut keys);
+    keys_of::<PulsarAuth>(&mut keys);
+    keys_of::<convert::Settings>(&mut keys);
+    keys_of::<pipeline::Settings>(&mut keys);
+    keys_of::<StoreSettings>(&mut keys);
+    keys
 }
 
 /// The environment variable that sets a key, as viper derives it.
@@ -190,29 +324,85 @@ pub fn env_name(key: &str) -> String {
     format!("ARMADA_{}", key.replace('.', "_").to_uppercase())
 }
 
-/// Flattens YAML into `lowercase.dotted.path → value`, stopping at known
-/// leaves (maps such as postgres.connection stay whole). Unknown paths are
-/// collected for warnings.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>, unknown: &mut Vec<String>) {
-    if !prefix.is_empty() {
-        if let Some((canon, kind)) = known(prefix) {
-            if kind == Kind::StrMap {
-                // Merge map entries so later layers can override single keys.
-                if let Value::Mapping(m) = v {
-                    for (k, val) in m {
-                        let k = yaml_key(k);
-                        out.insert(
-                            format!("{}.{}", canon.to_lowercase(), k.to_lowercase()),
-                            val.clone(),
-                        );
-                    }
-                    return;
-                }
+/// Loads configuration from `files` (in order), `env` (pass
+/// `std::env::vars()`), and `flags`: `(key, value)` pairs, applied last.
+pub fn load(
+    files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &[(&str, Value)],
+) -> Result<Loaded, ConfigError> {
+    let known = known_keys();
+    let mut keys = KeyMap::default();
+    let mut warnings = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: name.clone(),
+            err,
+        })?;
+        let doc: Value = serde_yaml::from_str(&text).map_err(|err| ConfigError::Yaml {
+            path: name.clone(),
+            err,
+        })?;
+        let mut leaves = Vec::new();
+        flatten("", &doc, &mut leaves);
+        for (path, value) in leaves {
+            let lower = path.to_lowercase();
+            if is_known(&known, &lower) {
+                keys.set(lower, value);
+            } else {
+                warnings.push(format!("{name}: unknown key {path:?} ignored"));
             }
-            out.insert(canon.to_lowercase(), v.clone());
-            return;
         }
     }
+    let env: BTreeMap<String, String> = env.into_iter().collect();
+    let deprecated = DEPRECATED.iter().map(|(old, _)| Key {
+        path: old.to_string(),
+        map: false,
+    });
+    for key in known.iter().cloned().chain(deprecated) {
+        let lower = key.path.to_lowercase();
+        if key.map {
+            let prefix = format!("{}_", env_name(&key.path));
+            for (name, val) in env.range(prefix.clone()..) {
+                let Some(sub) = name.strip_prefix(&prefix) else {
+                    break;
+                };
+                keys.set(
+                    format!("{lower}.{}", sub.to_lowercase()),
+                    Value::String(val.clone()),
+                );
+            }
+        } else if let Some(val) = env.get(&env_name(&key.path)) {
+            keys.set(lower, Value::String(val.clone()));
+        }
+    }
+    for (key, value) in flags {
+        keys.set(key.to_lowercase(), value.clone());
+    }
+    resolve_deprecated(&mut keys);
+    Ok(Loaded {
+        config: build(&keys)?,
+        warnings,
+    })
+}
+
+/// A key is known at or below a known key: below a leaf it is kept, so that
+/// the leaf's value fails as "a list or map" instead of being lost.
+fn is_known(known: &[Key], lower: &str) -> bool {
+    let at_or_under = |key: &str| {
+        let key = key.to_lowercase();
+        lower == key || lower.strip_prefix(&key).is_some_and(|r| r.starts_with('.'))
+    };
+    known.iter().any(|k| at_or_under(&k.path))
+        || IGNORED.iter().any(|k| at_or_under(k))
+        || DEPRECATED
+            .iter()
+            .any(|(old, _)| lower == old.to_lowercase())
+}
+
+/// Flattens YAML into `dotted.path → leaf` (paths as written).
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Mapping(m) => {
             for (k, val) in m {
@@ -222,11 +412,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>, unknown: 
                 } else {
                     format!("{prefix}.{k}")
                 };
-                flatten(&path, val, out, unknown);
+                flatten(&path, val, out);
             }
         }
         _ if prefix.is_empty() => {}
-        _ => unknown.push(prefix.to_string()),
+        _ => out.push((prefix.to_string(), v.clone())),
     }
 }
 
@@ -239,356 +429,12 @@ fn yaml_key(k: &Value) -> String {
     }
 }
 
-/// Command-line overrides, applied last.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub database_url: Option<String>,
-    pub pulsar_url: Option<String>,
-    pub topic: Option<String>,
-    pub subscription: Option<String>,
-    pub subscription_type: Option<String>,
-    pub batch_size: Option<usize>,
-    pub batch_duration: Option<String>,
-    pub metrics_port: Option<u16>,
-    pub dead_letter_spool: Option<PathBuf>,
-}
-
-/// Loads configuration from `files` (in order), `env` (pass
-/// `std::env::vars()`), and `overrides`.
-pub fn load(
-    files: &[PathBuf],
-    env: impl IntoIterator<Item = (String, String)>,
-    overrides: &Overrides,
-) -> Result<Loaded, ConfigError> {
-    let mut flat = BTreeMap::new();
-    let mut warnings = Vec::new();
-    let defaults: Value = serde_yaml::from_str(DEFAULTS).map_err(|err| ConfigError::Yaml {
-        path: "<built-in defaults>".into(),
-        err,
-    })?;
-    let mut unknown = Vec::new();
-    flatten("", &defaults, &mut flat, &mut unknown);
-    for path in files {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-            path: name.clone(),
-            err,
-        })?;
-        let doc: Value = serde_yaml::from_str(&text).map_err(|err| ConfigError::Yaml {
-            path: name.clone(),
-            err,
-        })?;
-        let mut unknown = Vec::new();
-        flatten("", &doc, &mut flat, &mut unknown);
-        for u in unknown {
-            warnings.push(format!("{name}: unknown key {u:?} ignored"));
-        }
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(de::Error::custom("must not be empty"));
     }
-    let env: BTreeMap<String, String> = env.into_iter().collect();
-    for (key, kind) in KEYS {
-        if *kind == Kind::Ignored {
-            continue;
-        }
-        if *kind == Kind::StrMap {
-            let prefix = format!("{}_", env_name(key));
-            for (name, val) in env.range(prefix.clone()..) {
-                let Some(sub) = name.strip_prefix(&prefix) else {
-                    break;
-                };
-                flat.insert(
-                    format!("{}.{}", key.to_lowercase(), sub.to_lowercase()),
-                    Value::String(val.clone()),
-                );
-            }
-            continue;
-        }
-        if let Some(val) = env.get(&env_name(key)) {
-            let v = if *kind == Kind::StrList {
-                Value::Sequence(
-                    val.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(|s| Value::String(s.trim().into()))
-                        .collect(),
-                )
-            } else {
-                Value::String(val.clone())
-            };
-            flat.insert(key.to_lowercase(), v);
-        }
-    }
-    let set = |flat: &mut BTreeMap<String, Value>, key: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            flat.insert(key.to_lowercase(), v);
-        }
-    };
-    set(
-        &mut flat,
-        "pulsar.URL",
-        overrides.pulsar_url.clone().map(Value::String),
-    );
-    set(
-        &mut flat,
-        "pulsar.jobsetEventsTopic",
-        overrides.topic.clone().map(Value::String),
-    );
-    set(
-        &mut flat,
-        "subscriptionName",
-        overrides.subscription.clone().map(Value::String),
-    );
-    set(
-        &mut flat,
-        "subscriptionType",
-        overrides.subscription_type.clone().map(Value::String),
-    );
-    set(
-        &mut flat,
-        "batchSize",
-        overrides.batch_size.map(|n| Value::Number(n.into())),
-    );
-    set(
-        &mut flat,
-        "batchDuration",
-        overrides.batch_duration.clone().map(Value::String),
-    );
-    set(
-        &mut flat,
-        "metricsPort",
-        overrides.metrics_port.map(|n| Value::Number(n.into())),
-    );
-
-    let r = Reader { flat: &flat };
-    let connection = r.connection();
-    let database_url = match &overrides.database_url {
-        Some(url) => url.clone(),
-        None => connection,
-    };
-    let auth_enabled = r.bool("pulsar.authenticationEnabled")?.unwrap_or(false);
-    let jwt_token_path = if auth_enabled {
-        let kind = r.str("pulsar.authenticationType")?.unwrap_or_default();
-        if !kind.eq_ignore_ascii_case("jwt") {
-            return Err(invalid(
-                "pulsar.authenticationType",
-                format!("only JWT is supported, got {kind:?}"),
-            ));
-        }
-        match r.str("pulsar.jwtTokenPath")? {
-            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-            _ => {
-                return Err(invalid(
-                    "pulsar.jwtTokenPath",
-                    "required when authentication is enabled".into(),
-                ))
-            }
-        }
-    } else {
-        None
-    };
-    let subscription_kind = match r
-        .str("subscriptionType")?
-        .unwrap_or_default()
-        .to_lowercase()
-        .replace(['_', '-'], "")
-        .as_str()
-    {
-        "failover" => SubscriptionKind::Failover,
-        "exclusive" => SubscriptionKind::Exclusive,
-        "shared" => SubscriptionKind::Shared,
-        "keyshared" => SubscriptionKind::KeyShared,
-        other => {
-            return Err(invalid(
-                "subscriptionType",
-                format!("expected Failover, Exclusive, Shared or KeyShared, got {other:?}"),
-            ))
-        }
-    };
-    let backoff = match r.duration("pulsar.backoffTime")? {
-        Some(d) => d,
-        None => r
-            .duration("pulsarBackoffTime")?
-            .unwrap_or(Duration::from_secs(1)),
-    };
-    let max_backoff = r.seconds("maxBackoff")?.unwrap_or(Duration::from_secs(60));
-    let batch_size = r.usize("batchSize")?.unwrap_or(10_000);
-    if batch_size == 0 {
-        return Err(invalid("batchSize", "must be at least 1".into()));
-    }
-    let batch_duration = r
-        .duration("batchDuration")?
-        .unwrap_or(Duration::from_millis(500));
-    if batch_duration.is_zero() {
-        return Err(invalid("batchDuration", "must be longer than zero".into()));
-    }
-    // upstream: annotations.userAnnotationPrefix wins over the deprecated top-level key.
-    let prefix = match r.str("annotations.userAnnotationPrefix")? {
-        Some(p) if !p.is_empty() => p,
-        _ => r.str("userAnnotationPrefix")?.unwrap_or_default(),
-    };
-    let fatal = r.list("fatalInsertionErrors")?;
-    for re in &fatal {
-        if let Err(e) = regex::Regex::new(re) {
-            return Err(invalid(
-                "fatalInsertionErrors",
-                format!("{re:?} is not a valid regex: {e}"),
-            ));
-        }
-    }
-    let config = Config {
-        database_url,
-        metrics_port: r.u16("metricsPort")?.unwrap_or(9002),
-        pulsar: PulsarConfig {
-            url: r.required_str("pulsar.URL")?,
-            topic: r.required_str("pulsar.jobsetEventsTopic")?,
-            subscription: r.required_str("subscriptionName")?,
-            subscription_kind,
-            receiver_queue_size: r.u32("pulsar.receiverQueueSize")?.unwrap_or(100).max(1),
-            backoff,
-            max_backoff,
-            jwt_token_path,
-            skip_redelivered: r.bool("skipRedeliveredMessages")?.unwrap_or(true),
-        },
-        batch_size,
-        batch_duration,
-        convert: crate::convert::Settings {
-            user_annotation_prefix: prefix,
-            annotation_blocklist: r.list("annotations.blocklistAnnotations")?,
-            min_job_spec_compression_size: r.usize("minJobSpecCompressionSize")?.unwrap_or(1024),
-        },
-        max_backoff,
-        fatal_insertion_errors: fatal,
-        dead_letter_spool: PathBuf::from(
-            r.str("deadLetterSpool")?
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| DEFAULT_SPOOL.to_string()),
-        ),
-    };
-    Ok(Loaded { config, warnings })
-}
-
-fn invalid(key: &str, msg: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        msg,
-    }
-}
-
-struct Reader<'a> {
-    flat: &'a BTreeMap<String, Value>,
-}
-
-impl Reader<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.flat.get(&key.to_lowercase())
-    }
-
-    fn scalar(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        match self.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(Value::Bool(b)) => Ok(Some(b.to_string())),
-            Some(_) => Err(invalid(
-                key,
-                "expected a single value, got a list or map".into(),
-            )),
-        }
-    }
-
-    fn str(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        self.scalar(key)
-    }
-
-    fn required_str(&self, key: &str) -> Result<String, ConfigError> {
-        match self.scalar(key)? {
-            Some(s) if !s.trim().is_empty() => Ok(s),
-            _ => Err(invalid(key, "must not be empty".into())),
-        }
-    }
-
-    fn parsed<T: std::str::FromStr>(
-        &self,
-        key: &str,
-        what: &str,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.scalar(key)? {
-            None => Ok(None),
-            Some(s) => s
-                .trim()
-                .parse::<T>()
-                .map(Some)
-                .map_err(|_| invalid(key, format!("expected {what}, got {s:?}"))),
-        }
-    }
-
-    fn u16(&self, key: &str) -> Result<Option<u16>, ConfigError> {
-        self.parsed(key, "a port number (0-65535)")
-    }
-
-    fn u32(&self, key: &str) -> Result<Option<u32>, ConfigError> {
-        self.parsed(key, "a non-negative integer")
-    }
-
-    fn usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
-        self.parsed(key, "a non-negative integer")
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        self.parsed(key, "true or false")
-    }
-
-    fn seconds(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        Ok(self
-            .parsed::<u64>(key, "a whole number of seconds")?
-            .map(Duration::from_secs))
-    }
-
-    fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        match self.scalar(key)? {
-            None => Ok(None),
-            Some(s) => parse_duration(&s)
-                .map(Some)
-                .map_err(|msg| invalid(key, msg)),
-        }
-    }
-
-    fn list(&self, key: &str) -> Result<Vec<String>, ConfigError> {
-        match self.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Sequence(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Number(n) => Ok(n.to_string()),
-                    _ => Err(invalid(key, "expected a list of strings".into())),
-                })
-                .collect(),
-            Some(Value::String(s)) => Ok(s
-                .split(',')
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect()),
-            Some(_) => Err(invalid(key, "expected a list of strings".into())),
-        }
-    }
-
-    /// `postgres.connection.*` as a libpq key=value string, in key order.
-    fn connection(&self) -> String {
-        let prefix = "postgres.connection.";
-        let mut parts = Vec::new();
-        for (k, v) in self.flat.range(prefix.to_string()..) {
-            let Some(name) = k.strip_prefix(prefix) else {
-                break;
-            };
-            let val = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => continue,
-            };
-            parts.push(format!("{name}={}", quote_libpq(&val)));
-        }
-        parts.join(" ")
-    }
+    Ok(s)
 }
 
 fn quote_libpq(v: &str) -> String {
@@ -598,50 +444,86 @@ fn quote_libpq(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `2h`, `1.5s`, `250us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let bad = || format!("expected a duration such as 500ms, 1s or 1m30s, got {s:?}");
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_end == 0 {
-            return Err(bad());
-        }
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
+/// Upstream: the new key wins over the deprecated one unless it is empty.
+fn resolve_deprecated(keys: &mut KeyMap) {
+    for (old, new) in DEPRECATED {
+        let (old, new) = (old.to_lowercase(), new.to_lowercase());
+        let old_value = keys.0.remove(&old);
+        let new_set = match keys.0.get(&new) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
         };
-        total += n * scale;
-        rest = &rest[unit_end..];
+        if !new_set {
+            keys.0.remove(&new);
+            if let Some(v) = old_value {
+                keys.0.insert(new, v);
+            }
+        }
     }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Reads every settings struct from the key map, then applies the rules
+/// that span structs (Pulsar reconnects use `maxBackoff`, the JWT switches).
+fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
+    let postgres: Postgres = keys.get()?;
+    let mut service: Service = keys.get()?;
+    let mut pulsar: PulsarConfig = keys.get()?;
+    let auth: PulsarAuth = keys.get()?;
+    let convert: convert::Settings = keys.get()?;
+    let pipeline: pipeline::Settings = keys.get()?;
+    let store: StoreSettings = keys.get()?;
+    pulsar.max_backoff = store.max_backoff;
+    pulsar.receiver_queue_size = pulsar.receiver_queue_size.max(1);
+    if auth.enabled {
+        if !auth.kind.eq_ignore_ascii_case("jwt") {
+            return Err(invalid(
+                "pulsar.authenticationType",
+                format!("only JWT is supported, got {:?}", auth.kind),
+            ));
+        }
+        if pulsar
+            .jwt_token_path
+            .as_ref()
+            .is_none_or(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "pulsar.jwtTokenPath",
+                "required when authentication is enabled".into(),
+            ));
+        }
+    } else {
+        pulsar.jwt_token_path = None;
+    }
+    if service.dead_letter_spool.as_os_str().is_empty() {
+        service.dead_letter_spool = Service::default().dead_letter_spool;
+    }
+    Ok(Config {
+        postgres,
+        service,
+        pulsar,
+        convert,
+        pipeline,
+        store,
+    })
+}
+
+fn invalid(key: &str, msg: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        msg,
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn load_str(yaml: &[&str], env: &[(&str, &str)], o: &Overrides) -> Result<Loaded, ConfigError> {
+    fn load_str(
+        yaml: &[&str],
+        env: &[(&str, &str)],
+        flags: &[(&str, Value)],
+    ) -> Result<Loaded, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let files: Vec<PathBuf> = yaml
             .iter()
@@ -655,28 +537,37 @@ mod tests {
         load(
             &files,
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-            o,
+            flags,
         )
     }
 
     #[test]
     fn defaults_match_upstream() {
-        let c = load_str(&[], &[], &Overrides::default())
-            .expect("load")
-            .config;
+        let c = load_str(&[], &[], &[]).expect("load").config;
         assert_eq!(c.pulsar.topic, "events");
         assert_eq!(c.pulsar.subscription, "lookout-ingester-v2");
         assert_eq!(c.pulsar.subscription_kind, SubscriptionKind::Failover);
         assert_eq!(c.pulsar.receiver_queue_size, 100);
         assert_eq!(c.pulsar.url, "pulsar://127.0.0.1:6650");
-        assert_eq!(c.batch_size, 10_000);
-        assert_eq!(c.batch_duration, Duration::from_millis(500));
-        assert_eq!(c.metrics_port, 9002);
-        assert_eq!(c.max_backoff, Duration::from_secs(60));
+        assert_eq!(c.pipeline.batch_size, 10_000);
+        assert_eq!(c.pipeline.batch_duration, Duration::from_millis(500));
+        assert_eq!(c.service.metrics_port, 9002);
+        assert_eq!(c.store.max_backoff, Duration::from_secs(60));
         assert_eq!(c.convert, crate::convert::Settings::default());
         assert_eq!(
-            c.database_url,
+            c.postgres.connection_string(),
             "dbname=lookout host=127.0.0.1 password=psw port=5432 sslmode=disable user=postgres"
+        );
+        // What the old built-in YAML also said.
+        assert_eq!(c.pulsar.backoff, Duration::from_secs(1));
+        assert_eq!(c.pulsar.max_backoff, Duration::from_secs(60));
+        assert_eq!(c.convert.user_annotation_prefix, "armadaproject.io/");
+        assert_eq!(c.convert.min_job_spec_compression_size, 1024);
+        assert!(c.pulsar.skip_redelivered && c.pulsar.jwt_token_path.is_none());
+        assert!(c.store.fatal_errors.is_empty() && c.store.max_retries.is_none());
+        assert_eq!(
+            c.service.dead_letter_spool,
+            PathBuf::from("lookout-ingester-dead-letters.jsonl")
         );
     }
 
@@ -709,15 +600,16 @@ userAnnotationPrefix: "armadaproject.io/"
 maxBackoff: 60
 "#;
         let over = "postgres:\n  connection:\n    host: db2\nbatchsize: 50\nannotations:\n  blocklistAnnotations: [a, B]\n";
-        let l = load_str(&[upstream, over], &[], &Overrides::default()).expect("load");
+        let l = load_str(&[upstream, over], &[], &[]).expect("load");
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let c = l.config;
         assert_eq!(c.pulsar.url, "pulsar://pulsar:6650");
         assert_eq!(
-            c.batch_size, 50,
+            c.pipeline.batch_size, 50,
             "keys are case-insensitive and later files win"
         );
-        assert!(c.database_url.contains("host=db2") && c.database_url.contains("port=5433"));
+        let url = c.postgres.connection_string();
+        assert!(url.contains("host=db2") && url.contains("port=5433"));
         assert_eq!(
             c.convert.annotation_blocklist,
             vec!["a".to_string(), "B".to_string()]
@@ -730,34 +622,38 @@ maxBackoff: 60
             ("ARMADA_BATCHSIZE", "7"),
             ("ARMADA_PULSAR_URL", "pulsar://e:1"),
             ("ARMADA_POSTGRES_CONNECTION_HOST", "envhost"),
+            ("ARMADA_POSTGRES_CONNECTION_CONNECT_TIMEOUT", "5"),
+            ("ARMADA_FATALINSERTIONERRORS", "a,b"),
+            ("ARMADA_UNRELATED", "x"),
         ];
-        let c = load_str(&["batchSize: 3"], &env, &Overrides::default())
-            .expect("load")
-            .config;
-        assert_eq!(c.batch_size, 7);
+        let l = load_str(&["batchSize: 3"], &env, &[]).expect("load");
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let c = l.config;
+        assert_eq!(c.pipeline.batch_size, 7);
         assert_eq!(c.pulsar.url, "pulsar://e:1");
-        assert!(c.database_url.contains("host=envhost"));
-        let o = Overrides {
-            pulsar_url: Some("pulsar://flag:2".into()),
-            database_url: Some("postgres://x@y/z".into()),
-            batch_size: Some(9),
-            ..Default::default()
-        };
-        let c = load_str(&[], &env, &o).expect("load").config;
+        let url = c.postgres.connection_string();
+        assert!(url.contains("host=envhost") && url.contains("connect_timeout=5"));
+        assert!(url.contains("dbname=lookout"), "merged over the defaults");
+        assert_eq!(c.store.fatal_errors.len(), 2);
+        let flags = [
+            ("pulsar.URL", Value::from("pulsar://flag:2")),
+            ("postgres.connection", Value::from("postgres://x@y/z")),
+            ("batchSize", Value::from("9")),
+        ];
+        let c = load_str(&[], &env, &flags).expect("load").config;
         assert_eq!(
-            (c.pulsar.url.as_str(), c.database_url.as_str(), c.batch_size),
+            (
+                c.pulsar.url.as_str(),
+                c.postgres.connection_string().as_str(),
+                c.pipeline.batch_size
+            ),
             ("pulsar://flag:2", "postgres://x@y/z", 9)
         );
     }
 
     #[test]
     fn unknown_keys_warn_invalid_values_fail_naming_the_key() {
-        let l = load_str(
-            &["colour: blue\npulsar:\n  flavour: x\n"],
-            &[],
-            &Overrides::default(),
-        )
-        .expect("load");
+        let l = load_str(&["colour: blue\npulsar:\n  flavour: x\n"], &[], &[]).expect("load");
         assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
         assert!(l.warnings.iter().any(|w| w.contains("pulsar.flavour")));
         for (yaml, key) in [
@@ -771,12 +667,42 @@ maxBackoff: 60
             ("subscriptionType: Roundrobin", "subscriptionType"),
             ("fatalInsertionErrors: ['(']", "fatalInsertionErrors"),
             ("batchSize: 0", "batchSize"),
+            ("batchSize:\n  a: 1", "batchSize"),
+            ("fatalInsertionErrors:\n  a: b", "fatalInsertionErrors"),
+            ("batchDuration: 0s", "batchDuration"),
+            ("maxBackoff: 1s", "maxBackoff"),
+            ("pulsar:\n  URL: ''", "pulsar.URL"),
+            ("skipRedeliveredMessages: maybe", "skipRedeliveredMessages"),
+            (
+                "pulsar:\n  authenticationEnabled: true\n  authenticationType: basic",
+                "pulsar.authenticationType",
+            ),
+            (
+                "pulsar:\n  authenticationEnabled: true\n  authenticationType: JWT",
+                "pulsar.jwtTokenPath",
+            ),
         ] {
-            let err = load_str(&[yaml], &[], &Overrides::default())
-                .expect_err(yaml)
-                .to_string();
+            let err = load_str(&[yaml], &[], &[]).expect_err(yaml).to_string();
             assert!(err.starts_with(key), "{yaml}: {err}");
         }
+        let err = load_str(&[], &[("ARMADA_BATCHSIZE", "many")], &[])
+            .expect_err("env")
+            .to_string();
+        assert_eq!(
+            err,
+            "batchSize: expected a non-negative integer, got \"many\""
+        );
+    }
+
+    #[test]
+    fn jwt_only_when_enabled() {
+        let yaml = "pulsar:\n  authenticationEnabled: true\n  authenticationType: jwt\n  jwtTokenPath: /t\n";
+        let c = load_str(&[yaml], &[], &[]).expect("load").config;
+        assert_eq!(c.pulsar.jwt_token_path, Some(PathBuf::from("/t")));
+        let c = load_str(&["pulsar:\n  jwtTokenPath: /t\n"], &[], &[])
+            .expect("load")
+            .config;
+        assert_eq!(c.pulsar.jwt_token_path, None);
     }
 
     #[test]
@@ -784,22 +710,19 @@ maxBackoff: 60
         let c = load_str(
             &["userAnnotationPrefix: old/\nannotations:\n  userAnnotationPrefix: new/"],
             &[],
-            &Overrides::default(),
+            &[],
         )
         .expect("load")
         .config;
         assert_eq!(c.convert.user_annotation_prefix, "new/");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "5", "1x", "-1s", "1s2"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
+        let c = load_str(
+            &["userAnnotationPrefix: old/\nannotations:\n  userAnnotationPrefix: ''"],
+            &[],
+            &[],
+        )
+        .expect("load")
+        .config;
+        assert_eq!(c.convert.user_annotation_prefix, "old/");
     }
 
     #[test]
@@ -807,5 +730,53 @@ maxBackoff: 60
         assert_eq!(quote_libpq("a b"), "'a b'");
         assert_eq!(quote_libpq(""), "''");
         assert_eq!(quote_libpq("it's"), "'it\\'s'");
+    }
+
+    /// The README's configuration table lists exactly the keys the loader knows.
+    #[test]
+    fn readme_table_lists_every_key() {
+        let readme = include_str!("../README.md");
+        let in_readme: std::collections::BTreeSet<String> = readme_table(readme)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        let known: std::collections::BTreeSet<String> = known_keys()
+            .into_iter()
+            .map(|k| {
+                if k.map {
+                    format!("{}.*", k.path)
+                } else {
+                    k.path
+                }
+            })
+            .chain(DEPRECATED.iter().map(|(old, _)| old.to_string()))
+            .collect();
+        assert_eq!(in_readme, known);
+    }
+
+    /// `(key, flags)` of each row of the README's configuration table: the
+    /// first code span of the first cell, and the code spans of the last.
+    pub(crate) fn readme_table(readme: &str) -> Vec<(String, Vec<String>)> {
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|s| s.split("\n#").next())
+            .unwrap_or_default();
+        let spans = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+                let key = spans(cells.first()?).into_iter().next()?;
+                Some((key, spans(cells.last()?)))
+            })
+            .collect()
     }
 }

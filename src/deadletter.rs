@@ -492,6 +492,36 @@ pub fn describe_payload(payload: &[u8]) -> String {
     out
 }
 
+/// One line of `dead-letters list`: id, created, reason, source, and the
+/// start of the error.
+pub fn list_line(d: &Stored) -> String {
+    format!(
+        "{:>6}  {}  {:<24} {:<40} {}",
+        d.id,
+        d.created.format("%Y-%m-%dT%H:%M:%SZ"),
+        d.reason,
+        d.source,
+        d.error.chars().take(120).collect::<String>()
+    )
+}
+
+/// `dead-letters show`: every field, then what the payload decodes to.
+pub fn show_view(d: &Stored) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "id:           {}", d.id);
+    let _ = writeln!(out, "source:       {}", d.source);
+    let _ = writeln!(out, "reason:       {}", d.reason);
+    let _ = writeln!(out, "error:        {}", d.error);
+    let _ = writeln!(out, "created:      {}", d.created.to_rfc3339());
+    if let Some(t) = d.publish_time {
+        let _ = writeln!(out, "published:    {}", t.to_rfc3339());
+    }
+    let _ = writeln!(out, "retries:      {}", d.retries);
+    out.push_str(&describe_payload(&d.payload));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

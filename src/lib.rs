@@ -27,3 +27,4 @@ pub mod sample;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod values;

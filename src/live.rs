@@ -22,7 +22,7 @@ use crate::convert::Converter;
 use crate::deadletter::DeadLetters;
 use crate::http::{self, Health};
 use crate::source::pulsar::{self, Ack};
-use crate::store::{self, Store, StoreSettings};
+use crate::store::{self, Store};
 use crate::{ack, pipeline, telemetry};
 
 /// Stops a background task when `run` returns, however it returns.
@@ -46,7 +46,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     telemetry::register();
     let health = Arc::new(Health::default());
     // Stopped whichever way `run` returns.
-    let _metrics_task = match config.metrics_port {
+    let _metrics_task = match config.service.metrics_port {
         0 => None,
         port => {
             let addr = SocketAddr::from(([0, 0, 0, 0], port));
@@ -57,34 +57,19 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         }
     };
 
-    let fatal = config
-        .fatal_insertion_errors
-        .iter()
-        .map(|r| regex::Regex::new(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("fatalInsertionErrors: {e}"))?;
-    let pool = store::connect_pool(&config.database_url, 4).await?;
+    let pool = store::connect_pool(&config.postgres.connection_string(), 4).await?;
     // The store stops retrying only when shutdown is forced (grace expired).
     let (force_tx, force_rx) = watch::channel(false);
-    let store = Arc::new(
-        Store::new(
-            pool.clone(),
-            StoreSettings {
-                max_backoff: config.max_backoff,
-                max_retries: None,
-                fatal_errors: fatal,
-            },
-        )
-        .with_shutdown(force_rx),
-    );
+    let store = Arc::new(Store::new(pool.clone(), config.store).with_shutdown(force_rx));
     probe_database(&pool, &health).await;
-    let dead = DeadLetters::new(pool.clone(), config.dead_letter_spool.clone());
+    let spool = config.service.dead_letter_spool;
+    let dead = DeadLetters::new(pool.clone(), spool.clone());
     match dead.flush_spool().await {
         Ok(0) => {}
         Ok(n) => tracing::info!("flushed {n} spooled dead letter(s)"),
         Err(e) => tracing::warn!(
             "dead-letter spool {} not flushed yet: {e:#}",
-            config.dead_letter_spool.display()
+            spool.display()
         ),
     }
     // Dead letters spooled during a Postgres outage reach the table once it
@@ -110,17 +95,12 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         health.clone(),
     ));
 
-    let settings = pipeline::Settings {
-        batch_size: config.batch_size,
-        batch_duration: config.batch_duration,
-        ..pipeline::Settings::default()
-    };
     let (mut committed, stages) = pipeline::spawn(
         msg_rx,
-        Converter::new(config.convert.clone()),
+        Converter::new(config.convert),
         store,
         dead,
-        settings,
+        config.pipeline,
     );
     let ordered = config.pulsar.subscription_kind.ordered();
     let acknowledger = {

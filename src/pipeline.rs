@@ -38,14 +38,21 @@ use crate::source::{Message, Origin};
 use crate::store::{Store, Table, WriteReport};
 use crate::{metrics, telemetry};
 
-/// How batches are cut; defaults are upstream's.
-#[derive(Debug, Clone, PartialEq)]
+/// How batches are cut, with upstream's keys and defaults.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct Settings {
-    /// A batch is cut once it holds at least this many events.
+    /// A batch is cut once it holds at least this many events. Default: 10000
+    #[serde(rename = "batchSize", deserialize_with = "crate::values::at_least_one")]
     pub batch_size: usize,
-    /// ... or this long after its first message arrived.
+    /// ... or this long after its first message arrived. Default: 500ms
+    #[serde(
+        rename = "batchDuration",
+        deserialize_with = "crate::values::positive_duration"
+    )]
     pub batch_duration: Duration,
-    /// Batches that may wait between two stages.
+    /// Batches that may wait between two stages (not configurable). Default: 2
+    #[serde(skip)]
     pub queue_depth: usize,
 }
 

@@ -42,6 +42,21 @@ pub struct Recorded {
     pub undecodable_kept_raw: u64,
 }
 
+impl Recorded {
+    /// The line `record` prints at the end.
+    pub fn summary(&self, topic: &str, out: &Path) -> String {
+        format!(
+            "recorded {} messages from {} to {} ({} events given their publish time as created, {} undecodable kept raw, {} before --since skipped)",
+            self.messages,
+            topic,
+            out.display(),
+            self.created_filled,
+            self.undecodable_kept_raw,
+            self.skipped_before_since
+        )
+    }
+}
+
 /// Fills missing `created` times with `publish` and re-encodes. A payload
 /// that does not decode is returned unchanged (replay reports it).
 pub fn fill_created(payload: Vec<u8>, publish: Timestamp) -> (Vec<u8>, u64, bool) {

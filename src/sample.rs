@@ -3,11 +3,14 @@
 //! benchmark and `lookout-ingester sample` (which writes the bundled sample
 //! recording). Nothing here is used on the ingestion path.
 
+use std::path::Path;
+
 use prost::Message as _;
 use prost_types::Timestamp;
 
 use crate::proto::armadaevents as ev;
 use crate::proto::k8s;
+use crate::source::file::RecordWriter;
 use ev::event_sequence::{event::Event as Kind, Event};
 
 /// A timestamp `secs` seconds after 2026-01-01T00:00:00Z.
@@ -338,6 +341,27 @@ pub enum Fate {
 /// between jobs in a deterministic order.
 pub fn generate(seed: u64, jobs: usize) -> Vec<ev::EventSequence> {
     generate_jobs(seed, jobs).sequences
+}
+
+/// What [`write_file`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub records: u64,
+    pub events: usize,
+}
+
+/// Writes [`generate`]'s stream to `out` as a recording (`sample`).
+pub fn write_file(out: &Path, seed: u64, jobs: usize, gzip: bool) -> anyhow::Result<Written> {
+    let mut w = RecordWriter::create(out, gzip)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let mut events = 0usize;
+    for seq in generate(seed, jobs) {
+        events += seq.events.len();
+        w.write_record(&seq.encode_to_vec())?;
+    }
+    let records = w.records;
+    w.finish()?;
+    Ok(Written { records, events })
 }
 
 /// A generated stream and, for each job, its id, run id and fate (what the

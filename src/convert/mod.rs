@@ -53,15 +53,21 @@ pub mod limits {
 /// The annotation whose value becomes `job.external_job_uri`.
 pub const EXTERNAL_JOB_URI_ANNOTATION: &str = "armadaproject.io/externalJobUri";
 
-/// Conversion settings; defaults are upstream's `config/lookoutingester/config.yaml`.
-#[derive(Debug, Clone, PartialEq)]
+/// Conversion settings, with upstream's keys and defaults.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct Settings {
     /// Stripped from user annotation keys before they are stored.
+    /// Default: armadaproject.io/
+    #[serde(rename = "annotations.userAnnotationPrefix")]
     pub user_annotation_prefix: String,
-    /// Annotation keys never stored (compared case-insensitively).
+    /// Annotation keys never stored (compared case-insensitively). Default: none
+    #[serde(rename = "annotations.blocklistAnnotations")]
     pub annotation_blocklist: Vec<String>,
     /// Payloads longer than this are zlib-compressed at speed level; shorter
     /// ones are wrapped in an uncompressed zlib stream, as upstream does.
+    /// Default: 1024
+    #[serde(rename = "minJobSpecCompressionSize")]
     pub min_job_spec_compression_size: usize,
 }
 

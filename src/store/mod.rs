@@ -42,22 +42,30 @@ use step::Step;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
-/// Retry behaviour of the store.
-#[derive(Debug, Clone)]
+/// Retry behaviour of the store, with upstream's keys and defaults.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
 pub struct StoreSettings {
-    /// Longest wait between retries; waits start at 1s (or this, if smaller) and double.
+    /// Longest wait between retries, in whole seconds in configuration; waits
+    /// start at 1s (or this, if smaller) and double. Default: 60
+    #[serde(rename = "maxBackoff", deserialize_with = "crate::values::seconds")]
     pub max_backoff: Duration,
     /// Retries after the first attempt; `None` retries forever (upstream's default),
-    /// so a database outage stalls ingestion instead of losing data.
+    /// so a database outage stalls ingestion instead of losing data. Not
+    /// configurable. Default: None
+    #[serde(skip)]
     pub max_retries: Option<u32>,
-    /// Errors whose text matches any of these are never retried
-    /// (upstream's `fatalInsertionErrors`); matched against
-    /// `ERROR: message (SQLSTATE xxxxx)` as pgx formats it.
+    /// Errors whose text matches any of these regexes are never retried;
+    /// matched against `ERROR: message (SQLSTATE xxxxx)` as pgx formats it.
+    /// Default: none
+    #[serde(
+        rename = "fatalInsertionErrors",
+        deserialize_with = "crate::values::regexes"
+    )]
     pub fatal_errors: Vec<Regex>,
 }
 
 impl Default for StoreSettings {
-    /// Upstream's defaults: `maxBackoff: 60`, retry forever, no fatal patterns.
     fn default() -> Self {
         StoreSettings {
             max_backoff: Duration::from_secs(60),
