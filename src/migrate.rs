@@ -174,7 +174,16 @@ static MIGRATIONS: &[Migration] = &[
     migration!(29, "029_create_job_run_cluster_run_id_idx.sql"),
     migration!(30, "030_create_job_active_queue_jobset_idx.sql"),
     migration!(31, "031_add_failure_info_to_job_run.sql"),
+    migration!(32, "032_add_failure_category_to_job_run.sql"),
+    migration!(33, "033_drop_failure_info_from_job_run.sql"),
+    migration!(34, "034_add_scheduler_termination_reason.sql"),
+    migration!(35, "035_create_retry_policy.sql"),
 ];
+
+/// Where `migrate` takes a database when no target is given: 031, the
+/// generation whose FailureInfo map this project was built around. Later
+/// generations are opted into (033 drops data).
+pub const DEFAULT_TARGET: i64 = 31;
 
 /// All migrations this binary knows, sorted by version.
 pub fn migrations() -> &'static [Migration] {
@@ -379,7 +388,7 @@ pub async fn status(client: &Client) -> Result<Status> {
 /// Brings the database up to [`latest_version`], then applies the
 /// ingester's own migrations ([`OWN_MIGRATIONS`]). See the module docs.
 pub async fn migrate(client: &mut Client) -> Result<Report> {
-    run(client, MIGRATIONS, latest_version(), true).await
+    run(client, MIGRATIONS, DEFAULT_TARGET, true).await
 }
 
 /// Applies the pending migrations up to and including `target` only (for

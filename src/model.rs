@@ -44,6 +44,76 @@ pub mod run_state {
     pub const CANCELLED: i16 = 12;
 }
 
+/// A Lookout schema generation: the upstream migration a database is at,
+/// from 031 (the oldest this binary writes) to 035. It decides which columns
+/// exist and which of upstream's conversion rules apply: the rules of
+/// upstream's ingester as of the commit that added that migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Generation {
+    /// `job_run.failure_info` (upstream 777e10311).
+    G031,
+    /// + `failure_category`, `failure_subcategory`; SubmitJob's
+    ///   `external_job_uri` field (upstream 8494d0cbb).
+    G032,
+    /// − `failure_info` (upstream c56104d38, same rules as 032).
+    G033,
+    /// + `scheduler_termination_reason`, written for preempted runs
+    ///   (upstream 9a8187758).
+    G034,
+    /// `retry_policy` tables; cancelled runs' termination reason, requestors,
+    /// run debug info events (upstream 207cc9e04).
+    G035,
+}
+
+impl Generation {
+    /// Every generation, oldest first.
+    pub const ALL: [Generation; 5] = [
+        Generation::G031,
+        Generation::G032,
+        Generation::G033,
+        Generation::G034,
+        Generation::G035,
+    ];
+
+    /// The migration number (31..=35).
+    pub fn number(self) -> i64 {
+        match self {
+            Generation::G031 => 31,
+            Generation::G032 => 32,
+            Generation::G033 => 33,
+            Generation::G034 => 34,
+            Generation::G035 => 35,
+        }
+    }
+
+    /// The generation of migration `n`, if this binary knows it.
+    pub fn from_number(n: i64) -> Option<Generation> {
+        Generation::ALL.into_iter().find(|g| g.number() == n)
+    }
+
+    /// Whether `job_run.failure_info` is written (031 only: upstream's 032
+    /// writer no longer fills it, and 033 drops it).
+    pub fn writes_failure_info(self) -> bool {
+        self == Generation::G031
+    }
+
+    /// Whether `job_run.failure_category`/`failure_subcategory` exist.
+    pub fn has_failure_category(self) -> bool {
+        self >= Generation::G032
+    }
+
+    /// Whether `job_run.scheduler_termination_reason` exists.
+    pub fn has_termination_reason(self) -> bool {
+        self >= Generation::G034
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:03}", self.number())
+    }
+}
+
 /// A new `job` row plus its `job_spec` row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateJob {
@@ -113,8 +183,14 @@ pub struct UpdateJobRun {
     pub exit_code: Option<i32>,
     /// Port → address, stored as a JSON object with the ports as keys.
     pub ingress_addresses: Option<BTreeMap<i32, String>>,
-    /// Sparse FailureInfo object, already built.
+    /// Sparse FailureInfo object, already built (generation 031 only).
     pub failure_info: Option<serde_json::Value>,
+    /// Category of the terminal error (generation 032 on).
+    pub failure_category: Option<String>,
+    /// Subcategory of the terminal error (generation 032 on).
+    pub failure_subcategory: Option<String>,
+    /// Why the scheduler ended the run, already built (generation 034 on).
+    pub scheduler_termination_reason: Option<serde_json::Value>,
 }
 
 /// A new `job_error` row (the reason a job was rejected).

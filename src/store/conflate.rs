@@ -46,6 +46,12 @@ fn merge_run(existing: &mut UpdateJobRun, u: UpdateJobRun) {
     take(&mut existing.exit_code, u.exit_code);
     take(&mut existing.ingress_addresses, u.ingress_addresses);
     take(&mut existing.failure_info, u.failure_info);
+    take(&mut existing.failure_category, u.failure_category);
+    take(&mut existing.failure_subcategory, u.failure_subcategory);
+    take(
+        &mut existing.scheduler_termination_reason,
+        u.scheduler_termination_reason,
+    );
 }
 
 /// Groups `items` by `key`, keeping first-appearance order, folding later
@@ -291,6 +297,9 @@ mod tests {
             exit_code: Some(137),
             ingress_addresses: Some(ingress.clone()),
             failure_info: Some(serde_json::json!({"exitCode": 137})),
+            failure_category: Some("oom".into()),
+            failure_subcategory: Some("container".into()),
+            scheduler_termination_reason: Some(serde_json::json!({"reason": "x"})),
             ..Default::default()
         };
         let out = conflate_run_updates(vec![a, b, c]);
@@ -308,6 +317,9 @@ mod tests {
                 exit_code: Some(137),
                 ingress_addresses: Some(ingress),
                 failure_info: Some(serde_json::json!({"exitCode": 137})),
+                failure_category: Some("oom".into()),
+                failure_subcategory: Some("container".into()),
+                scheduler_termination_reason: Some(serde_json::json!({"reason": "x"})),
             }]
         );
     }

@@ -25,6 +25,7 @@
 mod conflate;
 mod copy;
 pub mod retry;
+pub mod schema;
 mod step;
 
 pub(crate) use step::STEPS;
