@@ -242,6 +242,8 @@ pub fn event_kind(event: &ev::event_sequence::Event) -> &'static str {
 pub struct Converter {
     settings: Settings,
     blocklist: BTreeSet<String>,
+    // STAND-IN (g8-store) until the per-generation rules are merged.
+    generation: crate::model::Generation,
 }
 
 /// A sequence's header fields, cleaned.
@@ -339,7 +341,19 @@ impl Converter {
         Converter {
             settings,
             blocklist,
+            generation: crate::model::Generation::G031,
         }
+    }
+
+    /// STAND-IN (g8-store): converts for `generation` (rules not yet per generation).
+    pub fn with_generation(mut self, generation: crate::model::Generation) -> Converter {
+        self.generation = generation;
+        self
+    }
+
+    /// STAND-IN (g8-store): the generation this converter converts for.
+    pub fn generation(&self) -> crate::model::Generation {
+        self.generation
     }
 
     pub fn settings(&self) -> &Settings {
