@@ -308,7 +308,8 @@ async fn migrate_to(db: &TestDb, n: i64) {
 
 /// A fresh database at generation `n`, split hot/cold if asked.
 async fn database_at(n: i64, hot_cold: bool) -> TestDb {
-    let db = TestDb::empty().await;
+    // `migrate` (031 and the ingester's own tables), then `--to n`.
+    let db = TestDb::migrated().await;
     migrate_to(&db, n).await;
     if hot_cold {
         hotcold::split_job(&mut db.client().await).await;
