@@ -395,6 +395,12 @@ async fn migrating_031_to_035_under_the_running_ingester() {
     wait_count(&db, ended, JOBS, Duration::from_secs(120), &ing).await;
 
     assert!(
+        ing.log_text()
+            .contains("the Lookout schema changed under the ingester"),
+        "the ingester noticed the migration\n{}",
+        ing.log_tail(40)
+    );
+    assert!(
         matches!(ing.child.try_wait(), Ok(None)),
         "the ingester is still running\n{}",
         ing.log_tail(40)
