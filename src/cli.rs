@@ -47,13 +47,19 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Bring the Lookout schema up to date (or show its state with --status).
+    /// Bring the Lookout schema to generation 031, or to --to N (or show its state with --status).
     Migrate {
         #[command(flatten)]
         settings: SettingArgs<DATABASE>,
-        /// Print the current version and the pending migrations; change nothing.
-        #[arg(long)]
+        /// Print the version, the generation the columns say and the pending migrations; change nothing.
+        #[arg(long, conflicts_with_all = ["to", "allow_drop"])]
         status: bool,
+        /// Target generation: 31 to 35, or `latest` (default 31). Never goes backwards.
+        #[arg(long, value_name = "N|latest", value_parser = migrate::parse_target)]
+        to: Option<i64>,
+        /// Let migration 033 drop job_run.failure_info even when rows hold one.
+        #[arg(long)]
+        allow_drop: bool,
     },
     /// Apply recorded event files (plain or gzip) to the database.
     Replay {
@@ -403,7 +409,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { settings } => run_live(&settings).await,
         Command::Record(args) => record(args).await,
         Command::Publish { settings, files } => publish(&settings, &files).await,
-        Command::Migrate { settings, status } => migrate(&settings, status).await,
+        Command::Migrate {
+            settings,
+            status,
+            to,
+            allow_drop,
+        } => migrate(&settings, status, to, allow_drop).await,
         Command::Replay { settings, files } => replay(&settings, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Sample(args) => write_sample(&args),
@@ -459,14 +470,33 @@ async fn publish(settings: &SettingArgs<ALL>, files: &[PathBuf]) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// `migrate`: bring the schema up to date, or print its state.
-async fn migrate(settings: &SettingArgs<DATABASE>, status: bool) -> anyhow::Result<ExitCode> {
+/// `migrate`: bring the schema to the target generation, or print its
+/// state (exiting non-zero on a database newer than the binary).
+async fn migrate(
+    settings: &SettingArgs<DATABASE>,
+    status: bool,
+    to: Option<i64>,
+    allow_drop: bool,
+) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let mut client = connect(&cfg.postgres.connection_string()).await?;
     if status {
-        print!("{}", migrate::status(&client).await?);
+        let status = migrate::status(&client).await?;
+        print!("{status}");
+        if status.newer_than_binary() {
+            anyhow::bail!(
+                "the database's schema version {} is newer than this binary's latest ({}); \
+                 run a lookout-ingester built for it",
+                status.current,
+                status.latest
+            );
+        }
     } else {
-        print!("{}", migrate::migrate(&mut client).await?);
+        let target = to.unwrap_or(migrate::DEFAULT_TARGET);
+        print!(
+            "{}",
+            migrate::upgrade(&mut client, target, allow_drop).await?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -716,6 +746,29 @@ mod tests {
             "f"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn migrate_targets() {
+        let target = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Migrate { to, allow_drop, .. }) => Ok((to, allow_drop)),
+            Ok(other) => panic!("not migrate: {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(target(&["migrate"]), Ok((None, false)));
+        assert_eq!(target(&["migrate", "--to", "32"]), Ok((Some(32), false)));
+        assert_eq!(target(&["migrate", "--to", "031"]), Ok((Some(31), false)));
+        assert_eq!(
+            target(&["migrate", "--to", "latest", "--allow-drop"]),
+            Ok((Some(migrate::latest_version()), true))
+        );
+        let invalid = Err(clap::error::ErrorKind::ValueValidation);
+        for bad in ["36", "30", "1", "x", ""] {
+            assert_eq!(target(&["migrate", "--to", bad]), invalid, "--to {bad:?}");
+        }
+        let conflict = Err(clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(target(&["migrate", "--status", "--to", "35"]), conflict);
+        assert_eq!(target(&["migrate", "--status", "--allow-drop"]), conflict);
     }
 
     #[test]

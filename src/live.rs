@@ -62,6 +62,19 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     let (force_tx, force_rx) = watch::channel(false);
     let store = Arc::new(Store::new(pool.clone(), config.store).with_shutdown(force_rx));
     probe_database(&pool, &health).await;
+    // Which generation to write for, before consuming anything; a database
+    // this binary cannot write stops it here. Retried while Postgres is
+    // unreachable, unless asked to stop meanwhile.
+    let mut stop_wait = stop.clone();
+    tokio::select! {
+        r = store.detect() => { r?; }
+        _ = async {
+            // A dropped sender never stops us.
+            if stop_wait.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => return Ok(()),
+    }
     let spool = config.service.dead_letter_spool;
     let dead = DeadLetters::new(pool.clone(), spool.clone());
     match dead.flush_spool().await {

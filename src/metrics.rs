@@ -164,6 +164,24 @@ pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// The Lookout schema generation the ingester writes for (31..35; 0 until
+/// it is known).
+pub static SCHEMA_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "schema_generation",
+        "Lookout schema generation (upstream migration number) the ingester writes for",
+    )
+});
+
+/// 1 when `job` is split into hot and cold partitions (upstream's
+/// experimental layout), else 0.
+pub static SCHEMA_HOT_COLD: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "schema_hot_cold",
+        "1 if the job table is split into hot and cold partitions, else 0",
+    )
+});
+
 /// Every metric, in exposition order: the one list [`register`] uses.
 fn all() -> Vec<Box<dyn Collector>> {
     vec![
@@ -184,6 +202,8 @@ fn all() -> Vec<Box<dyn Collector>> {
         Box::new(BATCHES.clone()),
         Box::new(BATCH_WRITE_SECONDS.clone()),
         Box::new(IN_FLIGHT.clone()),
+        Box::new(SCHEMA_GENERATION.clone()),
+        Box::new(SCHEMA_HOT_COLD.clone()),
     ]
 }
 
@@ -230,7 +250,7 @@ mod tests {
     #[test]
     fn each_name_is_registered_exactly_once() {
         let names = names();
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 19);
         let unique: std::collections::BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         // A fresh registry takes every metric once and refuses a second copy.

@@ -1,7 +1,7 @@
 //! Lookout database schema migrations.
 //!
 //! The schema is the same as the one Armada's own Lookout migrations build
-//! (numbered files `migrations/001_*.sql` … `migrations/031_*.sql`, embedded
+//! (numbered files `migrations/001_*.sql` … `migrations/035_*.sql`, embedded
 //! into the binary), and the version bookkeeping is the same too, so a
 //! database migrated by Armada's Go tooling can be taken over as is and vice
 //! versa:
@@ -10,8 +10,14 @@
 //!   a sequence created with `START WITH 0 MINVALUE 0` (so an empty database
 //!   is version 0). Once migration `N` has been applied, the sequence is set
 //!   to `N` with `setval('database_version', N)`.
-//! * Every migration whose number is greater than the current version is
-//!   applied, in order. A database already at 30 therefore gets only 031.
+//! * Every migration whose number is greater than the current version and
+//!   not greater than the target is applied, in order. The target is
+//!   [`DEFAULT_TARGET`] (031) unless one is given ([`upgrade`], `migrate
+//!   --to N`); a database already past the target is left as it is, never
+//!   taken backwards (there are no down migrations, upstream neither).
+//! * 032 and 034 add their columns `IF NOT EXISTS` and 033 drops with `IF
+//!   EXISTS` (upstream's files do not), so a database whose version lags its
+//!   columns (a lost `setval`, see below) can still be brought forward.
 //!
 //! Differences from the Go runner, all of them about safety:
 //!
@@ -51,6 +57,12 @@
 //! * **Newer databases are left alone.** If the database's version is higher
 //!   than the newest migration this binary knows, `migrate` fails without
 //!   changing anything.
+//! * **Dropping data is asked for.** 033 drops `job_run.failure_info`. When
+//!   rows hold one, [`upgrade`] applies it only with `allow_drop` (`migrate
+//!   --allow-drop`) and otherwise refuses ([`DropRefused`]) before applying
+//!   anything. The count is taken again inside 033's transaction, after
+//!   locking `job_run`, so rows written by an ingester meanwhile are not
+//!   dropped unasked either.
 //!
 //! The role running the migrations needs to own the tables (as upstream) and
 //! the `database_version` sequence (for `ALTER SEQUENCE`).
@@ -60,6 +72,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::{Client, GenericClient, Transaction};
+
+use crate::store::schema::{self, Detected, SchemaError};
 
 /// One numbered schema migration, of upstream's schema or of the
 /// ingester's own tables.
@@ -185,6 +199,50 @@ static MIGRATIONS: &[Migration] = &[
 /// generations are opted into (033 drops data).
 pub const DEFAULT_TARGET: i64 = 31;
 
+/// The one migration that drops data: `job_run.failure_info` and its
+/// contents.
+pub const DROPS_FAILURE_INFO: &str = "033_drop_failure_info_from_job_run.sql";
+
+/// Why [`upgrade`] did not apply 033: `job_run.failure_info` holds data
+/// and dropping it was not allowed. Nothing of 033 was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "migration 033 drops job_run.failure_info, which {rows} run(s) still hold; refusing without \
+     --allow-drop, the database stays at version {at}. Rerun with --allow-drop to drop that data, \
+     or with --to 32 to stop before 033"
+)]
+pub struct DropRefused {
+    /// Rows with a non-NULL `failure_info`.
+    pub rows: i64,
+    /// The database's version after the refusal.
+    pub at: i64,
+}
+
+/// Parses `migrate --to`: `latest`, or a generation this binary serves,
+/// [`DEFAULT_TARGET`] to [`latest_version`] (`35` or `035`).
+pub fn parse_target(text: &str) -> std::result::Result<i64, String> {
+    let latest = latest_version();
+    if text.eq_ignore_ascii_case("latest") {
+        return Ok(latest);
+    }
+    let n: i64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is neither a migration number nor `latest`"))?;
+    if n > latest {
+        Err(format!(
+            "this binary knows migrations up to {latest:03}; {n:03} is unknown to it \
+             (a newer lookout-ingester is needed)"
+        ))
+    } else if n < DEFAULT_TARGET {
+        Err(format!(
+            "the ingester serves Lookout schema generations {DEFAULT_TARGET:03} to {latest:03}; \
+             --to takes one of them or `latest`"
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
 /// All migrations this binary knows, sorted by version.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
@@ -202,10 +260,29 @@ pub struct Status {
     pub current: i64,
     /// [`latest_version`].
     pub latest: i64,
-    /// Migrations `migrate` would apply, in order.
+    /// [`DEFAULT_TARGET`].
+    pub default_target: i64,
+    /// The generation `job_run`'s columns say (see [`schema::detect`]), or
+    /// why they match none.
+    pub detected: std::result::Result<Detected, SchemaError>,
+    /// Migrations `migrate` (without `--to`) would apply, in order.
     pub pending: Vec<(i64, &'static str)>,
+    /// Migrations past the default target up to [`latest_version`], that
+    /// `migrate --to N` would apply, in order.
+    pub beyond: Vec<(i64, &'static str)>,
+    /// Rows 033 would drop the `failure_info` of: `None` when 033 is not
+    /// ahead or the column does not exist.
+    pub failure_info_rows: Option<i64>,
     /// The ingester's own migrations ([`OWN_MIGRATIONS`]) not yet applied.
     pub own_pending: Vec<(i64, &'static str)>,
+}
+
+impl Status {
+    /// The database's version is past every migration this binary knows:
+    /// `migrate` refuses it, and `migrate --status` exits non-zero.
+    pub fn newer_than_binary(&self) -> bool {
+        self.current > self.latest
+    }
 }
 
 /// What `migrate --status` prints.
@@ -213,26 +290,75 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "database version: {}", self.current)?;
         writeln!(f, "binary's latest:  {}", self.latest)?;
-        if self.current > self.latest {
-            writeln!(
+        writeln!(f, "default target:   {}", self.default_target)?;
+        match &self.detected {
+            Ok(d) => {
+                write!(
+                    f,
+                    "generation:       {} (from job_run's columns",
+                    d.generation
+                )?;
+                match d.version {
+                    Some(v) if v != d.generation.number() => {
+                        writeln!(f, "; database_version says {v})")?
+                    }
+                    Some(_) => writeln!(f, ")")?,
+                    None => writeln!(f, "; no database_version sequence)")?,
+                }
+                if d.hot_cold {
+                    writeln!(
+                        f,
+                        "job table:        partitioned by state (upstream's hot/cold split)"
+                    )?;
+                }
+            }
+            Err(e) => writeln!(f, "generation:       none: {e}")?,
+        }
+        if self.newer_than_binary() {
+            return writeln!(
                 f,
                 "the database is newer than this binary; migrate will not touch it"
-            )
-        } else if self.pending.is_empty() {
-            writeln!(f, "up to date")?;
-            if self.own_pending.is_empty() {
-                writeln!(f, "ingester tables: up to date")
-            } else {
-                writeln!(f, "ingester tables pending (migrations/ingester):")?;
-                for (v, name) in &self.own_pending {
-                    writeln!(f, "  {v:04} {name}")?;
-                }
-                Ok(())
+            );
+        }
+        let list = |f: &mut fmt::Formatter<'_>, heading: &str, items: &[(i64, &str)]| {
+            if items.is_empty() {
+                return writeln!(f, "{heading}: none");
             }
+            writeln!(f, "{heading}:")?;
+            for (v, name) in items {
+                write!(f, "  {v:03} {name}")?;
+                match self.failure_info_rows {
+                    Some(rows) if *name == DROPS_FAILURE_INFO && rows > 0 => writeln!(
+                        f,
+                        " (drops the failure_info of {rows} run(s): needs --allow-drop)"
+                    )?,
+                    Some(_) if *name == DROPS_FAILURE_INFO => {
+                        writeln!(f, " (drops failure_info; no run holds one)")?
+                    }
+                    _ => writeln!(f)?,
+                }
+            }
+            Ok(())
+        };
+        list(
+            f,
+            &format!(
+                "pending up to the default target {:03}",
+                self.default_target
+            ),
+            &self.pending,
+        )?;
+        list(
+            f,
+            "available beyond it (migrate --to N, or --to latest)",
+            &self.beyond,
+        )?;
+        if self.own_pending.is_empty() {
+            writeln!(f, "ingester tables: up to date")
         } else {
-            writeln!(f, "pending:")?;
-            for (v, name) in &self.pending {
-                writeln!(f, "  {v:03} {name}")?;
+            writeln!(f, "ingester tables pending (migrations/ingester):")?;
+            for (v, name) in &self.own_pending {
+                writeln!(f, "  {v:04} {name}")?;
             }
             Ok(())
         }
@@ -246,10 +372,15 @@ pub struct Report {
     pub from: i64,
     /// Version after the run.
     pub to: i64,
+    /// The version the run was asked to reach.
+    pub target: i64,
     /// Migrations applied by this run, in order (empty if it was up to date).
     pub applied: Vec<(i64, &'static str)>,
     /// The ingester's own migrations applied by this run (see [`OWN_MIGRATIONS`]).
     pub own_applied: Vec<(i64, &'static str)>,
+    /// When this run applied 033 on a database that still had
+    /// `job_run.failure_info`: how many rows held one (their data is gone).
+    pub failure_info_dropped: Option<i64>,
 }
 
 /// What `migrate` prints.
@@ -259,16 +390,27 @@ impl fmt::Display for Report {
             writeln!(f, "applied ingester migration {v:04} {name}")?;
         }
         if self.applied.is_empty() {
-            writeln!(f, "database at version {}; nothing to apply", self.to)
-        } else {
-            writeln!(
-                f,
-                "migrated from version {} to {} ({} applied)",
-                self.from,
-                self.to,
-                self.applied.len()
-            )
+            if self.from > self.target {
+                return writeln!(
+                    f,
+                    "database at version {}, past the target {}; nothing changed \
+                     (migrations never go backwards)",
+                    self.from, self.target
+                );
+            }
+            return writeln!(f, "database at version {}; nothing to apply", self.to);
         }
+        writeln!(
+            f,
+            "migrated from version {} to {} ({} applied)",
+            self.from,
+            self.to,
+            self.applied.len()
+        )?;
+        if let Some(rows) = self.failure_info_dropped {
+            writeln!(f, "dropped job_run.failure_info ({rows} run(s) held one)")?;
+        }
+        Ok(())
     }
 }
 
@@ -359,7 +501,7 @@ async fn migrate_own_locked(client: &mut Client) -> Result<Vec<(i64, &'static st
         .filter(|m| pending.contains(&(m.version, m.name)))
     {
         tracing::info!(name = m.name, "applying ingester migration");
-        apply(client, Stream::Ingester, m)
+        apply(client, Stream::Ingester, m, false)
             .await
             .with_context(|| format!("applying migrations/ingester/{}", m.name))?;
         done.push((m.version, m.name));
@@ -367,37 +509,73 @@ async fn migrate_own_locked(client: &mut Client) -> Result<Vec<(i64, &'static st
     Ok(done)
 }
 
-/// Reads the schema versions of both streams without creating or changing
-/// anything: a database without the `database_version` sequence reports
-/// version 0.
+/// Reads the schema versions of both streams and the generation the
+/// columns say, without creating or changing anything: a database without
+/// the `database_version` sequence reports version 0.
 pub async fn status(client: &Client) -> Result<Status> {
     let current = read_version(client).await?.unwrap_or(0);
+    let ahead = |m: &&Migration| m.version > current;
     let pending = MIGRATIONS
         .iter()
-        .filter(|m| m.version > current)
+        .filter(ahead)
+        .filter(|m| m.version <= DEFAULT_TARGET)
         .map(|m| (m.version, m.name))
         .collect();
+    let beyond: Vec<(i64, &'static str)> = MIGRATIONS
+        .iter()
+        .filter(ahead)
+        .filter(|m| m.version > DEFAULT_TARGET)
+        .map(|m| (m.version, m.name))
+        .collect();
+    let detected = match schema::detect(client).await {
+        Err(SchemaError::Query(e)) => bail!("reading the Lookout schema: {e}"),
+        other => other,
+    };
+    let drops_ahead = MIGRATIONS
+        .iter()
+        .any(|m| m.name == DROPS_FAILURE_INFO && m.version > current);
+    let failure_info_rows = if drops_ahead {
+        schema::failure_info_rows(client)
+            .await
+            .context("counting job_run rows with failure_info")?
+    } else {
+        None
+    };
     Ok(Status {
         current,
         latest: latest_version(),
+        default_target: DEFAULT_TARGET,
+        detected,
         pending,
+        beyond,
+        failure_info_rows,
         own_pending: own_pending(client).await?,
     })
 }
 
-/// Brings the database up to [`latest_version`], then applies the
+/// Brings the database up to [`DEFAULT_TARGET`], then applies the
 /// ingester's own migrations ([`OWN_MIGRATIONS`]). See the module docs.
 pub async fn migrate(client: &mut Client) -> Result<Report> {
-    run(client, MIGRATIONS, DEFAULT_TARGET, true).await
+    upgrade(client, DEFAULT_TARGET, false).await
+}
+
+/// `migrate --to target [--allow-drop]`: applies the pending migrations up
+/// to and including `target` (a database already past it is left as it
+/// is), then the ingester's own migrations. 033 is applied on a database
+/// whose `job_run.failure_info` holds rows only with `allow_drop`;
+/// otherwise the run fails with [`DropRefused`] before applying anything.
+pub async fn upgrade(client: &mut Client, target: i64, allow_drop: bool) -> Result<Report> {
+    run(client, MIGRATIONS, target, true, allow_drop).await
 }
 
 /// Applies the pending migrations up to and including `target` only (for
 /// tests and tools, e.g. to build a database as an older release left it).
 /// A database already at or past `target` is left as it is (but one past
 /// [`latest_version`] is still an error). The ingester's own migrations are
-/// not applied.
+/// not applied, and 033 drops `failure_info` without asking, as upstream's
+/// migrator does; operators go through [`upgrade`].
 pub async fn migrate_to(client: &mut Client, target: i64) -> Result<Report> {
-    run(client, MIGRATIONS, target, false).await
+    run(client, MIGRATIONS, target, false, true).await
 }
 
 /// [`migrate_to`] over an arbitrary list of migrations (sorted by strictly
@@ -405,12 +583,18 @@ pub async fn migrate_to(client: &mut Client, target: i64) -> Result<Report> {
 /// production code uses [`migrate`].
 #[doc(hidden)]
 pub async fn migrate_with(client: &mut Client, list: &[Migration], target: i64) -> Result<Report> {
-    run(client, list, target, false).await
+    run(client, list, target, false, true).await
 }
 
 /// The runner: upstream's `list` up to `target`, then (if `own`) the
 /// ingester's own migrations, all under one hold of the advisory lock.
-async fn run(client: &mut Client, list: &[Migration], target: i64, own: bool) -> Result<Report> {
+async fn run(
+    client: &mut Client,
+    list: &[Migration],
+    target: i64,
+    own: bool,
+    allow_drop: bool,
+) -> Result<Report> {
     check_list(list)?;
     let known_latest = list.last().map_or(0, |m| m.version);
     if !(0..=known_latest).contains(&target) {
@@ -419,7 +603,7 @@ async fn run(client: &mut Client, list: &[Migration], target: i64, own: bool) ->
 
     acquire_lock(client).await?;
     let result = async {
-        let mut report = migrate_locked(client, list, known_latest, target).await?;
+        let mut report = migrate_locked(client, list, known_latest, target, allow_drop).await?;
         if own {
             report.own_applied = migrate_own_locked(client).await?;
         }
@@ -458,6 +642,7 @@ async fn migrate_locked(
     list: &[Migration],
     known_latest: i64,
     target: i64,
+    allow_drop: bool,
 ) -> Result<Report> {
     let existing = read_version(&*client).await?;
     let from = existing.unwrap_or(0);
@@ -481,15 +666,26 @@ async fn migrate_locked(
     if pending.is_empty() {
         tracing::info!(
             version = from,
+            target,
             latest = known_latest,
-            "Lookout schema is up to date"
+            "Lookout schema is at or past the target"
         );
         return Ok(Report {
             own_applied: Vec::new(),
             from,
             to: from,
+            target,
             applied: Vec::new(),
+            failure_info_dropped: None,
         });
+    }
+    // Refuse before applying anything (033 checks again under its lock).
+    if !allow_drop && pending.iter().any(|m| m.name == DROPS_FAILURE_INFO) {
+        if let Some(rows) = schema::failure_info_rows(&*client).await? {
+            if rows > 0 {
+                return Err(DropRefused { rows, at: from }.into());
+            }
+        }
     }
     tracing::info!(
         from,
@@ -500,6 +696,7 @@ async fn migrate_locked(
 
     let mut version = from;
     let mut applied = Vec::with_capacity(pending.len());
+    let mut failure_info_dropped = None;
     for m in pending {
         tracing::info!(
             version = m.version,
@@ -508,12 +705,17 @@ async fn migrate_locked(
             "applying migration"
         );
         let started = Instant::now();
-        apply(client, Stream::Lookout, m).await.with_context(|| {
-            format!(
-                "migration {} failed; the database is still at version {version}",
-                m.name
-            )
-        })?;
+        let dropped = apply(client, Stream::Lookout, m, allow_drop)
+            .await
+            .with_context(|| {
+                format!(
+                    "migration {} failed; the database is still at version {version}",
+                    m.name
+                )
+            })?;
+        if dropped.is_some() {
+            failure_info_dropped = dropped;
+        }
         version = m.version;
         applied.push((m.version, m.name));
         tracing::info!(
@@ -528,12 +730,14 @@ async fn migrate_locked(
         own_applied: Vec::new(),
         from,
         to: version,
+        target,
         applied,
+        failure_info_dropped,
     })
 }
 
 /// `None` if there is no `database_version` sequence (never migrated).
-async fn read_version(client: &Client) -> Result<Option<i64>> {
+async fn read_version(client: &impl GenericClient) -> Result<Option<i64>> {
     let row = client
         .query_one("SELECT to_regclass('database_version') IS NOT NULL", &[])
         .await
@@ -571,8 +775,16 @@ async fn bump_version(tx: &impl GenericClient, version: i64) -> Result<()> {
 /// Applies `m` and records it in its stream's bookkeeping. A transactional
 /// migration commits together with its record; the one statement of a
 /// no-transaction file runs on its own first, and the record follows in a
-/// transaction of its own.
-async fn apply(client: &mut Client, stream: Stream, m: &Migration) -> Result<()> {
+/// transaction of its own. For 033 ([`DROPS_FAILURE_INFO`]) returns how
+/// many rows held the dropped `failure_info` (`None` without the column),
+/// counted under the lock the drop takes anyway, and refuses to drop any
+/// unless `allow_drop`.
+async fn apply(
+    client: &mut Client,
+    stream: Stream,
+    m: &Migration,
+    allow_drop: bool,
+) -> Result<Option<i64>> {
     if !m.transactional {
         let stmt = single_statement(m.sql)?;
         if let Some(index) = parse_concurrent_index(&stmt)? {
@@ -587,12 +799,25 @@ async fn apply(client: &mut Client, stream: Stream, m: &Migration) -> Result<()>
         .transaction()
         .await
         .context("starting a transaction")?;
+    let mut dropped = None;
+    if stream == Stream::Lookout && m.name == DROPS_FAILURE_INFO {
+        // ALTER TABLE takes this lock anyway; taking it first keeps an
+        // ingester from adding failure_info rows after they were counted.
+        tx.batch_execute("LOCK TABLE job_run IN ACCESS EXCLUSIVE MODE")
+            .await
+            .context("locking job_run")?;
+        dropped = schema::failure_info_rows(&tx).await?;
+        if let Some(rows) = dropped.filter(|rows| *rows > 0 && !allow_drop) {
+            let at = read_version(&tx).await?.unwrap_or(0);
+            return Err(DropRefused { rows, at }.into());
+        }
+    }
     if m.transactional {
         tx.batch_execute(m.sql).await.context("executing the SQL")?;
     }
     stream.record(&tx, m).await?;
     tx.commit().await.context("committing")?;
-    Ok(())
+    Ok(dropped)
 }
 
 /// Drops `index` if it exists, next to its table, and is INVALID (what a
@@ -779,9 +1004,56 @@ mod tests {
     #[test]
     fn versions_are_contiguous_from_one() {
         let versions: Vec<i64> = migrations().iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=31).collect::<Vec<_>>());
-        assert_eq!(latest_version(), 31);
+        assert_eq!(versions, (1..=35).collect::<Vec<_>>());
+        assert_eq!(latest_version(), 35);
         check_list(migrations()).expect("sorted");
+        // The default target is a known generation short of the latest, and
+        // the one migration that drops data is upstream's 033.
+        assert_eq!(DEFAULT_TARGET, 31);
+        assert!(versions.contains(&DEFAULT_TARGET));
+        let drops: Vec<i64> = migrations()
+            .iter()
+            .filter(|m| m.name == DROPS_FAILURE_INFO)
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(drops, [33]);
+        let dropping: Vec<&str> = migrations()
+            .iter()
+            .filter(|m| code(m.sql).to_ascii_uppercase().contains("DROP COLUMN"))
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(dropping, [DROPS_FAILURE_INFO]);
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(parse_target("latest"), Ok(35));
+        assert_eq!(parse_target("LATEST"), Ok(35));
+        assert_eq!(parse_target("31"), Ok(31));
+        assert_eq!(parse_target("033"), Ok(33));
+        assert_eq!(parse_target("35"), Ok(35));
+        assert_eq!(
+            parse_target("36"),
+            Err(
+                "this binary knows migrations up to 035; 036 is unknown to it \
+                 (a newer lookout-ingester is needed)"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            parse_target("30"),
+            Err(
+                "the ingester serves Lookout schema generations 031 to 035; \
+                 --to takes one of them or `latest`"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            parse_target("3x"),
+            Err("`3x` is neither a migration number nor `latest`".to_string())
+        );
+        assert!(parse_target("-1").is_err());
+        assert!(parse_target(" 32").is_err());
     }
 
     #[test]
@@ -909,42 +1181,179 @@ mod tests {
         }
     }
 
+    fn detected(
+        generation: crate::model::Generation,
+        version: Option<i64>,
+        hot_cold: bool,
+    ) -> std::result::Result<Detected, SchemaError> {
+        Ok(Detected {
+            generation,
+            version,
+            hot_cold,
+        })
+    }
+
     #[test]
     fn status_prints_like_the_cli() {
-        let status = |current, pending: Vec<(i64, &'static str)>, own_pending| Status {
-            current,
-            latest: 31,
-            pending,
-            own_pending,
+        use crate::model::Generation::*;
+        const BEYOND: [(i64, &str); 4] = [
+            (32, "032_add_failure_category_to_job_run.sql"),
+            (33, DROPS_FAILURE_INFO),
+            (34, "034_add_scheduler_termination_reason.sql"),
+            (35, "035_create_retry_policy.sql"),
+        ];
+        let base = Status {
+            current: 31,
+            latest: 35,
+            default_target: 31,
+            detected: detected(G031, Some(31), false),
+            pending: vec![],
+            beyond: BEYOND.to_vec(),
+            failure_info_rows: Some(0),
+            own_pending: vec![],
         };
         assert_eq!(
-            status(31, vec![], vec![]).to_string(),
-            "database version: 31\nbinary's latest:  31\nup to date\ningester tables: up to date\n"
+            base.to_string(),
+            "database version: 31\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       031 (from job_run's columns)\n\
+             pending up to the default target 031: none\n\
+             available beyond it (migrate --to N, or --to latest):\n\
+             \x20 032 032_add_failure_category_to_job_run.sql\n\
+             \x20 033 033_drop_failure_info_from_job_run.sql (drops failure_info; no run holds one)\n\
+             \x20 034 034_add_scheduler_termination_reason.sql\n\
+             \x20 035 035_create_retry_policy.sql\n\
+             ingester tables: up to date\n"
         );
+        // Rows in failure_info; the ingester's own tables pending.
+        let s = Status {
+            current: 32,
+            detected: detected(G032, Some(32), false),
+            beyond: BEYOND[1..].to_vec(),
+            failure_info_rows: Some(12),
+            own_pending: vec![(1, "0001_dead_letter.sql")],
+            ..base.clone()
+        };
         assert_eq!(
-            status(31, vec![], vec![(1, "0001_dead_letter.sql")]).to_string(),
-            "database version: 31\nbinary's latest:  31\nup to date\n\
-             ingester tables pending (migrations/ingester):\n  0001 0001_dead_letter.sql\n"
+            s.to_string(),
+            "database version: 32\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       032 (from job_run's columns)\n\
+             pending up to the default target 031: none\n\
+             available beyond it (migrate --to N, or --to latest):\n\
+             \x20 033 033_drop_failure_info_from_job_run.sql (drops the failure_info of 12 run(s): needs --allow-drop)\n\
+             \x20 034 034_add_scheduler_termination_reason.sql\n\
+             \x20 035 035_create_retry_policy.sql\n\
+             ingester tables pending (migrations/ingester):\n\
+             \x20 0001 0001_dead_letter.sql\n"
         );
+        // The number lags the columns (033 without failure_info), the job
+        // table split hot/cold.
+        let s = Status {
+            current: 31,
+            detected: detected(G033, Some(31), true),
+            failure_info_rows: None,
+            ..base.clone()
+        };
         assert_eq!(
-            status(29, vec![(30, "030_a.sql"), (31, "031_b.sql")], vec![(1, "0001_x.sql")])
-                .to_string(),
-            "database version: 29\nbinary's latest:  31\npending:\n  030 030_a.sql\n  031 031_b.sql\n"
+            s.to_string(),
+            "database version: 31\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       033 (from job_run's columns; database_version says 31)\n\
+             job table:        partitioned by state (upstream's hot/cold split)\n\
+             pending up to the default target 031: none\n\
+             available beyond it (migrate --to N, or --to latest):\n\
+             \x20 032 032_add_failure_category_to_job_run.sql\n\
+             \x20 033 033_drop_failure_info_from_job_run.sql\n\
+             \x20 034 034_add_scheduler_termination_reason.sql\n\
+             \x20 035 035_create_retry_policy.sql\n\
+             ingester tables: up to date\n"
         );
+        // Never migrated.
+        let s = Status {
+            current: 0,
+            detected: Err(SchemaError::MissingTable("job")),
+            pending: vec![(1, "001_a.sql"), (31, "031_b.sql")],
+            failure_info_rows: None,
+            own_pending: vec![(1, "0001_dead_letter.sql")],
+            ..base.clone()
+        };
         assert_eq!(
-            status(99, vec![], vec![(1, "0001_x.sql")]).to_string(),
-            "database version: 99\nbinary's latest:  31\n\
+            s.to_string(),
+            "database version: 0\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       none: the Lookout tables are missing (no job table): run `lookout-ingester migrate` first\n\
+             pending up to the default target 031:\n\
+             \x20 001 001_a.sql\n\
+             \x20 031 031_b.sql\n\
+             available beyond it (migrate --to N, or --to latest):\n\
+             \x20 032 032_add_failure_category_to_job_run.sql\n\
+             \x20 033 033_drop_failure_info_from_job_run.sql\n\
+             \x20 034 034_add_scheduler_termination_reason.sql\n\
+             \x20 035 035_create_retry_policy.sql\n\
+             ingester tables pending (migrations/ingester):\n\
+             \x20 0001 0001_dead_letter.sql\n"
+        );
+        // At the latest, columns present but no sequence.
+        let s = Status {
+            current: 35,
+            detected: detected(G035, None, false),
+            beyond: vec![],
+            failure_info_rows: None,
+            ..base.clone()
+        };
+        assert!(!s.newer_than_binary());
+        assert_eq!(
+            s.to_string(),
+            "database version: 35\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       035 (from job_run's columns; no database_version sequence)\n\
+             pending up to the default target 031: none\n\
+             available beyond it (migrate --to N, or --to latest): none\n\
+             ingester tables: up to date\n"
+        );
+        // Newer than the binary: nothing is pending, and the CLI exits non-zero.
+        let s = Status {
+            current: 99,
+            detected: detected(G035, Some(99), false),
+            beyond: vec![],
+            failure_info_rows: None,
+            own_pending: vec![(1, "0001_x.sql")],
+            ..base.clone()
+        };
+        assert!(s.newer_than_binary());
+        assert_eq!(
+            s.to_string(),
+            "database version: 99\n\
+             binary's latest:  35\n\
+             default target:   31\n\
+             generation:       035 (from job_run's columns; database_version says 99)\n\
              the database is newer than this binary; migrate will not touch it\n"
         );
+        assert!(!base.newer_than_binary());
     }
 
     #[test]
     fn report_prints_like_the_cli() {
+        let upto = |n: i64| -> Vec<(i64, &'static str)> {
+            migrations()
+                .iter()
+                .filter(|m| m.version <= n)
+                .map(|m| (m.version, m.name))
+                .collect()
+        };
         let report = Report {
             from: 0,
             to: 31,
-            applied: migrations().iter().map(|m| (m.version, m.name)).collect(),
+            target: 31,
+            applied: upto(31),
             own_applied: vec![(1, "0001_dead_letter.sql")],
+            failure_info_dropped: None,
         };
         assert_eq!(
             report.to_string(),
@@ -953,13 +1362,49 @@ mod tests {
         );
         let report = Report {
             from: 31,
+            to: 35,
+            target: 35,
+            applied: upto(35)[31..].to_vec(),
+            own_applied: vec![],
+            failure_info_dropped: Some(12),
+        };
+        assert_eq!(
+            report.to_string(),
+            "migrated from version 31 to 35 (4 applied)\n\
+             dropped job_run.failure_info (12 run(s) held one)\n"
+        );
+        let report = Report {
+            from: 31,
             to: 31,
+            target: 31,
             applied: vec![],
             own_applied: vec![],
+            failure_info_dropped: None,
         };
         assert_eq!(
             report.to_string(),
             "database at version 31; nothing to apply\n"
+        );
+        let report = Report {
+            from: 35,
+            to: 35,
+            target: 31,
+            ..report
+        };
+        assert_eq!(
+            report.to_string(),
+            "database at version 35, past the target 31; nothing changed \
+             (migrations never go backwards)\n"
+        );
+    }
+
+    #[test]
+    fn drop_refusal_says_how_many_and_how_to_proceed() {
+        assert_eq!(
+            DropRefused { rows: 3, at: 32 }.to_string(),
+            "migration 033 drops job_run.failure_info, which 3 run(s) still hold; refusing without \
+             --allow-drop, the database stays at version 32. Rerun with --allow-drop to drop that \
+             data, or with --to 32 to stop before 033"
         );
     }
 

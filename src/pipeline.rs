@@ -17,7 +17,15 @@
 //! letters through again (`dead-letters retry`): a redriven dead letter is
 //! judged by exactly the live rules. What conversion and writing counted is
 //! turned into metrics and logs in one place each (`count_judged`,
-//! `count_written`), through `telemetry`.
+//! `count_written`), through `telemetry`, once the batch is written.
+//!
+//! A batch is converted for the schema generation the store last saw
+//! ([`Store::generation`]). If a migration changed it before the batch was
+//! written, the store writes nothing and says so; the storing stage then
+//! judges the batch's messages again for the new generation and writes them
+//! ([`write_planned`], also used by [`redrive`]): nothing is dead-lettered or
+//! acknowledged for it, and what is counted is the judgement that was
+//! written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,10 +40,10 @@ use tokio::time::Instant;
 use crate::convert::sanitize::Action;
 use crate::convert::{Converter, Problem, Reason};
 use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
-use crate::model::InstructionSet;
+use crate::model::{Generation, InstructionSet};
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
-use crate::store::{Store, Table, WriteReport};
+use crate::store::{Store, StoreError, Table, WriteReport};
 use crate::{metrics, telemetry};
 
 /// How batches are cut, with upstream's keys and defaults.
@@ -133,11 +141,76 @@ struct DecodedBatch {
     messages: Vec<Decoded>,
 }
 
-/// A batch after conversion: what to write, and each message's outcome so far.
+/// A batch after conversion: what to write, for which generation, and each
+/// message as judged (its instructions moved into `instructions`).
 struct ConvertedBatch {
-    messages: Vec<MessageOutcome>,
-    events_by_kind: BTreeMap<&'static str, u64>,
+    generation: Generation,
+    judged: Vec<Judged>,
     instructions: InstructionSet,
+}
+
+impl ConvertedBatch {
+    /// Judges `messages` with `converter`, which converts for `generation`.
+    fn plan(
+        messages: impl IntoIterator<Item = Decoded>,
+        converter: &Converter,
+        generation: Generation,
+    ) -> ConvertedBatch {
+        let mut c = ConvertedBatch {
+            generation,
+            judged: Vec::new(),
+            instructions: InstructionSet::default(),
+        };
+        for m in messages {
+            let mut j = judge(m, converter);
+            c.instructions.extend(std::mem::take(&mut j.instructions));
+            c.judged.push(j);
+        }
+        c
+    }
+
+    /// The messages again as received, to be judged anew.
+    fn into_decoded(self) -> impl Iterator<Item = Decoded> {
+        self.judged
+            .into_iter()
+            .map(|j| Decoded::new(j.message.origin, j.message.payload, j.message.publish_time))
+    }
+}
+
+/// Writes a converted batch. When the store finds the database at another
+/// generation, the batch's messages are judged again for it (with
+/// `converter`, whatever generation it was set to) and written again, until
+/// a write goes through or fails for another reason. Returns the batch as
+/// written.
+async fn write_planned(
+    store: &Store,
+    converter: &Converter,
+    mut c: ConvertedBatch,
+) -> Result<(ConvertedBatch, WriteReport), StoreError> {
+    loop {
+        let set = std::mem::take(&mut c.instructions);
+        match store.write(set, c.generation).await {
+            Ok(write) => return Ok((c, write)),
+            Err(StoreError::SchemaChanged { from, to }) => {
+                tracing::info!(
+                    messages = c.judged.len(),
+                    "batch converted for schema generation {from} is converted again for {to}"
+                );
+                let converter = converter.clone().with_generation(to);
+                c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The generation to convert the next batch for: the store's, read from
+/// the catalog if it has not been yet.
+async fn current_generation(store: &Store) -> Result<Generation, StoreError> {
+    match store.generation() {
+        Some(g) => Ok(g),
+        None => Ok(store.detect().await?.generation),
+    }
 }
 
 /// One message after conversion: kept until its batch is committed, so that
@@ -332,11 +405,17 @@ pub async fn redrive(
             seconds: t.timestamp(),
             nanos: t.timestamp_subsec_nanos() as i32,
         });
-        let judged = judge(Decoded::new(None, d.payload, publish_time), converter);
-        count_judged(&judged);
-        let write = store.write(judged.instructions).await?;
+        let generation = current_generation(store).await?;
+        let c = ConvertedBatch::plan(
+            [Decoded::new(None, d.payload, publish_time)],
+            &converter.clone().with_generation(generation),
+            generation,
+        );
+        let (c, write) = write_planned(store, converter, c).await?;
+        c.judged.iter().for_each(count_judged);
         count_written(&write);
-        match dead_letters(std::slice::from_ref(&judged.message), &write).pop() {
+        let messages: Vec<MessageOutcome> = c.judged.into_iter().map(|j| j.message).collect();
+        match dead_letters(&messages, &write).pop() {
             None => {
                 dead.delete(id).await?;
                 out.applied.push(id);
@@ -392,8 +471,13 @@ pub fn spawn(
     let (done_tx, done_rx) = mpsc::channel(depth);
     let tasks = vec![
         tokio::spawn(batcher(source, batch_tx, settings)),
-        tokio::spawn(converting(batch_rx, conv_tx, converter)),
-        tokio::spawn(storing(conv_rx, done_tx, store, dead)),
+        tokio::spawn(converting(
+            batch_rx,
+            conv_tx,
+            converter.clone(),
+            store.clone(),
+        )),
+        tokio::spawn(storing(conv_rx, done_tx, converter, store, dead)),
     ];
     (done_rx, Stages { tasks })
 }
@@ -460,23 +544,15 @@ async fn flush(
 async fn converting(
     mut input: mpsc::Receiver<DecodedBatch>,
     out: mpsc::Sender<ConvertedBatch>,
-    converter: Converter,
+    mut converter: Converter,
+    store: Arc<Store>,
 ) -> anyhow::Result<()> {
     while let Some(batch) = input.recv().await {
-        let mut c = ConvertedBatch {
-            messages: Vec::with_capacity(batch.messages.len()),
-            events_by_kind: BTreeMap::new(),
-            instructions: InstructionSet::default(),
-        };
-        for m in batch.messages {
-            let j = judge(m, &converter);
-            count_judged(&j);
-            for (k, n) in j.events_by_kind {
-                *c.events_by_kind.entry(k).or_insert(0) += n;
-            }
-            c.instructions.extend(j.instructions);
-            c.messages.push(j.message);
+        let generation = current_generation(&store).await?;
+        if converter.generation() != generation {
+            converter = converter.with_generation(generation);
         }
+        let c = ConvertedBatch::plan(batch.messages, &converter, generation);
         if out.send(c).await.is_err() {
             anyhow::bail!("store stage stopped");
         }
@@ -487,21 +563,31 @@ async fn converting(
 async fn storing(
     mut input: mpsc::Receiver<ConvertedBatch>,
     out: mpsc::Sender<Committed>,
+    converter: Converter,
     store: Arc<Store>,
     dead: Arc<DeadLetters>,
 ) -> anyhow::Result<()> {
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
-        let write = store.write(c.instructions).await?;
+        let (c, write) = write_planned(&store, &converter, c).await?;
+        let mut events_by_kind = BTreeMap::new();
+        let mut messages = Vec::with_capacity(c.judged.len());
+        for j in c.judged {
+            count_judged(&j);
+            for (k, n) in j.events_by_kind {
+                *events_by_kind.entry(k).or_insert(0) += n;
+            }
+            messages.push(j.message);
+        }
         count_written(&write);
-        let letters = dead_letters(&c.messages, &write);
+        let letters = dead_letters(&messages, &write);
         letters.iter().for_each(telemetry::dead_letter_kept);
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
-        metrics::IN_FLIGHT.sub(c.messages.len() as i64);
-        let mut origins = Vec::with_capacity(c.messages.len());
+        metrics::IN_FLIGHT.sub(messages.len() as i64);
+        let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
-        for m in c.messages {
+        for m in messages {
             let Some(origin) = m.origin else { continue };
             problems.extend(m.problems.into_iter().map(|problem| Located {
                 origin: origin.clone(),
@@ -511,7 +597,7 @@ async fn storing(
         }
         let done = Committed {
             origins,
-            events_by_kind: c.events_by_kind,
+            events_by_kind,
             problems,
             write,
             dead_letters: letters.len(),

@@ -205,6 +205,8 @@ pub async fn replay(
     progress: bool,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    // Refuse a database this binary cannot write before reading anything.
+    store.detect().await?;
     let total: u64 = files
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())

@@ -202,6 +202,35 @@ pub fn error(
         terminal,
         reason: Some(reason),
         failure_info: failure,
+        ..Default::default()
+    }
+}
+
+/// An error as a newer Armada sends it: category and subcategory (fields 16
+/// and 17) instead of a FailureInfo.
+pub fn categorised_error(
+    terminal: bool,
+    reason: ev::error::Reason,
+    category: &str,
+    subcategory: &str,
+) -> ev::Error {
+    ev::Error {
+        terminal,
+        reason: Some(reason),
+        failure_category: category.into(),
+        failure_subcategory: subcategory.into(),
+        ..Default::default()
+    }
+}
+
+/// `submit` with SubmitJob's `external_job_uri` (field 16) set.
+pub fn with_external_job_uri(kind: Kind, uri: &str) -> Kind {
+    match kind {
+        Kind::SubmitJob(s) => Kind::SubmitJob(ev::SubmitJob {
+            external_job_uri: uri.into(),
+            ..s
+        }),
+        other => other,
     }
 }
 
@@ -254,7 +283,7 @@ pub fn cancelled(job_id: &str, reason: &str, user: &str) -> Kind {
     Kind::CancelledJob(ev::CancelledJob {
         job_id: job_id.into(),
         reason: reason.into(),
-        cancel_user: user.into(),
+        requestor: user.into(),
     })
 }
 
@@ -262,6 +291,17 @@ pub fn run_cancelled(job_id: &str, run_id: &str) -> Kind {
     Kind::JobRunCancelled(ev::JobRunCancelled {
         job_id: job_id.into(),
         run_id: run_id.into(),
+        ..Default::default()
+    })
+}
+
+/// A run cancellation as a newer Armada sends it, with reason and requestor.
+pub fn run_cancelled_by(job_id: &str, run_id: &str, reason: &str, requestor: &str) -> Kind {
+    Kind::JobRunCancelled(ev::JobRunCancelled {
+        job_id: job_id.into(),
+        run_id: run_id.into(),
+        reason: reason.into(),
+        requestor: requestor.into(),
     })
 }
 
@@ -270,6 +310,34 @@ pub fn run_preempted(job_id: &str, run_id: &str, reason: &str) -> Kind {
         preempted_job_id: job_id.into(),
         preempted_run_id: run_id.into(),
         reason: reason.into(),
+        ..Default::default()
+    })
+}
+
+/// A preemption as a newer Armada sends it, naming the preempting job and
+/// who asked.
+pub fn run_preempted_by(
+    job_id: &str,
+    run_id: &str,
+    reason: &str,
+    preempting_job_id: &str,
+    requestor: &str,
+) -> Kind {
+    Kind::JobRunPreempted(ev::JobRunPreempted {
+        preempted_job_id: job_id.into(),
+        preempted_run_id: run_id.into(),
+        reason: reason.into(),
+        preempting_job_id: preempting_job_id.into(),
+        requestor: requestor.into(),
+    })
+}
+
+/// Event 26: debug detail about how a run ended.
+pub fn run_debug_info(job_id: &str, run_id: &str, message: &str) -> Kind {
+    Kind::JobRunTerminatedDebugInfo(ev::JobRunTerminatedDebugInfo {
+        job_id: job_id.into(),
+        run_id: run_id.into(),
+        debug_message: message.into(),
     })
 }
 
@@ -277,6 +345,7 @@ pub fn reprioritised(job_id: &str, priority: u32) -> Kind {
     Kind::ReprioritisedJob(ev::ReprioritisedJob {
         job_id: job_id.into(),
         priority,
+        ..Default::default()
     })
 }
 

@@ -19,6 +19,7 @@ use crate::deadletter::{self, DeadLetter};
 use crate::metrics;
 use crate::source::Origin;
 use crate::store::retry::ErrorClass;
+use crate::store::schema::Detected;
 use crate::store::{FailedRow, Unmatched, STEPS};
 
 /// Log lines with the same key are written at most once per window.
@@ -26,9 +27,11 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// The `operation` label values of `db_errors_total` (see the store's
 /// `op("...")` calls; a unit test keeps the two in step).
-const DB_OPERATIONS: [&str; 6] = [
+const DB_OPERATIONS: [&str; 8] = [
     "connect",
     "begin",
+    "lock",
+    "detect",
     "commit",
     "create_temp_table",
     "copy",
@@ -205,6 +208,25 @@ pub fn dead_letter_kept(d: &DeadLetter) {
     );
 }
 
+/// The schema generation the ingester writes for, read at start-up
+/// (`previous` is `None`) or changed under it by a migration (or upstream's
+/// hot/cold split): logged and exported. Rare, so never rate-limited.
+pub fn schema_detected(previous: Option<&Detected>, now: &Detected) {
+    metrics::SCHEMA_GENERATION.set(now.generation.number());
+    metrics::SCHEMA_HOT_COLD.set(i64::from(now.hot_cold));
+    match previous {
+        None if now.version_mismatch() => tracing::warn!("{now}"),
+        None => tracing::info!("{now}"),
+        Some(p) => tracing::warn!(
+            "the Lookout schema changed under the ingester: was generation {}{}, now {now}; \
+             batches are converted for {} from now on",
+            p.generation,
+            if p.hot_cold { " (hot/cold)" } else { "" },
+            now.generation
+        ),
+    }
+}
+
 /// Registers every metric and creates each label value known in advance,
 /// so that every series is on `/metrics` (at 0) from the first scrape.
 /// Idempotent; call it at start-up.
@@ -304,6 +326,8 @@ mod tests {
             "lookout_ingester_row_fallbacks_total{table=\"job_error\"}",
             "lookout_ingester_db_errors_total{class=\"fatal\",operation=\"connect\"}",
             "lookout_ingester_source_errors_total{kind=\"ack\"}",
+            "lookout_ingester_schema_generation ",
+            "lookout_ingester_schema_hot_cold ",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -246,7 +246,7 @@ async fn nul_invalid_utf8_and_oversized_text_in_every_column_is_stored_sanitised
     ];
     // Invalid UTF-8 in the cancel user.
     if let Some(ev::event_sequence::event::Event::CancelledJob(c)) = &mut events[5].event {
-        c.cancel_user = b"us\xc3\x28er".to_vec();
+        c.requestor = b"us\xc3\x28er".to_vec();
     }
     let payload =
         sequence(&weird("queue"), &weird("jobset"), &weird("owner"), events).encode_to_vec();

@@ -272,3 +272,197 @@ async fn record_then_replay_equals_live_ingestion_with_an_upstream_config_file()
     replay_db.drop_db().await;
     broker.stop().await;
 }
+
+/// One job of the migration test: submitted, leased and running in one
+/// message; its end in another (even jobs fail with a category and a
+/// FailureInfo, odd ones are preempted by a named job).
+fn migration_job(i: i64) -> (Vec<u8>, Vec<u8>) {
+    use prost::Message;
+    use sample::{event, ts};
+    let job = format!("mig{i:05}");
+    let run = format!("run-mig-{i:05}");
+    let t = i * 10;
+    let start = sample::sequence(
+        "q",
+        "js",
+        "bob",
+        vec![
+            event(
+                Some(ts(t)),
+                sample::submit(&job, "ns", 1, &[("cpu", "1")], None, &[]),
+            ),
+            event(Some(ts(t + 1)), sample::leased(&job, &run, "c1", "n1", "p")),
+            event(Some(ts(t + 2)), sample::running(&job, &run, Some("n1"))),
+        ],
+    );
+    let end = if i % 2 == 0 {
+        let mut error = sample::categorised_error(
+            true,
+            sample::pod_error("boom", "n1", &[3]),
+            &format!("cat-{i}"),
+            "sub",
+        );
+        error.failure_info = Some(sample::failure(3, "oom", &["OOM"], "main"));
+        vec![
+            event(
+                Some(ts(t + 3)),
+                sample::run_errors(&job, &run, vec![error.clone()]),
+            ),
+            event(Some(ts(t + 4)), sample::job_errors(&job, vec![error])),
+        ]
+    } else {
+        vec![event(
+            Some(ts(t + 3)),
+            sample::run_preempted_by(&job, &run, &format!("r-{i}"), &format!("w-{i}"), ""),
+        )]
+    };
+    (
+        start.encode_to_vec(),
+        sample::sequence("q", "js", "bob", end).encode_to_vec(),
+    )
+}
+
+/// Waits until `sql` (one bigint) returns `want`, or fails with the
+/// ingester's log.
+async fn wait_count(db: &TestDb, sql: &str, want: i64, limit: Duration, ing: &Ingester) {
+    let start = Instant::now();
+    loop {
+        let got: i64 = match db.client().await.query_one(sql, &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => panic!("{sql}: {e}"),
+        };
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{sql}: {got}, not {want}, within {limit:?}\n{}",
+            ing.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_031_to_035_under_the_running_ingester() {
+    use serde_json::json;
+    const JOBS: i64 = 240;
+    let broker = Broker::start().await;
+    let db = TestDb::migrated().await; // 031, the default target
+    let messages: Vec<(Vec<u8>, Vec<u8>)> = (0..JOBS).map(migration_job).collect();
+    let all = |r: std::ops::Range<i64>| -> Vec<Vec<u8>> {
+        r.flat_map(|i| {
+            let (s, e) = &messages[i as usize];
+            [s.clone(), e.clone()]
+        })
+        .collect()
+    };
+    let ended = "SELECT count(*) FROM job_run WHERE finished IS NOT NULL";
+    let mut ing = ingest(
+        &db,
+        &broker,
+        "ing.log",
+        &["--batch-size", "20", "--batch-duration", "20ms"],
+    );
+
+    // A third written at 031.
+    broker.publish("events", all(0..80)).await;
+    wait_count(&db, ended, 80, Duration::from_secs(60), &ing).await;
+
+    // The next third flows while the schema goes to 035 (033 drops
+    // failure_info, which the 031 writer fills).
+    let url = db.url.clone();
+    let migration = tokio::spawn(async move {
+        cli([
+            "migrate",
+            "--database-url",
+            &url,
+            "--to",
+            "35",
+            "--allow-drop",
+        ])
+        .await
+    });
+    for chunk in all(80..160).chunks(10) {
+        broker.publish("events", chunk.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = migration.await.expect("migration task");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+
+    // The last third is written at 035.
+    broker.publish("events", all(160..JOBS)).await;
+    wait_count(&db, ended, JOBS, Duration::from_secs(120), &ing).await;
+
+    assert!(
+        ing.log_text()
+            .contains("the Lookout schema changed under the ingester"),
+        "the ingester noticed the migration\n{}",
+        ing.log_tail(40)
+    );
+    assert!(
+        matches!(ing.child.try_wait(), Ok(None)),
+        "the ingester is still running\n{}",
+        ing.log_tail(40)
+    );
+    let client = db.client().await;
+    let dead = common::json_rows(
+        &client,
+        "SELECT source, reason, error FROM ingester_dead_letter ORDER BY id",
+        &[],
+    )
+    .await;
+    assert_eq!(dead, Vec::<serde_json::Value>::new(), "dead letters");
+    assert_eq!(job_count(&db).await, JOBS);
+    let detected = lookout_ingester::store::schema::detect(&client).await;
+    assert_eq!(
+        detected.map(|d| d.generation.number()),
+        Ok(35),
+        "generation after the migration"
+    );
+    // Written at 031: no category, no termination reason (failure_info
+    // went with its column).
+    let early = common::json_rows(
+        &client,
+        "SELECT count(*) AS runs,
+                count(failure_category) AS categories,
+                count(scheduler_termination_reason) AS reasons
+         FROM job_run WHERE run_id < 'run-mig-00080'",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        early,
+        vec![json!({"runs": 80, "categories": 0, "reasons": 0})]
+    );
+    // Published after the migration: 035's columns.
+    let late = common::json_rows(
+        &client,
+        "SELECT run_id, failure_category, failure_subcategory, scheduler_termination_reason
+         FROM job_run WHERE run_id >= 'run-mig-00160' ORDER BY run_id",
+        &[],
+    )
+    .await;
+    let want: Vec<serde_json::Value> = (160..JOBS)
+        .map(|i| {
+            let run = format!("run-mig-{i:05}");
+            if i % 2 == 0 {
+                json!({"run_id": run, "failure_category": format!("cat-{i}"),
+                       "failure_subcategory": "sub", "scheduler_termination_reason": null})
+            } else {
+                json!({"run_id": run, "failure_category": null, "failure_subcategory": null,
+                       "scheduler_termination_reason": {"reason": format!("r-{i}"),
+                           "args": {"preemptingJobId": format!("w-{i}"), "requestor": "bob"}}})
+            }
+        })
+        .collect();
+    assert_eq!(
+        late,
+        want,
+        "runs ended after the migration\n{}",
+        ing.log_tail(20)
+    );
+    ing.terminate(Duration::from_secs(10)).await;
+    db.drop_db().await;
+    broker.stop().await;
+}

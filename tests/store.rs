@@ -6,10 +6,11 @@ use chrono::NaiveDateTime;
 use common::{bytea, dump, dump_rows, json_row, json_rows, TestDb};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lookout_ingester::model::{
-    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, InstructionSet, UpdateJob,
-    UpdateJobRun,
+    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, Generation, InstructionSet,
+    UpdateJob, UpdateJobRun,
 };
 use lookout_ingester::store::retry::{classify, ErrorClass};
+use lookout_ingester::store::schema::SchemaError;
 use lookout_ingester::store::{
     connect_pool, Operation, Store, StoreError, StoreSettings, Table, Unmatched, WriteReport,
 };
@@ -112,7 +113,7 @@ fn run_upd(id: &str) -> UpdateJobRun {
 }
 
 async fn write(store: &Store, set: InstructionSet) -> WriteReport {
-    store.write(set).await.unwrap()
+    store.write(set, Generation::G031).await.unwrap()
 }
 
 /// A stored timestamp as `to_jsonb` writes it (the fixtures' are all at
@@ -834,7 +835,7 @@ async fn exhausted_retries_leave_nothing_behind() {
         },
     );
     let release = lock_job_table(&db).await;
-    let err = s.write(rich_set()).await.unwrap_err();
+    let err = s.write(rich_set(), Generation::G031).await.unwrap_err();
     let _ = release.send(());
     match &err {
         StoreError::RetriesExhausted { attempts, last } => {
@@ -868,7 +869,7 @@ async fn shutdown_stops_retrying() {
         stop
     });
     let started = Instant::now();
-    let err = s.write(rich_set()).await.unwrap_err();
+    let err = s.write(rich_set(), Generation::G031).await.unwrap_err();
     assert!(matches!(err, StoreError::Shutdown { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let _ = release.send(());
@@ -883,17 +884,18 @@ async fn terminated_backend_is_retried() {
     let s = store(&db, fast()).await;
     let release = lock_job_table(&db).await;
     let writer = tokio::spawn(async move {
-        let report = s.write(rich_set()).await;
+        let report = s.write(rich_set(), Generation::G031).await;
         (s, report)
     });
-    // Wait until the store's backend blocks on the lock, then kill it.
+    // Wait until the store's backend blocks on the lock (taken before the
+    // schema check, ahead of any statement), then kill it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid: i32 = loop {
         let rows = admin
             .query(
                 "SELECT pid FROM pg_stat_activity
                  WHERE datname = current_database() AND wait_event_type = 'Lock'
-                   AND query LIKE '%INSERT INTO job%'",
+                   AND query LIKE 'LOCK TABLE job, job_run%'",
                 &[],
             )
             .await
@@ -1311,5 +1313,409 @@ async fn bulk_updates_10k_with_unmatched() {
     assert_eq!(report.job_run_updated.affected, (n - n / 100) as u64);
     assert_eq!(report.filtered_terminal, 0);
     assert!(!report.fell_back);
+    db.drop_db().await;
+}
+
+// ------------------------------------------------------------ generations
+
+/// A database migrated to `generation` (no ingester tables of our own).
+async fn at_generation(generation: Generation) -> TestDb {
+    let db = TestDb::empty().await;
+    let mut c = db.client().await;
+    lookout_ingester::migrate::migrate_to(&mut c, generation.number())
+        .await
+        .unwrap_or_else(|e| panic!("migrate to {generation}: {e:#}"));
+    db
+}
+
+/// A run update carrying every generation's new fields, so each
+/// generation's writer must pick its own.
+fn failing_run_update(id: &str) -> UpdateJobRun {
+    UpdateJobRun {
+        job_run_state: Some(run_state::FAILED),
+        finished: Some(ts(9)),
+        exit_code: Some(3),
+        failure_info: Some(json!({"exitCode": 3, "containerName": "main"})),
+        failure_category: Some("user".to_string()),
+        failure_subcategory: Some("oom".to_string()),
+        scheduler_termination_reason: Some(
+            json!({"reason": "preempted", "args": {"preemptingJobId": "j9"}}),
+        ),
+        ..run_upd(id)
+    }
+}
+
+/// The `job_run` row a create of `r` and [`failing_run_update`] leave at
+/// `generation`: only the columns the generation has, and only the ones
+/// upstream's writer at that generation fills.
+fn failed_run_row(r: &CreateJobRun, generation: Generation) -> Value {
+    let mut row = with(
+        run_row(r),
+        json!({"job_run_state": run_state::FAILED, "finished": stamp(ts(9)), "exit_code": 3}),
+    );
+    let fields = row.as_object_mut().unwrap();
+    match generation {
+        Generation::G031 => {
+            fields.insert(
+                "failure_info".into(),
+                json!({"exitCode": 3, "containerName": "main"}),
+            );
+        }
+        // The column exists at 032, but upstream's 032 writer leaves it alone.
+        Generation::G032 => {}
+        _ => {
+            fields.remove("failure_info");
+        }
+    }
+    if generation.has_failure_category() {
+        fields.insert("failure_category".into(), json!("user"));
+        fields.insert("failure_subcategory".into(), json!("oom"));
+    }
+    if generation.has_termination_reason() {
+        fields.insert(
+            "scheduler_termination_reason".into(),
+            json!({"reason": "preempted", "args": {"preemptingJobId": "j9"}}),
+        );
+    }
+    row
+}
+
+#[tokio::test]
+async fn each_generation_writes_its_own_columns() {
+    for g in Generation::ALL {
+        let db = at_generation(g).await;
+        let s = store(&db, fast()).await;
+        assert_eq!(s.detect().await.unwrap().generation, g);
+        assert_eq!(s.generation(), Some(g));
+        let (j, r) = (job("j1"), run("r1", "j1"));
+        let set = InstructionSet {
+            jobs_to_create: vec![j.clone()],
+            runs_to_create: vec![r.clone()],
+            runs_to_update: vec![failing_run_update("r1")],
+            ..Default::default()
+        };
+        let report = s.write(set, g).await.unwrap();
+        assert_eq!(report.job_run_updated.affected, 1, "{g}");
+        assert!(!report.fell_back, "{g}");
+        let c = db.client().await;
+        assert_eq!(run_of(&c, "r1").await, failed_run_row(&r, g), "{g}");
+        assert_eq!(job_of(&c, "j1").await, job_row(&j), "{g}");
+        db.drop_db().await;
+    }
+}
+
+/// The same, row by row: a 33-character job id fails the batch (at COPY)
+/// and its step, so the other rows go one by one.
+#[tokio::test]
+async fn each_generation_writes_its_own_columns_row_by_row() {
+    for g in [Generation::G031, Generation::G032, Generation::G035] {
+        let db = at_generation(g).await;
+        let s = store(&db, fast()).await;
+        let r = run("r1", "j1");
+        let mut bad = run("r2", "j1");
+        bad.job_id = "x".repeat(33);
+        let set = InstructionSet {
+            jobs_to_create: vec![job("j1")],
+            runs_to_create: vec![r.clone(), bad],
+            runs_to_update: vec![failing_run_update("r1")],
+            ..Default::default()
+        };
+        let report = s.write(set, g).await.unwrap();
+        assert!(report.fell_back, "{g}");
+        assert_eq!(report.failed.len(), 1, "{g}");
+        assert_eq!(report.job_run_updated.affected, 1, "{g}");
+        let c = db.client().await;
+        assert_eq!(run_of(&c, "r1").await, failed_run_row(&r, g), "{g}");
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stale_generation_writes_nothing_and_says_where_the_database_is() {
+    let db = at_generation(Generation::G031).await;
+    let s = store(&db, fast()).await;
+    let r = run("r1", "j1");
+    let first = InstructionSet {
+        jobs_to_create: vec![job("j1")],
+        runs_to_create: vec![r.clone()],
+        runs_to_update: vec![failing_run_update("r1")],
+        ..Default::default()
+    };
+    s.write(first, Generation::G031).await.unwrap();
+    let c = db.client().await;
+    let written_at_031 = run_of(&c, "r1").await;
+    assert_eq!(written_at_031, failed_run_row(&r, Generation::G031));
+
+    // A migration runs between two batches.
+    let mut admin = db.client().await;
+    lookout_ingester::migrate::migrate_to(&mut admin, 32)
+        .await
+        .unwrap();
+    let second = || InstructionSet {
+        jobs_to_create: vec![job("j2")],
+        runs_to_update: vec![UpdateJobRun {
+            failure_category: Some("platform".into()),
+            failure_subcategory: Some("node".into()),
+            failure_info: Some(json!({"exitCode": 9})),
+            ..run_upd("r1")
+        }],
+        ..Default::default()
+    };
+    let err = s.write(second(), Generation::G031).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaChanged {
+                from: Generation::G031,
+                to: Generation::G032
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.generation(), Some(Generation::G032));
+    // Nothing of the stale batch was written.
+    assert_eq!(common::count(&c, "job").await, 1);
+    let after_031 = with(
+        written_at_031.clone(),
+        json!({"failure_category": null, "failure_subcategory": null}),
+    );
+    assert_eq!(run_of(&c, "r1").await, after_031);
+
+    // Converted again for 032, it goes through; failure_info written at 031 stays.
+    s.write(second(), Generation::G032).await.unwrap();
+    assert_eq!(common::count(&c, "job").await, 2);
+    assert_eq!(
+        run_of(&c, "r1").await,
+        with(
+            written_at_031,
+            json!({"failure_category": "platform", "failure_subcategory": "node"})
+        )
+    );
+
+    // 033 drops failure_info: a 032 batch is refused the same way.
+    lookout_ingester::migrate::migrate_to(&mut admin, 33)
+        .await
+        .unwrap();
+    let err = s
+        .write(
+            InstructionSet {
+                runs_to_update: vec![run_upd("r1")],
+                ..Default::default()
+            },
+            Generation::G032,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaChanged {
+                from: Generation::G032,
+                to: Generation::G033
+            }
+        ),
+        "{err:?}"
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_is_refused_and_left_alone() {
+    // No tables at all.
+    let db = TestDb::empty().await;
+    let s = store(&db, fast()).await;
+    let set = || InstructionSet {
+        jobs_to_create: vec![job("j1")],
+        runs_to_update: vec![run_upd("r1")],
+        ..Default::default()
+    };
+    let err = s.write(set(), Generation::G031).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Schema(SchemaError::MissingTable("job"))),
+        "{err:?}"
+    );
+    assert!(matches!(
+        s.detect().await,
+        Err(StoreError::Schema(SchemaError::MissingTable("job")))
+    ));
+    let c = db.client().await;
+    let tables = json_rows(
+        &c,
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
+        &[],
+    )
+    .await;
+    assert_eq!(tables, Vec::<Value>::new());
+    db.drop_db().await;
+
+    // Migrated, but not as far as 031: the tables exist, the failure columns do not.
+    let db = TestDb::empty().await;
+    let mut c = db.client().await;
+    lookout_ingester::migrate::migrate_to(&mut c, 30)
+        .await
+        .unwrap();
+    let s = store(&db, fast()).await;
+    let err = s.write(set(), Generation::G031).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Schema(SchemaError::TooOld { version: Some(30) })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("run `lookout-ingester migrate` first"),
+        "{err}"
+    );
+    assert_eq!(common::count(&c, "job").await, 0);
+    db.drop_db().await;
+}
+
+/// Upstream's experimental hot/cold layout, built with our own DDL from the
+/// facts of its shape: `job` partitioned by state, primary key
+/// (job_id, state), same columns in the same order.
+async fn split_hot_cold(c: &Client) {
+    c.batch_execute(
+        "BEGIN;
+         CREATE TABLE job_split (LIKE job INCLUDING DEFAULTS, PRIMARY KEY (job_id, state))
+             PARTITION BY LIST (state);
+         CREATE TABLE job_active PARTITION OF job_split FOR VALUES IN (1, 2, 3, 8);
+         CREATE TABLE job_terminated PARTITION OF job_split FOR VALUES IN (4, 5, 6, 7, 9);
+         INSERT INTO job_split SELECT * FROM job;
+         DROP TABLE job;
+         ALTER TABLE job_split RENAME TO job;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+}
+
+/// `(partition, job_id, state)` of every job row.
+async fn job_partitions(c: &Client) -> Vec<Value> {
+    json_rows(
+        c,
+        "SELECT tableoid::regclass::text AS part, job_id, state FROM job ORDER BY job_id, state",
+        &[],
+    )
+    .await
+    .iter()
+    .map(|r| json!([r["part"], r["job_id"], r["state"]]))
+    .collect()
+}
+
+#[tokio::test]
+async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
+    let db = at_generation(Generation::G035).await;
+    let c = db.client().await;
+    let columns_before = json_rows(
+        &c,
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[],
+    )
+    .await;
+    split_hot_cold(&c).await;
+    let s = store(&db, fast()).await;
+    let d = s.detect().await.unwrap();
+    assert!(d.hot_cold && d.generation == Generation::G035, "{d:?}");
+
+    let g = Generation::G035;
+    let (j1, j2) = (job("j1"), job_in("j2", job_state::RUNNING));
+    s.write(
+        InstructionSet {
+            jobs_to_create: vec![j1.clone(), j2.clone()],
+            ..Default::default()
+        },
+        g,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        job_partitions(&c).await,
+        [
+            json!(["job_active", "j1", 1]),
+            json!(["job_active", "j2", 3])
+        ]
+    );
+
+    // j1 ends: the update moves its row to the cold partition.
+    let done = UpdateJob {
+        state: Some(job_state::SUCCEEDED),
+        last_transition_time: Some(ts(5)),
+        last_transition_time_seconds: Some(5),
+        ..upd("j1")
+    };
+    let report = s
+        .write(
+            InstructionSet {
+                jobs_to_update: vec![done],
+                ..Default::default()
+            },
+            g,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.job_updated.affected, 1);
+    assert_eq!(
+        job_partitions(&c).await,
+        [
+            json!(["job_terminated", "j1", 4]),
+            json!(["job_active", "j2", 3])
+        ]
+    );
+
+    // A redelivered creation of j1 (queued) must not add a second row next
+    // to the cold one: batch, then row by row (a bad job id makes the batch
+    // and its step fail).
+    let report = s
+        .write(
+            InstructionSet {
+                jobs_to_create: vec![j1.clone()],
+                ..Default::default()
+            },
+            g,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.job_inserted.affected, 0);
+    let mut bad = job("j3");
+    bad.job_id = "y".repeat(33);
+    let report = s
+        .write(
+            InstructionSet {
+                jobs_to_create: vec![j1.clone(), bad, job("j4")],
+                ..Default::default()
+            },
+            g,
+        )
+        .await
+        .unwrap();
+    assert!(report.fell_back);
+    assert_eq!(report.failed.len(), 2, "{report:?}"); // the job and its spec
+    assert_eq!(report.job_inserted.affected, 1);
+    assert_eq!(
+        job_partitions(&c).await,
+        [
+            json!(["job_terminated", "j1", 4]),
+            json!(["job_active", "j2", 3]),
+            json!(["job_active", "j4", 1])
+        ]
+    );
+    // The moved row is whole.
+    assert_eq!(
+        job_of(&c, "j1").await,
+        with(
+            job_row(&j1),
+            json!({"state": 4, "last_transition_time": stamp(ts(5)), "last_transition_time_seconds": 5})
+        )
+    );
+    // Same columns, same order, as before the split.
+    let columns_after = json_rows(
+        &c,
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[],
+    )
+    .await;
+    assert_eq!(columns_after, columns_before);
     db.drop_db().await;
 }

@@ -9,7 +9,7 @@ use prost_types::Timestamp;
 
 use lookout_ingester::convert::quantity::Quantity;
 use lookout_ingester::convert::{compress, Converted, Converter, Reason};
-use lookout_ingester::model::InstructionSet;
+use lookout_ingester::model::{Generation, InstructionSet};
 use lookout_ingester::proto::api;
 use lookout_ingester::proto::armadaevents::EventSequence;
 use lookout_ingester::source::file::{RecordReader, MAX_RECORD_BYTES};
@@ -31,6 +31,8 @@ pub mod limits {
     pub const CANCEL_USER: usize = 512;
     pub const EXTERNAL_JOB_URI: usize = 1024;
     pub const TERMINATION_MESSAGE: usize = 4096;
+    /// In characters (varchar(63)).
+    pub const FAILURE_CATEGORY_CHARS: usize = 63;
     /// In characters (varchar(32)).
     pub const JOB_ID_CHARS: usize = 32;
     /// In characters (varchar(36)).
@@ -60,14 +62,23 @@ pub fn decode_convert(data: &[u8]) {
     convert_checked(&seq);
 }
 
-/// Converts a decoded sequence both ways and checks the results.
+/// Converts a decoded sequence both ways, for every schema generation, and
+/// checks the results.
 pub fn convert_checked(seq: &EventSequence) {
-    let converter = Converter::new(Default::default());
+    for g in Generation::ALL {
+        convert_checked_at(seq, g);
+    }
+}
+
+fn convert_checked_at(seq: &EventSequence, g: Generation) {
+    let converter = Converter::new(Default::default()).with_generation(g);
     let without = converter.convert(seq, None);
     check_converted(seq, &without);
+    check_generation(g, &without.instructions);
     let fb = fallback();
     let with = converter.convert(seq, Some(&fb));
     check_converted(seq, &with);
+    check_generation(g, &with.instructions);
     assert!(
         !with
             .problems
@@ -213,6 +224,33 @@ fn check_json(what: &str, v: &serde_json::Value) {
     }
 }
 
+/// Only the columns generation `g` has are written, and the new ones keep
+/// their rules.
+pub fn check_generation(g: Generation, set: &InstructionSet) {
+    for r in &set.runs_to_update {
+        if g != Generation::G031 {
+            assert!(r.failure_info.is_none(), "failure_info written at {g}");
+        }
+        if g < Generation::G032 {
+            assert!(
+                r.failure_category.is_none() && r.failure_subcategory.is_none(),
+                "failure categories written at {g}"
+            );
+        }
+        if g < Generation::G034 {
+            assert!(
+                r.scheduler_termination_reason.is_none(),
+                "scheduler_termination_reason written at {g}"
+            );
+        }
+    }
+    if g == Generation::G035 {
+        for j in &set.jobs_to_create {
+            assert_eq!(j.owner.trim(), j.owner, "owner not trimmed at {g}");
+        }
+    }
+}
+
 /// The column rules every instruction set must keep.
 pub fn check_instructions(set: &InstructionSet) {
     use limits::*;
@@ -303,6 +341,38 @@ pub fn check_instructions(set: &InstructionSet) {
                     .as_str()
                     .unwrap_or_else(|| panic!("terminationMessage is not a string: {tm}"));
                 check_text("failure_info.terminationMessage", tm, TERMINATION_MESSAGE);
+            }
+        }
+    }
+    for r in &set.runs_to_update {
+        for (what, c) in [
+            ("job_run.failure_category", &r.failure_category),
+            ("job_run.failure_subcategory", &r.failure_subcategory),
+        ] {
+            if let Some(c) = c {
+                check_free_text(what, c);
+                assert!(!c.is_empty(), "{what} is empty, not NULL");
+                let n = c.chars().count();
+                assert!(
+                    n <= FAILURE_CATEGORY_CHARS,
+                    "{what} has {n} chars, over {FAILURE_CATEGORY_CHARS}"
+                );
+            }
+        }
+        if let Some(v) = &r.scheduler_termination_reason {
+            check_json("job_run.scheduler_termination_reason", v);
+            let obj = v
+                .as_object()
+                .unwrap_or_else(|| panic!("scheduler_termination_reason is not an object: {v}"));
+            assert!(
+                obj.get("reason").is_some_and(|r| r.is_string()),
+                "scheduler_termination_reason has no string reason: {v}"
+            );
+            if let Some(args) = obj.get("args") {
+                let args = args
+                    .as_object()
+                    .unwrap_or_else(|| panic!("args is not an object: {v}"));
+                assert!(!args.is_empty(), "args is an empty object: {v}");
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Converts Armada event sequences into row instructions.
 //!
 //! Pure: no I/O, no clock, no global counters, no configuration beyond
-//! [`Settings`]. Every rule of the upstream Go ingester's event handling
+//! [`Settings`] and the schema [`Generation`] it converts for (see
+//! [`rules`]). Every rule of the upstream Go ingester's event handling
 //! lives here, with its known text bugs fixed (see [`sanitize`]). What it
 //! counted (events by kind, strings sanitised) and anything that cannot be
 //! applied as it is (a [`Problem`]) come back in [`Converted`], so the
@@ -14,14 +15,15 @@ pub mod quantity;
 pub mod sanitize;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, Timelike};
 use prost_types::Timestamp;
 use serde_json::{Map, Value};
 
 use crate::model::{
-    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, InstructionSet, UpdateJob,
-    UpdateJobRun,
+    job_state, run_state, CreateJob, CreateJobError, CreateJobRun, Generation, InstructionSet,
+    UpdateJob, UpdateJobRun,
 };
 use crate::proto::armadaevents as ev;
 use ev::event_sequence::event::Event as Kind;
@@ -43,6 +45,9 @@ pub mod limits {
     pub const CANCEL_REASON: usize = 512;
     pub const CANCEL_USER: usize = 512;
     pub const EXTERNAL_JOB_URI: usize = 1024;
+    /// `job_run.failure_category`/`failure_subcategory` are varchar(63); in
+    /// characters, as Postgres measures varchar.
+    pub const FAILURE_CATEGORY_CHARS: usize = 63;
     /// `job.job_id` is varchar(32): an id is never truncated (that could merge
     /// two jobs), an event with a longer one is reported instead.
     pub const JOB_ID: usize = 32;
@@ -178,7 +183,7 @@ impl Converted {
 }
 
 /// Every name [`event_kind`] can return, for pre-creating metric labels.
-pub const EVENT_KINDS: [&str; 24] = [
+pub const EVENT_KINDS: [&str; 25] = [
     "unknown",
     "submit_job",
     "reprioritise_job",
@@ -203,6 +208,7 @@ pub const EVENT_KINDS: [&str; 24] = [
     "job_preemption_requested",
     "job_run_cancelled",
     "job_validated",
+    "job_run_terminated_debug_info",
 ];
 
 /// The name of an event's kind, as used in metrics and summaries.
@@ -233,15 +239,53 @@ pub fn event_kind(event: &ev::event_sequence::Event) -> &'static str {
             Kind::JobPreemptionRequested(_) => "job_preemption_requested",
             Kind::JobRunCancelled(_) => "job_run_cancelled",
             Kind::JobValidated(_) => "job_validated",
+            Kind::JobRunTerminatedDebugInfo(_) => "job_run_terminated_debug_info",
         },
     }
 }
 
-/// Converts event sequences into row instructions.
+/// Which of upstream's rules apply at a schema generation. A database at
+/// generation G gets upstream's ingester as of the commit that added
+/// migration G (031: 777e10311, 032/033: 8494d0cbb, 034: 9a8187758,
+/// 035: 207cc9e04), even where upstream changed behaviour between two
+/// migrations.
+pub mod rules {
+    use crate::model::Generation;
+
+    /// `SubmitJob.external_job_uri` (field 16) is preferred to the annotation.
+    pub fn external_job_uri_field(g: Generation) -> bool {
+        g >= Generation::G032
+    }
+
+    /// A terminal error's FailureInfo (field 15) becomes `failure_info`.
+    pub fn failure_info(g: Generation) -> bool {
+        g.writes_failure_info()
+    }
+
+    /// A terminal error's category and subcategory (fields 16, 17) are stored.
+    pub fn failure_category(g: Generation) -> bool {
+        g.has_failure_category()
+    }
+
+    /// Preempted runs get `scheduler_termination_reason`.
+    pub fn preemption_reason(g: Generation) -> bool {
+        g.has_termination_reason()
+    }
+
+    /// The 035 rules: cancelled runs' termination reason, requestors (with
+    /// the owner as fallback), trimmed owner, run debug info events.
+    pub fn requestors(g: Generation) -> bool {
+        g >= Generation::G035
+    }
+}
+
+/// Converts event sequences into row instructions for one schema generation.
+/// Cloning is cheap: the settings are shared.
 #[derive(Debug, Clone)]
 pub struct Converter {
-    settings: Settings,
-    blocklist: BTreeSet<String>,
+    settings: Arc<Settings>,
+    blocklist: Arc<BTreeSet<String>>,
+    generation: Generation,
 }
 
 /// A sequence's header fields, cleaned.
@@ -330,6 +374,7 @@ fn to_time(ts: &Timestamp) -> Option<Time> {
 }
 
 impl Converter {
+    /// A converter for generation 031, the schema this project started from.
     pub fn new(settings: Settings) -> Converter {
         let blocklist = settings
             .annotation_blocklist
@@ -337,9 +382,23 @@ impl Converter {
             .map(|k| k.to_lowercase())
             .collect();
         Converter {
-            settings,
-            blocklist,
+            settings: Arc::new(settings),
+            blocklist: Arc::new(blocklist),
+            generation: Generation::G031,
         }
+    }
+
+    /// The same converter, writing for `generation`.
+    pub fn with_generation(&self, generation: Generation) -> Converter {
+        Converter {
+            generation,
+            ..self.clone()
+        }
+    }
+
+    /// The schema generation this converter writes for.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     pub fn settings(&self) -> &Settings {
@@ -356,6 +415,11 @@ impl Converter {
     ) -> Converted {
         let mut out = Converted::default();
         let header = match check_sequence(seq, &mut out.sanitised) {
+            // Upstream trims the owner after cutting it, from 035 on.
+            Ok(h) if rules::requestors(self.generation) => Header {
+                owner: h.owner.trim().to_string(),
+                ..h
+            },
             Ok(h) => h,
             Err(p) => {
                 out.problems.push(p);
@@ -425,7 +489,11 @@ impl Converter {
                     return;
                 };
                 let reason = o.text(&e.reason, limits::CANCEL_REASON);
-                let user = o.text(&e.cancel_user, limits::CANCEL_USER);
+                let mut user = o.text(&e.requestor, limits::CANCEL_USER);
+                if user.is_empty() && rules::requestors(self.generation) {
+                    // Already cut to the owner column's 512 and trimmed.
+                    user = h.owner.clone();
+                }
                 o.set.jobs_to_update.push(UpdateJob {
                     job_id,
                     state: Some(job_state::CANCELLED),
@@ -515,10 +583,13 @@ impl Converter {
                 let Some(run_id) = run_id(&e.run_id, o) else {
                     return;
                 };
+                let scheduler_termination_reason =
+                    rules::requestors(self.generation).then(|| cancellation_reason(e, o));
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
                     finished: Some(t.ts),
                     job_run_state: Some(run_state::CANCELLED),
+                    scheduler_termination_reason,
                     ..Default::default()
                 });
             }
@@ -528,11 +599,35 @@ impl Converter {
                     return;
                 };
                 let error = self.compress(&e.reason, o);
+                let scheduler_termination_reason = if rules::preemption_reason(self.generation) {
+                    self.preemption_reason(h, e, o)
+                } else {
+                    None
+                };
                 o.set.runs_to_update.push(UpdateJobRun {
                     run_id,
                     job_run_state: Some(run_state::PREEMPTED),
                     finished: Some(t.ts),
                     error,
+                    scheduler_termination_reason,
+                    ..Default::default()
+                });
+            }
+            Kind::JobRunTerminatedDebugInfo(e) => {
+                // Before 035 upstream did not know this kind: no rows.
+                if !rules::requestors(self.generation) {
+                    return;
+                }
+                let Some(run_id) = run_id(&e.run_id, o) else {
+                    return;
+                };
+                let debug = self.compress(&e.debug_message, o);
+                if debug.is_none() {
+                    return;
+                }
+                o.set.runs_to_update.push(UpdateJobRun {
+                    run_id,
+                    debug,
                     ..Default::default()
                 });
             }
@@ -596,7 +691,17 @@ impl Converter {
             .as_ref()
             .map(|m| m.annotations.as_slice())
             .unwrap_or(&[]);
-        let (annotations, external_job_uri) = self.user_annotations(meta_annotations, o);
+        let (annotations, annotation_uri) = self.user_annotations(meta_annotations, o);
+        // Emptiness is judged on the raw field, as upstream does.
+        let uri =
+            if rules::external_job_uri_field(self.generation) && !e.external_job_uri.is_empty() {
+                Some(e.external_job_uri.as_slice())
+            } else {
+                annotation_uri
+            };
+        let external_job_uri = uri
+            .map(|u| o.text(u, limits::EXTERNAL_JOB_URI))
+            .unwrap_or_default();
         let priority_class = built
             .facts
             .priority_class
@@ -627,21 +732,22 @@ impl Converter {
 
     /// Strips the user prefix from keys, drops blocklisted keys (compared
     /// case-insensitively, before stripping, as upstream) and cleans keys and
-    /// values. Also returns the external job URI. Entries are applied in
-    /// wire order, so a repeated key keeps its last value (protobuf map
-    /// semantics); keys that collide after stripping keep the later entry.
-    fn user_annotations(
+    /// values. Also returns the raw external job URI annotation, if any.
+    /// Entries are applied in wire order, so a repeated key keeps its last
+    /// value (protobuf map semantics); keys that collide after stripping keep
+    /// the later entry.
+    fn user_annotations<'e>(
         &self,
-        entries: &[ev::StringEntry],
+        entries: &'e [ev::StringEntry],
         o: &mut Out,
-    ) -> (BTreeMap<String, String>, String) {
+    ) -> (BTreeMap<String, String>, Option<&'e [u8]>) {
         let mut out = BTreeMap::new();
-        let mut external = String::new();
+        let mut external = None;
         let prefix = self.settings.user_annotation_prefix.as_bytes();
         for entry in entries {
             let key_raw = lossy(&entry.key);
             if key_raw == EXTERNAL_JOB_URI_ANNOTATION {
-                external = o.text(&entry.value, limits::EXTERNAL_JOB_URI);
+                external = Some(entry.value.as_slice());
             }
             if self.blocklist.contains(&key_raw.to_lowercase()) {
                 continue;
@@ -731,15 +837,44 @@ impl Converter {
                 update.error = self.compress(b"Unknown error", o);
             }
         }
-        // Only a terminal error's FailureInfo is final; a transient one may be
-        // followed by a retry.
-        if first.terminal {
+        // Only a terminal error's failure detail is final; a transient one
+        // may be followed by a retry.
+        if first.terminal && rules::failure_info(self.generation) {
             update.failure_info = first
                 .failure_info
                 .as_ref()
                 .and_then(|fi| failure_info_json(fi, o.sanitised));
         }
+        if first.terminal && rules::failure_category(self.generation) {
+            update.failure_category = failure_category(&first.failure_category, o);
+            update.failure_subcategory = failure_category(&first.failure_subcategory, o);
+        }
         o.set.runs_to_update.push(update);
+    }
+
+    /// `{"reason": R, "args": {...}}` for a preempted run, or `None` when
+    /// there is nothing to say. Args: `preemptingJobId` (034 on) and
+    /// `requestor`, falling back to the trimmed owner (035 on).
+    fn preemption_reason(&self, h: &Header, e: &ev::JobRunPreempted, o: &mut Out) -> Option<Value> {
+        let reason = o.free_text(&e.reason);
+        let mut args = Map::new();
+        let preempting = o.free_text(&e.preempting_job_id);
+        if !preempting.is_empty() {
+            args.insert("preemptingJobId".into(), Value::from(preempting));
+        }
+        if rules::requestors(self.generation) {
+            let mut requestor = o.free_text(&e.requestor);
+            if requestor.is_empty() {
+                requestor = h.owner.clone();
+            }
+            if !requestor.is_empty() {
+                args.insert("requestor".into(), Value::from(requestor));
+            }
+        }
+        if reason.is_empty() && args.is_empty() {
+            return None;
+        }
+        Some(termination_reason(reason, args))
     }
 
     /// Compresses error text for a bytea column. NULs are kept: bytea takes them.
@@ -756,6 +891,41 @@ impl Converter {
             }
         }
     }
+}
+
+/// A failure category for a varchar(63) column: NULs removed, cut to 63
+/// characters (upstream stores them as sent, and one too long stalls its
+/// ingester); `None` when empty, so the stored value is kept.
+fn failure_category(raw: &[u8], o: &mut Out) -> Option<String> {
+    let (s, c) = sanitize::clean_bytes_chars(raw, limits::FAILURE_CATEGORY_CHARS);
+    count(o.sanitised, c);
+    (!s.is_empty()).then_some(s)
+}
+
+/// `{"reason": R}`, with `"args"` only when it has a key.
+fn termination_reason(reason: String, args: Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("reason".into(), Value::from(reason));
+    if !args.is_empty() {
+        m.insert("args".into(), Value::Object(args));
+    }
+    Value::Object(m)
+}
+
+/// A cancelled run's termination reason (035 on): always written, with a
+/// placeholder for an empty reason and the requestor only when the event
+/// names one (no owner fallback here, as upstream).
+fn cancellation_reason(e: &ev::JobRunCancelled, o: &mut Out) -> Value {
+    let mut reason = o.free_text(&e.reason);
+    if reason.is_empty() {
+        reason = "no reason provided".into();
+    }
+    let mut args = Map::new();
+    let requestor = o.free_text(&e.requestor);
+    if !requestor.is_empty() {
+        args.insert("requestor".into(), Value::from(requestor));
+    }
+    termination_reason(reason, args)
 }
 
 /// The sparse JSON form of a FailureInfo: only its non-zero fields; `None`

@@ -82,6 +82,18 @@ pub fn clean(s: &str, max_bytes: usize) -> (String, Changes) {
     (out, changes)
 }
 
+/// Like [`clean_bytes`], but the limit counts characters (for `varchar(n)`
+/// columns that upstream never cuts, where the cut must match what Postgres
+/// measures).
+pub fn clean_bytes_chars(b: &[u8], max_chars: usize) -> (String, Changes) {
+    let (mut s, mut changes) = clean_bytes(b, usize::MAX);
+    if let Some((cut, _)) = s.char_indices().nth(max_chars) {
+        changes.truncated = true;
+        s.truncate(cut);
+    }
+    (s, changes)
+}
+
 /// Removes every U+0000 and applies no length limit (for text and jsonb
 /// columns without one).
 pub fn strip_nul(s: &str) -> (String, Changes) {
@@ -154,6 +166,18 @@ mod tests {
         assert!(c.invalid_utf8 && c.nul_removed && !c.truncated);
         let (s, c) = clean_bytes("fine".as_bytes(), 100);
         assert_eq!((s.as_str(), c), ("fine", Changes::default()));
+    }
+
+    #[test]
+    fn character_limit_counts_characters_not_bytes() {
+        let (s, c) = clean_bytes_chars("é".repeat(63).as_bytes(), 63);
+        assert_eq!((s, c), ("é".repeat(63), Changes::default()));
+        let (s, c) = clean_bytes_chars(format!("{}\0中x", "a".repeat(62)).as_bytes(), 63);
+        assert_eq!(s, format!("{}中", "a".repeat(62)));
+        assert!(c.nul_removed && c.truncated && !c.invalid_utf8);
+        let (s, c) = clean_bytes_chars(b"\xff", 0);
+        assert_eq!(s, "");
+        assert!(c.invalid_utf8 && c.truncated);
     }
 
     #[test]

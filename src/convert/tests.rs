@@ -577,6 +577,7 @@ fn other_run_error_reasons() {
             terminal: true,
             reason: None,
             failure_info: None,
+            ..Default::default()
         }],
     ));
     assert_eq!(
@@ -821,7 +822,7 @@ fn counts_come_back_in_the_output() {
     );
     if let Some(Kind::CancelledJob(c)) = &mut seq.events[0].event {
         c.reason = b"bad\xffbyte".to_vec();
-        c.cancel_user = "u".repeat(limits::CANCEL_USER + 1).into_bytes();
+        c.requestor = "u".repeat(limits::CANCEL_USER + 1).into_bytes();
     }
     let c = conv().convert(&seq, None);
     assert_eq!(
@@ -898,6 +899,7 @@ fn every_event_kind_name_is_known_in_advance() {
         K::JobPreemptionRequested(Default::default()),
         K::JobRunCancelled(Default::default()),
         K::JobValidated(Default::default()),
+        K::JobRunTerminatedDebugInfo(Default::default()),
     ];
     let mut names: Vec<&str> = kinds
         .into_iter()
@@ -923,4 +925,793 @@ fn problems_display_with_their_event() {
         ..p
     };
     assert_eq!(p.to_string(), "missing_id: event has no job id");
+}
+
+// ---- Schema generations: upstream's rules as of each migration's commit ----
+
+use crate::model::Generation::{self, G031, G032, G033, G034, G035};
+
+/// Converts one event, owned by `owner`, for generation `g`.
+fn at(g: Generation, owner: &str, kind: ev::event_sequence::event::Event) -> Converted {
+    conv().with_generation(g).convert(
+        &sequence("q", "js", owner, vec![event(Some(ts(10)), kind)]),
+        None,
+    )
+}
+
+/// The compressed form of `s`, as the error and debug columns hold it.
+fn z(s: &str) -> Vec<u8> {
+    compress::zlib(
+        s.as_bytes(),
+        Settings::default().min_job_spec_compression_size,
+    )
+    .expect("compresses")
+}
+
+#[test]
+fn converter_generation_defaults_to_031_and_is_chosen_per_clone() {
+    let base = conv();
+    assert_eq!(base.generation(), G031);
+    let newer = base.with_generation(G035);
+    assert_eq!(newer.generation(), G035);
+    assert_eq!(base.generation(), G031, "the original is unchanged");
+    assert_eq!(newer.settings(), base.settings());
+    assert_eq!(newer.with_generation(G032).generation(), G032);
+}
+
+#[test]
+fn external_job_uri_field_wins_from_032() {
+    let submit_both = || {
+        with_external_job_uri(
+            submit(
+                "j",
+                "ns",
+                0,
+                &[],
+                None,
+                &[("armadaproject.io/externalJobUri", "http://annotation")],
+            ),
+            "http://field",
+        )
+    };
+    let uri = |c: &Converted| c.instructions.jobs_to_create[0].external_job_uri.clone();
+    assert_eq!(uri(&at(G031, "u", submit_both())), "http://annotation");
+    for g in [G032, G033, G034, G035] {
+        let c = at(g, "u", submit_both());
+        assert!(c.problems.is_empty(), "{g}: {:?}", c.problems);
+        assert_eq!(uri(&c), "http://field", "{g}");
+        // The annotation itself is still stored, prefix stripped.
+        assert_eq!(
+            c.instructions.jobs_to_create[0]
+                .annotations
+                .get("externalJobUri")
+                .map(String::as_str),
+            Some("http://annotation")
+        );
+    }
+    // An empty field falls back to the annotation.
+    let c = at(
+        G035,
+        "u",
+        with_external_job_uri(
+            submit(
+                "j",
+                "ns",
+                0,
+                &[],
+                None,
+                &[("armadaproject.io/externalJobUri", "http://annotation")],
+            ),
+            "",
+        ),
+    );
+    assert_eq!(uri(&c), "http://annotation");
+    // Field only: ignored at 031, used from 032.
+    let field_only = || with_external_job_uri(submit("j", "ns", 0, &[], None, &[]), "http://f");
+    assert_eq!(uri(&at(G031, "u", field_only())), "");
+    assert_eq!(uri(&at(G032, "u", field_only())), "http://f");
+    // Neither: empty, at every generation.
+    for g in Generation::ALL {
+        assert_eq!(uri(&at(g, "u", submit("j", "ns", 0, &[], None, &[]))), "");
+    }
+}
+
+#[test]
+fn external_job_uri_field_is_judged_raw_then_cleaned_and_cut() {
+    // Only NULs: not empty as sent, so it wins over the annotation and
+    // cleans to "" (counted).
+    let c = at(
+        G032,
+        "u",
+        with_external_job_uri(
+            submit(
+                "j",
+                "ns",
+                0,
+                &[],
+                None,
+                &[("armadaproject.io/externalJobUri", "http://annotation")],
+            ),
+            "\0\0",
+        ),
+    );
+    assert_eq!(c.instructions.jobs_to_create[0].external_job_uri, "");
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
+    let c = at(
+        G034,
+        "u",
+        with_external_job_uri(submit("j", "ns", 0, &[], None, &[]), &"x".repeat(1100)),
+    );
+    assert_eq!(
+        c.instructions.jobs_to_create[0].external_job_uri,
+        "x".repeat(1024)
+    );
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::Truncated, 1)]));
+    // The annotation's value is counted once as an annotation; the URI taken
+    // from the field does not count the annotation again.
+    let c = at(
+        G035,
+        "u",
+        with_external_job_uri(
+            submit(
+                "j",
+                "ns",
+                0,
+                &[],
+                None,
+                &[("armadaproject.io/externalJobUri", "a\0b")],
+            ),
+            "http://f",
+        ),
+    );
+    assert_eq!(
+        c.instructions.jobs_to_create[0].external_job_uri,
+        "http://f"
+    );
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
+}
+
+/// A terminal pod error carrying both kinds of failure detail (no real event
+/// has both; it shows which one each generation reads).
+fn error_with_both(terminal: bool) -> ev::Error {
+    ev::Error {
+        failure_info: Some(failure(137, "OOMKilled", &["oom"], "main")),
+        ..categorised_error(
+            terminal,
+            pod_error("killed", "n1", &[137]),
+            "oom",
+            "container-killed",
+        )
+    }
+}
+
+fn failed_run(
+    failure_info: Option<serde_json::Value>,
+    cat: Option<&str>,
+    sub: Option<&str>,
+) -> UpdateJobRun {
+    UpdateJobRun {
+        run_id: "r".into(),
+        node: Some("n1".into()),
+        finished: Some(t(10)),
+        job_run_state: Some(run_state::FAILED),
+        error: Some(z("killed")),
+        debug: Some(z("debug: killed")),
+        exit_code: Some(137),
+        failure_info,
+        failure_category: cat.map(str::to_string),
+        failure_subcategory: sub.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn failure_detail_is_failure_info_at_031_and_categories_from_032() {
+    let runs = |g| {
+        at(g, "u", run_errors("j", "r", vec![error_with_both(true)]))
+            .instructions
+            .runs_to_update
+    };
+    assert_eq!(
+        runs(G031),
+        vec![failed_run(
+            Some(
+                json!({"exitCode": 137, "terminationMessage": "OOMKilled", "categories": ["oom"], "containerName": "main"})
+            ),
+            None,
+            None
+        )]
+    );
+    for g in [G032, G033, G034, G035] {
+        assert_eq!(
+            runs(g),
+            vec![failed_run(None, Some("oom"), Some("container-killed"))],
+            "{g}"
+        );
+    }
+}
+
+#[test]
+fn failure_categories_come_from_the_first_non_preempted_error_if_terminal() {
+    for g in [G031, G032, G034, G035] {
+        // A preemption error is skipped; the next one decides.
+        let c = at(
+            g,
+            "u",
+            run_errors(
+                "j",
+                "r",
+                vec![
+                    categorised_error(true, R::JobRunPreemptedError(Default::default()), "p", "p"),
+                    categorised_error(true, R::LeaseExpired(ev::LeaseExpired {}), "lease", ""),
+                ],
+            ),
+        );
+        let cat = (g >= G032).then(|| "lease".to_string());
+        assert_eq!(
+            c.instructions.runs_to_update,
+            vec![UpdateJobRun {
+                run_id: "r".into(),
+                finished: Some(t(10)),
+                job_run_state: Some(run_state::LEASE_EXPIRED),
+                error: Some(z("Lease expired")),
+                failure_category: cat,
+                ..Default::default()
+            }],
+            "{g}"
+        );
+        // A non-terminal first error writes no failure detail, even when a
+        // later one is terminal.
+        let c = at(
+            g,
+            "u",
+            run_errors(
+                "j",
+                "r",
+                vec![error_with_both(false), error_with_both(true)],
+            ),
+        );
+        assert_eq!(
+            c.instructions.runs_to_update,
+            vec![UpdateJobRun {
+                finished: None,
+                ..failed_run(None, None, None)
+            }],
+            "{g}"
+        );
+    }
+}
+
+#[test]
+fn failure_categories_are_cleaned_and_cut_to_63_characters() {
+    let c = at(
+        G032,
+        "u",
+        run_errors(
+            "j",
+            "r",
+            vec![categorised_error(
+                true,
+                R::ExecutorError(ev::ExecutorError {}),
+                &format!("{}tail", "é".repeat(62)),
+                "sub\0category",
+            )],
+        ),
+    );
+    let u = &c.instructions.runs_to_update[0];
+    assert_eq!(
+        (
+            u.failure_category.as_deref(),
+            u.failure_subcategory.as_deref()
+        ),
+        (
+            Some(format!("{}t", "é".repeat(62)).as_str()),
+            Some("subcategory")
+        )
+    );
+    assert_eq!(
+        c.sanitised,
+        BTreeMap::from([(Action::NulRemoved, 1), (Action::Truncated, 1)])
+    );
+    // Exactly 63 characters (126 bytes) is kept whole; empty stays NULL.
+    let c = at(
+        G035,
+        "u",
+        run_errors(
+            "j",
+            "r",
+            vec![categorised_error(
+                true,
+                R::ExecutorError(ev::ExecutorError {}),
+                &"é".repeat(63),
+                "",
+            )],
+        ),
+    );
+    let u = &c.instructions.runs_to_update[0];
+    assert_eq!(
+        (u.failure_category.clone(), u.failure_subcategory.clone()),
+        (Some("é".repeat(63)), None)
+    );
+    assert!(c.sanitised.is_empty());
+    // A value that cleans to nothing keeps the stored one.
+    let c = at(
+        G033,
+        "u",
+        run_errors(
+            "j",
+            "r",
+            vec![categorised_error(
+                true,
+                R::ExecutorError(ev::ExecutorError {}),
+                "\0",
+                "",
+            )],
+        ),
+    );
+    assert_eq!(c.instructions.runs_to_update[0].failure_category, None);
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
+}
+
+fn preempted_run(reason: &str, termination: Option<serde_json::Value>) -> Vec<UpdateJobRun> {
+    vec![UpdateJobRun {
+        run_id: "r".into(),
+        finished: Some(t(10)),
+        job_run_state: Some(run_state::PREEMPTED),
+        error: Some(z(reason)),
+        scheduler_termination_reason: termination,
+        ..Default::default()
+    }]
+}
+
+#[test]
+fn preemption_termination_reason_per_generation() {
+    let runs = |g, owner| {
+        at(
+            g,
+            owner,
+            run_preempted_by("j", "r", "higher priority", "pj", "bob"),
+        )
+        .instructions
+        .runs_to_update
+    };
+    for g in [G031, G032, G033] {
+        assert_eq!(
+            runs(g, "alice"),
+            preempted_run("higher priority", None),
+            "{g}"
+        );
+    }
+    assert_eq!(
+        runs(G034, "alice"),
+        preempted_run(
+            "higher priority",
+            Some(json!({"reason": "higher priority", "args": {"preemptingJobId": "pj"}}))
+        )
+    );
+    assert_eq!(
+        runs(G035, "alice"),
+        preempted_run(
+            "higher priority",
+            Some(
+                json!({"reason": "higher priority", "args": {"preemptingJobId": "pj", "requestor": "bob"}})
+            )
+        )
+    );
+    // Old events (no fields 8, 9) at 034 and 035.
+    let old = |g, owner| {
+        at(g, owner, run_preempted("j", "r", "old"))
+            .instructions
+            .runs_to_update
+    };
+    assert_eq!(
+        old(G034, "alice"),
+        preempted_run("old", Some(json!({"reason": "old"})))
+    );
+    assert_eq!(
+        old(G035, " alice\t"),
+        preempted_run(
+            "old",
+            Some(json!({"reason": "old", "args": {"requestor": "alice"}}))
+        )
+    );
+}
+
+#[test]
+fn preemption_termination_reason_only_when_there_is_something_to_say() {
+    let runs = |g, owner, reason, preempting, requestor| {
+        at(
+            g,
+            owner,
+            run_preempted_by("j", "r", reason, preempting, requestor),
+        )
+        .instructions
+        .runs_to_update
+    };
+    // 034: the requestor is not read, so nothing but an empty reason is nothing.
+    assert_eq!(runs(G034, "alice", "", "", "bob"), preempted_run("", None));
+    assert_eq!(
+        runs(G034, "alice", "", "pj", ""),
+        preempted_run(
+            "",
+            Some(json!({"reason": "", "args": {"preemptingJobId": "pj"}}))
+        )
+    );
+    // 035: the owner stands in for a missing requestor, so only a blank
+    // owner leaves nothing.
+    assert_eq!(
+        runs(G035, "alice", "", "", ""),
+        preempted_run(
+            "",
+            Some(json!({"reason": "", "args": {"requestor": "alice"}}))
+        )
+    );
+    assert_eq!(runs(G035, " \t", "", "", ""), preempted_run("", None));
+    assert_eq!(
+        runs(G035, "", "why", "", ""),
+        preempted_run("why", Some(json!({"reason": "why"})))
+    );
+}
+
+#[test]
+fn termination_reason_text_is_cleaned_not_cut() {
+    let long = "r".repeat(5000);
+    let mut kind = run_preempted_by("j", "r", &long, "p\0j", "x");
+    if let Kind::JobRunPreempted(p) = &mut kind {
+        p.requestor = b"b\xffob".to_vec();
+    }
+    let c = at(G035, "alice", kind);
+    assert_eq!(
+        c.instructions.runs_to_update[0].scheduler_termination_reason,
+        Some(
+            json!({"reason": long, "args": {"preemptingJobId": "pj", "requestor": "b\u{fffd}ob"}})
+        )
+    );
+    assert_eq!(
+        c.sanitised,
+        BTreeMap::from([(Action::InvalidUtf8Replaced, 1), (Action::NulRemoved, 1)])
+    );
+    let c = at(G035, "alice", run_cancelled_by("j", "r", "st\0op", "b\0ob"));
+    assert_eq!(
+        c.instructions.runs_to_update[0].scheduler_termination_reason,
+        Some(json!({"reason": "stop", "args": {"requestor": "bob"}}))
+    );
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 2)]));
+}
+
+fn cancelled_run(termination: Option<serde_json::Value>) -> Vec<UpdateJobRun> {
+    vec![UpdateJobRun {
+        run_id: "r".into(),
+        finished: Some(t(10)),
+        job_run_state: Some(run_state::CANCELLED),
+        scheduler_termination_reason: termination,
+        ..Default::default()
+    }]
+}
+
+#[test]
+fn cancelled_run_termination_reason_only_at_035() {
+    let runs = |g, reason, requestor| {
+        at(g, "alice", run_cancelled_by("j", "r", reason, requestor))
+            .instructions
+            .runs_to_update
+    };
+    for g in [G031, G032, G033, G034] {
+        assert_eq!(runs(g, "too slow", "bob"), cancelled_run(None), "{g}");
+    }
+    assert_eq!(
+        runs(G035, "too slow", "bob"),
+        cancelled_run(Some(
+            json!({"reason": "too slow", "args": {"requestor": "bob"}})
+        ))
+    );
+    // Always written at 035; no owner fallback for the requestor.
+    assert_eq!(
+        runs(G035, "", ""),
+        cancelled_run(Some(json!({"reason": "no reason provided"})))
+    );
+    assert_eq!(
+        at(G035, "alice", run_cancelled("j", "r"))
+            .instructions
+            .runs_to_update,
+        cancelled_run(Some(json!({"reason": "no reason provided"})))
+    );
+}
+
+#[test]
+fn run_debug_info_writes_debug_only_at_035() {
+    for g in [G031, G032, G033, G034] {
+        let c = at(g, "u", run_debug_info("j", "r", "{\"why\":\"x\"}"));
+        assert!(c.instructions.is_empty(), "{g}");
+        assert!(c.problems.is_empty(), "{g}: known kind, ignored");
+        assert_eq!(
+            c.events_by_kind,
+            BTreeMap::from([("job_run_terminated_debug_info", 1)])
+        );
+        // Ignored entirely: not even the ids are checked.
+        assert!(at(g, "u", run_debug_info("", "", "")).problems.is_empty());
+    }
+    let c = at(G035, "u", run_debug_info("j", "r", "{\"why\":\"x\"}"));
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(
+        c.instructions,
+        InstructionSet {
+            runs_to_update: vec![UpdateJobRun {
+                run_id: "r".into(),
+                debug: Some(z("{\"why\":\"x\"}")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    );
+    // An empty message still writes a compressed empty string; NULs stay
+    // (bytea takes them) and are not counted.
+    let c = at(G035, "u", run_debug_info("j", "r", ""));
+    assert_eq!(c.instructions.runs_to_update[0].debug, Some(z("")));
+    let c = at(G035, "u", run_debug_info("j", "r", "a\0b"));
+    assert_eq!(c.instructions.runs_to_update[0].debug, Some(z("a\0b")));
+    assert!(c.sanitised.is_empty());
+    let c = at(G035, "u", run_debug_info("j", "", "m"));
+    assert!(c.instructions.is_empty());
+    assert_eq!(c.problems[0].reason, Reason::MissingId);
+}
+
+#[test]
+fn cancelled_job_user_falls_back_to_trimmed_owner_at_035() {
+    let user = |g, owner, requestor| {
+        at(g, owner, cancelled("j", "why", requestor))
+            .instructions
+            .jobs_to_update[0]
+            .cancel_user
+            .clone()
+    };
+    for g in Generation::ALL {
+        assert_eq!(user(g, " alice ", "bob"), Some("bob".into()), "{g}");
+    }
+    for g in [G031, G032, G033, G034] {
+        assert_eq!(user(g, " alice ", ""), None, "{g}");
+    }
+    assert_eq!(user(G035, " alice ", ""), Some("alice".into()));
+    assert_eq!(user(G035, " \n", ""), None);
+    assert_eq!(
+        at(G035, " alice ", cancelled("j", "why", ""))
+            .instructions
+            .jobs_to_update,
+        vec![UpdateJob {
+            job_id: "j".into(),
+            state: Some(job_state::CANCELLED),
+            cancelled: Some(t(10)),
+            cancel_reason: Some("why".into()),
+            cancel_user: Some("alice".into()),
+            last_transition_time: Some(t(10)),
+            last_transition_time_seconds: Some(ts(10).seconds),
+            ..Default::default()
+        }]
+    );
+}
+
+#[test]
+fn owner_is_trimmed_at_035_in_the_row_and_the_job_spec() {
+    for (g, want) in [
+        (G031, " alice\t"),
+        (G032, " alice\t"),
+        (G034, " alice\t"),
+        (G035, "alice"),
+    ] {
+        let c = at(g, " alice\t", submit("j", "ns", 0, &[], None, &[]));
+        let j = &c.instructions.jobs_to_create[0];
+        assert_eq!(j.owner, want, "{g}");
+        let raw = compress::unzlib(&j.job_spec).expect("job spec inflates");
+        let api: crate::proto::api::Job = prost::Message::decode(raw.as_slice()).expect("api.Job");
+        assert_eq!(api.owner, want, "{g}");
+    }
+    // Cut to 512 bytes first, then trimmed.
+    let owner = format!("{}  x", "a".repeat(510));
+    let c = at(G035, &owner, submit("j", "ns", 0, &[], None, &[]));
+    assert_eq!(c.instructions.jobs_to_create[0].owner, "a".repeat(510));
+    assert_eq!(c.sanitised, BTreeMap::from([(Action::Truncated, 1)]));
+}
+
+#[test]
+fn reprioritised_requestor_and_retry_policy_name_are_ignored() {
+    let mut kind = reprioritised("j", 7);
+    if let Kind::ReprioritisedJob(r) = &mut kind {
+        r.requestor = b"bob".to_vec();
+    }
+    for g in Generation::ALL {
+        assert_eq!(
+            at(g, "u", kind.clone()).instructions.jobs_to_update,
+            vec![UpdateJob {
+                job_id: "j".into(),
+                priority: Some(7),
+                ..Default::default()
+            }],
+            "{g}"
+        );
+        let with_policy = ev::Error {
+            retry_policy_name: b"policy\0".to_vec(),
+            ..error_with_both(true)
+        };
+        let c = at(g, "u", run_errors("j", "r", vec![with_policy]));
+        assert_eq!(
+            c.instructions,
+            at(g, "u", run_errors("j", "r", vec![error_with_both(true)])).instructions,
+            "{g}"
+        );
+        assert!(c.sanitised.is_empty(), "{g}: the name is not even read");
+    }
+}
+
+#[test]
+fn events_of_either_age_decode_and_convert_at_every_generation() {
+    use prost::Message as _;
+    // Old: FailureInfo in field 15. New: fields 16/17, 8/9, 5/6, 26.
+    let old = sequence(
+        "q",
+        "js",
+        "alice",
+        vec![
+            event(
+                Some(ts(1)),
+                run_errors(
+                    "j",
+                    "r",
+                    vec![error(
+                        true,
+                        pod_error("m", "n", &[1]),
+                        Some(failure(1, "t", &["c"], "main")),
+                    )],
+                ),
+            ),
+            event(Some(ts(2)), cancelled("j", "why", "bob")),
+            event(Some(ts(3)), run_preempted("j", "r", "p")),
+        ],
+    );
+    let new = sequence(
+        "q",
+        "js",
+        "alice",
+        vec![
+            event(
+                Some(ts(1)),
+                run_errors(
+                    "j",
+                    "r",
+                    vec![categorised_error(
+                        true,
+                        pod_error("m", "n", &[1]),
+                        "cat",
+                        "sub",
+                    )],
+                ),
+            ),
+            event(Some(ts(2)), run_cancelled_by("j", "r", "why", "bob")),
+            event(Some(ts(3)), run_preempted_by("j", "r", "p", "pj", "bob")),
+            event(Some(ts(4)), run_debug_info("j", "r", "d")),
+            event(
+                Some(ts(5)),
+                with_external_job_uri(submit("k", "ns", 0, &[], None, &[]), "http://f"),
+            ),
+        ],
+    );
+    for g in Generation::ALL {
+        for seq in [&old, &new] {
+            let decoded =
+                ev::EventSequence::decode(seq.encode_to_vec().as_slice()).expect("decodes");
+            let c = conv().with_generation(g).convert(&decoded, None);
+            assert!(c.problems.is_empty(), "{g}: {:?}", c.problems);
+            assert!(c.sanitised.is_empty(), "{g}");
+        }
+    }
+    // Old events at 035: the FailureInfo is not read, and nothing else breaks.
+    let c = conv().with_generation(G035).convert(&old, None);
+    let u = &c.instructions.runs_to_update[0];
+    assert_eq!(
+        (
+            u.failure_info.clone(),
+            u.failure_category.clone(),
+            u.failure_subcategory.clone()
+        ),
+        (None, None, None)
+    );
+    // New events at 031: today's rows; the new fields are not read.
+    let c = conv().convert(&new, None);
+    assert_eq!(
+        c.instructions.runs_to_update.len(),
+        3,
+        "no debug-info update at 031"
+    );
+    assert!(c
+        .instructions
+        .runs_to_update
+        .iter()
+        .all(|u| u.failure_category.is_none()
+            && u.failure_subcategory.is_none()
+            && u.scheduler_termination_reason.is_none()
+            && u.failure_info.is_none()));
+    assert_eq!(c.instructions.jobs_to_create[0].external_job_uri, "");
+    // The generated stream (old-style events) converts cleanly everywhere.
+    for g in Generation::ALL {
+        let conv = conv().with_generation(g);
+        for seq in generate(1, 100) {
+            let c = conv.convert(&seq, None);
+            assert!(c.problems.is_empty(), "{g}: {:?}", c.problems);
+        }
+    }
+}
+
+#[test]
+fn sanitising_counts_cover_the_new_columns() {
+    let seq = sequence(
+        "q",
+        "js",
+        "alice",
+        vec![
+            event(
+                Some(ts(1)),
+                run_errors(
+                    "j",
+                    "r",
+                    vec![categorised_error(
+                        true,
+                        R::ExecutorError(ev::ExecutorError {}),
+                        "c\0at",
+                        &"s".repeat(64),
+                    )],
+                ),
+            ),
+            event(
+                Some(ts(2)),
+                run_cancelled_by("j", "r", "why\0", "placeholder"),
+            ),
+            event(Some(ts(3)), run_preempted_by("j", "r", "\0", "pj\0", "")),
+        ],
+    );
+    // The byte 0xC3 followed by '(' cannot be a &str literal; patch it in.
+    let mut seq = seq;
+    if let Some(Kind::JobRunCancelled(e)) = &mut seq.events[1].event {
+        e.requestor = b"b\xc3\x28ob".to_vec();
+    }
+    let c = conv().with_generation(G035).convert(&seq, None);
+    assert_eq!(
+        c.sanitised,
+        BTreeMap::from([
+            (Action::InvalidUtf8Replaced, 1),
+            (Action::NulRemoved, 4),
+            (Action::Truncated, 1),
+        ])
+    );
+    let stored: Vec<_> = c
+        .instructions
+        .runs_to_update
+        .iter()
+        .map(|u| {
+            (
+                u.failure_category.clone(),
+                u.failure_subcategory.clone(),
+                u.scheduler_termination_reason.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (Some("cat".into()), Some("s".repeat(63)), None),
+            (
+                None,
+                None,
+                Some(json!({"reason": "why", "args": {"requestor": "b\u{fffd}(ob"}}))
+            ),
+            (
+                None,
+                None,
+                Some(
+                    json!({"reason": "", "args": {"preemptingJobId": "pj", "requestor": "alice"}})
+                )
+            ),
+        ]
+    );
+    // At 031 none of those strings is read, so nothing is counted.
+    let c = conv().convert(&seq, None);
+    assert!(c.sanitised.is_empty(), "{:?}", c.sanitised);
 }

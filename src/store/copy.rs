@@ -8,21 +8,23 @@
 //! batch statement fails for a reason that the rows themselves might cause, so
 //! that one bad row does not stop the others.
 //!
-//! Each step's columns are listed once ([`COLUMNS`]): name, temp-table type,
-//! driver type and where the value comes from. The temp table, the `COPY`,
-//! the insert statements and the `SET` lists of the updates are generated
-//! from that list, once per process ([`sql`]); only the parts of the update
-//! statements that are about more than columns (the terminal filter, the
-//! unmatched-row detection) are written out by hand. A schema generation
-//! that adds columns is then a different [`Columns`].
+//! Each step's columns are listed once: name, temp-table type, driver type
+//! and where the value comes from. Only the run update differs between
+//! schema generations ([`RUN_UPDATE_BY_GENERATION`]), so every generation
+//! gets its own [`Columns`], and from it its own statements: the temp table,
+//! the `COPY`, the insert statements and the `SET` lists of the updates are
+//! generated once per process and generation ([`sql`]); only the parts of
+//! the statements that are about more than columns (the terminal filter,
+//! the unmatched-row detection, the job insert's guard) are written out by
+//! hand.
 //!
-//! Columns and temp-table types are upstream's (insertion.go), so values that
-//! upstream would reject (e.g. a 33-character job id) are rejected here too,
-//! already at `COPY` time.
+//! Columns and temp-table types are upstream's (insertion.go) at each
+//! generation, so values that upstream would reject (e.g. a 33-character job
+//! id) are rejected here too, already at `COPY` time.
 
 use super::retry::{classify, describe, ErrorClass, RetryableError};
 use super::step::{Operation, Step, STEPS};
-use crate::model::{CreateJob, CreateJobError, CreateJobRun, UpdateJob, UpdateJobRun};
+use crate::model::{CreateJob, CreateJobError, CreateJobRun, Generation, UpdateJob, UpdateJobRun};
 use futures::pin_mut;
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
@@ -122,7 +124,7 @@ impl Conflated {
             Step::JobUpdate => fill(columns.job_update, self.job_updates.get(i), out),
             Step::RunInsert => fill(columns.run, self.runs.get(i), out),
             Step::JobErrorInsert => fill(columns.job_error, self.job_errors.get(i), out),
-            Step::RunUpdate => fill(columns.run_update, self.run_updates.get(i), out),
+            Step::RunUpdate => fill(&columns.run_update, self.run_updates.get(i), out),
         }
     }
 }
@@ -153,13 +155,25 @@ impl Value<'_> {
 }
 
 /// One column of a step, in temp-table, `COPY` and parameter order.
-pub(crate) struct Column<R> {
+pub(crate) struct Column<R: 'static> {
     name: &'static str,
     /// The temp-table type, upstream's.
     sql_type: &'static str,
     /// The `COPY` column and statement parameter type.
     ty: Type,
     get: for<'a> fn(&'a R) -> Value<'a>,
+}
+
+// By hand: a derive would ask for `R: Clone`, which the rows need not be.
+impl<R> Clone for Column<R> {
+    fn clone(&self) -> Self {
+        Column {
+            name: self.name,
+            sql_type: self.sql_type,
+            ty: self.ty.clone(),
+            get: self.get,
+        }
+    }
 }
 
 const fn col<R>(
@@ -185,14 +199,68 @@ pub(crate) struct Columns {
     job_update: &'static [Column<UpdateJob>],
     run: &'static [Column<CreateJobRun>],
     job_error: &'static [Column<CreateJobError>],
+    run_update: Vec<Column<UpdateJobRun>>,
+}
+
+impl Columns {
+    /// What upstream's writer at `generation` writes: the common columns,
+    /// plus the run-update columns of that generation.
+    fn of(generation: Generation) -> Columns {
+        let c = &COMMON;
+        let run_update = c
+            .run_update
+            .iter()
+            .cloned()
+            .chain(
+                RUN_UPDATE_BY_GENERATION
+                    .iter()
+                    .filter(|(writes, _)| writes(generation))
+                    .map(|(_, col)| col.clone()),
+            )
+            .collect();
+        Columns {
+            job: c.job,
+            job_spec: c.job_spec,
+            job_update: c.job_update,
+            run: c.run,
+            job_error: c.job_error,
+            run_update,
+        }
+    }
+}
+
+/// The columns every generation writes (the run update's are only the
+/// common part).
+struct Common {
+    job: &'static [Column<CreateJob>],
+    job_spec: &'static [Column<CreateJob>],
+    job_update: &'static [Column<UpdateJob>],
+    run: &'static [Column<CreateJobRun>],
+    job_error: &'static [Column<CreateJobError>],
     run_update: &'static [Column<UpdateJobRun>],
 }
 
 use Value::Sql;
 
-/// The columns as of Lookout migration 031.
+/// Whether a column is written at a generation.
+type WrittenAt = fn(Generation) -> bool;
+
+/// The run-update columns that depend on the generation, each with the
+/// generations that write it. 032 has `failure_info` but upstream's 032
+/// writer never fills it, so it is 031's alone; the categories are
+/// `varchar(63)` in upstream's temp table too.
 #[rustfmt::skip]
-pub(crate) const COLUMNS: Columns = Columns {
+const RUN_UPDATE_BY_GENERATION: &[(WrittenAt, Column<UpdateJobRun>)] = &[
+    (Generation::writes_failure_info,    col("failure_info",                 "jsonb",       Type::JSONB,   |u| Sql(&u.failure_info))),
+    (Generation::has_failure_category,   col("failure_category",             "varchar(63)", Type::VARCHAR, |u| Sql(&u.failure_category))),
+    (Generation::has_failure_category,   col("failure_subcategory",          "varchar(63)", Type::VARCHAR, |u| Sql(&u.failure_subcategory))),
+    (Generation::has_termination_reason, col("scheduler_termination_reason", "jsonb",       Type::JSONB,   |u| Sql(&u.scheduler_termination_reason))),
+];
+
+/// The columns of every generation, as of Lookout migration 031 (the run
+/// update's generation-specific ones are in [`RUN_UPDATE_BY_GENERATION`]).
+#[rustfmt::skip]
+const COMMON: Common = Common {
     job: &[
         col("job_id",                       "varchar(32)",   Type::VARCHAR,   |j| Sql(&j.job_id)),
         col("queue",                        "varchar(512)",  Type::VARCHAR,   |j| Sql(&j.queue)),
@@ -260,7 +328,6 @@ pub(crate) const COLUMNS: Columns = Columns {
         col("debug",                        "bytea",         Type::BYTEA,     |u| Sql(&u.debug)),
         col("exit_code",                    "int",           Type::INT4,      |u| Sql(&u.exit_code)),
         col("ingress_addresses",            "jsonb",         Type::JSONB,     |u| Value::Ports(u.ingress_addresses.as_ref().map(Json))),
-        col("failure_info",                 "jsonb",         Type::JSONB,     |u| Sql(&u.failure_info)),
     ],
 };
 
@@ -280,22 +347,38 @@ pub(crate) struct StepSql {
     pub(crate) row: String,
 }
 
-/// Every step's statements, generated from one [`Columns`].
+/// Every step's statements for one generation, generated from its [`Columns`].
 struct Statements {
-    columns: &'static Columns,
+    columns: Columns,
     /// In [`STEPS`] order.
     steps: Vec<StepSql>,
 }
 
-static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| Statements::new(&COLUMNS));
+/// One [`Statements`] per generation, in [`Generation::ALL`] order.
+static STATEMENTS: LazyLock<Vec<Statements>> = LazyLock::new(|| {
+    Generation::ALL
+        .into_iter()
+        .map(|g| Statements::new(Columns::of(g)))
+        .collect()
+});
 
-/// The statements of `step`, generated on first use.
-pub(crate) fn sql(step: Step) -> &'static StepSql {
-    STATEMENTS.get(step)
+/// The statements for a generation, generated on first use.
+fn statements(generation: Generation) -> &'static Statements {
+    let i = Generation::ALL
+        .iter()
+        .position(|g| *g == generation)
+        .unwrap_or(0);
+    &STATEMENTS[i]
+}
+
+/// The statements of `step` at `generation`.
+#[cfg(test)]
+fn sql(generation: Generation, step: Step) -> &'static StepSql {
+    statements(generation).get(step)
 }
 
 impl Statements {
-    fn new(columns: &'static Columns) -> Statements {
+    fn new(columns: Columns) -> Statements {
         let steps = STEPS
             .iter()
             .map(|&step| match step {
@@ -304,7 +387,7 @@ impl Statements {
                 Step::RunInsert => insert(step, columns.run),
                 Step::JobErrorInsert => insert(step, columns.job_error),
                 Step::JobUpdate => job_update(columns.job_update),
-                Step::RunUpdate => run_update(columns.run_update),
+                Step::RunUpdate => run_update(&columns.run_update),
             })
             .collect();
         Statements { columns, steps }
@@ -346,19 +429,41 @@ fn step_sql<R>(step: Step, cols: &[Column<R>], merge: String, row: String) -> St
     }
 }
 
-/// Inserts ignore existing keys, as upstream: a redelivered creation is a no-op.
+/// Inserts ignore existing keys, as upstream: a redelivered creation is a
+/// no-op. A job is also not inserted when its id exists in any state: on a
+/// `job` split into hot and cold partitions (upstream's experimental
+/// layout) the primary key is `(job_id, state)`, so `ON CONFLICT` alone
+/// would let a redelivered creation add a second row next to the job that
+/// has since moved to the other partition. On an unsplit table the guard
+/// changes nothing.
 fn insert<R>(step: Step, cols: &[Column<R>]) -> StepSql {
     let (table, tmp, names) = (step.table(), tmp_table(step), names(cols));
     let params = (1..=cols.len())
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    step_sql(
-        step,
-        cols,
-        format!("INSERT INTO {table} ({names})\nSELECT {names} FROM {tmp}\nON CONFLICT DO NOTHING"),
-        format!("INSERT INTO {table} ({names})\nVALUES ({params})\nON CONFLICT DO NOTHING"),
-    )
+    let (merge, row) = if step == Step::JobInsert {
+        (
+            format!(
+                "INSERT INTO job ({names})\nSELECT {names} FROM {tmp} AS tmp\n\
+                 WHERE NOT EXISTS (SELECT 1 FROM job j WHERE j.job_id = tmp.job_id)\n\
+                 ON CONFLICT DO NOTHING"
+            ),
+            format!(
+                "INSERT INTO job ({names})\nSELECT {params}\n\
+                 WHERE NOT EXISTS (SELECT 1 FROM job j WHERE j.job_id = $1)\n\
+                 ON CONFLICT DO NOTHING"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "INSERT INTO {table} ({names})\nSELECT {names} FROM {tmp}\nON CONFLICT DO NOTHING"
+            ),
+            format!("INSERT INTO {table} ({names})\nVALUES ({params})\nON CONFLICT DO NOTHING"),
+        )
+    };
+    step_sql(step, cols, merge, row)
 }
 
 /// The `SET` list of an update: every column but the key (the first),
@@ -514,6 +619,7 @@ fn row_update_counts(row: &tokio_postgres::Row, key: &str) -> Result<Applied, Op
 /// Streams the step's rows into its temp table.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
+    columns: &Columns,
     sql: &StepSql,
     batch: &Conflated,
     step: Step,
@@ -523,7 +629,7 @@ async fn copy_rows(
     pin_mut!(writer);
     let mut values = Vec::with_capacity(sql.types.len());
     for i in 0..batch.len(step) {
-        batch.values(STATEMENTS.columns, step, i, &mut values);
+        batch.values(columns, step, i, &mut values);
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
         writer.as_mut().write(&params).await.map_err(op("copy"))?;
     }
@@ -531,21 +637,24 @@ async fn copy_rows(
     Ok(())
 }
 
-/// Runs one step set-based inside `tx` (temp table, COPY, merge).
-/// The caller owns the transaction: the step is only durable once it commits.
+/// Runs one step set-based inside `tx` (temp table, COPY, merge) with the
+/// columns of `generation`. The caller owns the transaction (and has checked
+/// the generation in it): the step is only durable once it commits.
 pub(crate) async fn run_batch(
     tx: &tokio_postgres::Transaction<'_>,
+    generation: Generation,
     batch: &Conflated,
     step: Step,
 ) -> Result<Applied, OpError> {
     if batch.len(step) == 0 {
         return Ok(Applied::default());
     }
-    let sql = sql(step);
+    let statements = statements(generation);
+    let sql = statements.get(step);
     tx.batch_execute(&sql.create_tmp)
         .await
         .map_err(op("create_temp_table"))?;
-    copy_rows(tx, sql, batch, step).await?;
+    copy_rows(tx, &statements.columns, sql, batch, step).await?;
     match step {
         Step::JobUpdate => {
             let row = tx.query_one(&sql.merge, &[]).await.map_err(op("update"))?;
@@ -581,22 +690,25 @@ pub(crate) async fn run_batch(
     }
 }
 
-/// Runs row `i` of a step as one auto-committed statement (prepared once per
-/// connection, parameters typed as the temp-table columns).
+/// Runs row `i` of a step as one statement inside `client`'s transaction
+/// (prepared once per connection, parameters typed as the temp-table
+/// columns), with the columns of `generation`.
 pub(crate) async fn run_row(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &deadpool_postgres::Transaction<'_>,
+    generation: Generation,
     batch: &Conflated,
     step: Step,
     i: usize,
 ) -> Result<Applied, OpError> {
-    let sql = sql(step);
+    let statements = statements(generation);
+    let sql = statements.get(step);
     let exec_op = step.operation().as_str();
     let stmt = client
         .prepare_typed_cached(&sql.row, &sql.types)
         .await
         .map_err(op(exec_op))?;
     let mut values = Vec::with_capacity(sql.types.len());
-    if !batch.values(STATEMENTS.columns, step, i, &mut values) {
+    if !batch.values(&statements.columns, step, i, &mut values) {
         return Ok(Applied::default());
     }
     let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_sql()).collect();
@@ -642,8 +754,11 @@ mod tests {
 
     #[test]
     fn statements_agree_with_types() {
-        for step in STEPS {
-            let sql = sql(step);
+        for (g, step) in Generation::ALL
+            .into_iter()
+            .flat_map(|g| STEPS.map(|s| (g, s)))
+        {
+            let sql = sql(g, step);
             // Row statements take one parameter per temp-table column.
             assert_eq!(count_params(&sql.row), sql.types.len(), "{step:?}");
             // COPY lists as many columns as there are types.
@@ -694,7 +809,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let job_update = sql(Step::JobUpdate);
+        let job_update = sql(Generation::G031, Step::JobUpdate);
         for sql in [&job_update.merge, &job_update.row] {
             assert!(sql.contains(&format!("NOT IN ({list})")), "{sql}");
             assert!(sql.contains(&format!("= {} AND", job_state::PREEMPTED)));
@@ -709,6 +824,69 @@ mod tests {
         assert!(job_update.row.contains("($3 = 7 AND"), "{}", job_update.row);
     }
 
+    /// The run update's columns beyond the common ones, per generation, as
+    /// upstream's writer at that generation has them.
+    #[test]
+    fn run_update_columns_follow_the_generation() {
+        let extra = |g: Generation| -> Vec<(&str, &str)> {
+            statements(g)
+                .columns
+                .run_update
+                .iter()
+                .skip(COMMON.run_update.len())
+                .map(|c| (c.name, c.sql_type))
+                .collect()
+        };
+        let categories = [
+            ("failure_category", "varchar(63)"),
+            ("failure_subcategory", "varchar(63)"),
+        ];
+        let reason = ("scheduler_termination_reason", "jsonb");
+        assert_eq!(extra(Generation::G031), [("failure_info", "jsonb")]);
+        // 032 still has failure_info, but upstream's 032 writer never writes it.
+        assert_eq!(extra(Generation::G032), categories);
+        assert_eq!(extra(Generation::G033), categories);
+        for g in [Generation::G034, Generation::G035] {
+            assert_eq!(extra(g), [categories[0], categories[1], reason]);
+        }
+        let sql = sql(Generation::G032, Step::RunUpdate);
+        assert!(!sql.merge.contains("failure_info") && !sql.row.contains("failure_info"));
+        assert!(sql.create_tmp.contains("failure_category varchar(63)"));
+        // The other steps are the same at every generation.
+        for step in STEPS.into_iter().filter(|s| *s != Step::RunUpdate) {
+            let first = sql_text(Generation::G031, step);
+            for g in Generation::ALL {
+                assert_eq!(sql_text(g, step), first, "{g} {step:?}");
+            }
+        }
+    }
+
+    fn sql_text(g: Generation, step: Step) -> [String; 4] {
+        let s = sql(g, step);
+        [
+            s.create_tmp.clone(),
+            s.copy.clone(),
+            s.merge.clone(),
+            s.row.clone(),
+        ]
+    }
+
+    /// Both job inserts skip a job id that exists in any state, which an
+    /// untargeted `ON CONFLICT` alone does not on a hot/cold split `job`.
+    #[test]
+    fn job_insert_is_guarded_by_job_id() {
+        for g in Generation::ALL {
+            let s = sql(g, Step::JobInsert);
+            assert!(s
+                .merge
+                .contains("WHERE NOT EXISTS (SELECT 1 FROM job j WHERE j.job_id = tmp.job_id)"));
+            assert!(s
+                .row
+                .contains("WHERE NOT EXISTS (SELECT 1 FROM job j WHERE j.job_id = $1)"));
+            assert!(!sql(g, Step::RunInsert).merge.contains("NOT EXISTS"));
+        }
+    }
+
     #[test]
     fn unmatched_keys_follow_batch_order() {
         let keys = ["c", "a", "d", "b"];
@@ -719,7 +897,11 @@ mod tests {
 
     #[test]
     fn update_merges_report_unmatched_keys() {
-        for sql in [&sql(Step::JobUpdate).merge, &sql(Step::RunUpdate).merge] {
+        let g = Generation::G035;
+        for sql in [
+            &sql(g, Step::JobUpdate).merge,
+            &sql(g, Step::RunUpdate).merge,
+        ] {
             assert!(sql.contains("AS updated"), "{sql}");
             assert!(sql.contains("AS unmatched"), "{sql}");
         }

@@ -16,7 +16,21 @@
 //!
 //! Nothing is dropped silently: every row is either written, reported as
 //! failed, or the call returns [`StoreError`] and the caller must not
-//! acknowledge the batch. Updates of rows that do not exist (an event before
+//! acknowledge the batch.
+//!
+//! The schema generation: a batch is converted for one [`Generation`] and
+//! written with that generation's columns. Every write transaction (batch,
+//! step, row) first takes the locks its statements take anyway (`job`, then
+//! `job_run`, ROW EXCLUSIVE), then reads the catalog ([`schema::detect`]):
+//! a migration's `ALTER TABLE` waits for our commit, so the columns cannot
+//! change between the check and the commit. If the database is at another
+//! generation than the batch, nothing is written and the write returns
+//! [`StoreError::SchemaChanged`], so the caller converts the batch again; a
+//! database that is not at a generation this binary can write returns
+//! [`StoreError::Schema`], and nothing is written or reported as failed.
+//! Errors that a schema change can cause (undefined column or table, a
+//! cached plan whose result changed) re-read the catalog before the usual
+//! fallback. Updates of rows that do not exist (an event before
 //! the one creating its job or run, or for a job never submitted or already
 //! pruned) change nothing, which Postgres does not treat as an error; they are
 //! listed in [`WriteReport::unmatched`] so the caller can dead-letter the
@@ -31,13 +45,15 @@ mod step;
 pub(crate) use step::STEPS;
 pub use step::{Operation, Table};
 
-use crate::metrics;
-use crate::model::InstructionSet;
+use crate::model::{Generation, InstructionSet};
+use crate::{metrics, telemetry};
 use anyhow::Context;
 use copy::{Applied, Conflated, OpError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use regex::Regex;
 use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
+use schema::{Detected, SchemaError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use step::Step;
 use tokio::sync::watch;
@@ -185,6 +201,17 @@ pub enum StoreError {
     Shutdown { last: String },
     #[error("connection pool unusable: {0}")]
     Pool(String),
+    /// The database is at generation `to`, not at `from`, which the batch
+    /// was converted for: nothing of it was written in the transaction that
+    /// found out (steps committed earlier by a fallback stay; writing again
+    /// is safe). Convert the batch for `to` and write it again.
+    #[error("the Lookout schema is at generation {to}, not {from} as the batch was converted for")]
+    SchemaChanged { from: Generation, to: Generation },
+    /// The database is not one this binary can write (not migrated, or
+    /// columns of no known generation). Fatal: never dead-lettered or
+    /// acknowledged.
+    #[error("refusing to write to this database: {0}")]
+    Schema(#[from] SchemaError),
 }
 
 /// Any failure of one attempt.
@@ -192,6 +219,9 @@ pub enum StoreError {
 enum DbFailure {
     Pool(PoolError),
     Op(OpError),
+    /// The catalog read inside the transaction says the database cannot be
+    /// written, or could not be read.
+    Schema(SchemaError),
 }
 
 impl From<OpError> for DbFailure {
@@ -205,24 +235,45 @@ impl RetryableError for DbFailure {
         match self {
             DbFailure::Pool(e) => retry::classify_pool(e, fatal),
             DbFailure::Op(e) => e.class(fatal),
+            // The catalog query runs right after the lock succeeded on the
+            // same connection, so its failing is the connection's or the
+            // server's doing, not the data's.
+            DbFailure::Schema(SchemaError::Query(text)) => {
+                if fatal.iter().any(|r| r.is_match(text)) {
+                    ErrorClass::NotRetryable
+                } else {
+                    ErrorClass::Retryable
+                }
+            }
+            DbFailure::Schema(_) => ErrorClass::NotRetryable,
         }
     }
     fn text(&self) -> String {
         match self {
             DbFailure::Pool(e) => retry::describe_pool(e),
             DbFailure::Op(e) => e.text(),
+            DbFailure::Schema(e) => e.to_string(),
         }
     }
     fn operation(&self) -> &'static str {
         match self {
             DbFailure::Pool(_) => "connect",
             DbFailure::Op(e) => e.op,
+            DbFailure::Schema(_) => "detect",
         }
     }
 }
 
 fn op(op: &'static str) -> impl Fn(tokio_postgres::Error) -> DbFailure {
     move |err| DbFailure::Op(OpError { op, err })
+}
+
+/// How one transaction ended when it did not fail.
+enum Checked<T> {
+    /// Committed.
+    Written(T),
+    /// Rolled back before writing: the database is at another generation.
+    Changed(Detected),
 }
 
 /// How one retried unit of work ended, after the retry loop.
@@ -232,12 +283,19 @@ enum Attempt<T> {
     Fatal(String),
 }
 
+/// SQLSTATEs a schema change under a running writer can cause:
+/// undefined_column, undefined_table, and feature_not_supported, which is
+/// how "cached plan must not change result type" comes back.
+const SCHEMA_CHANGE_CODES: [&str; 3] = ["42703", "42P01", "0A000"];
+
 /// Writes instruction sets to the Lookout database.
 pub struct Store {
     pool: Pool,
     settings: StoreSettings,
     policy: RetryPolicy,
     shutdown: Option<watch::Receiver<bool>>,
+    /// What the catalog said last ([`Store::detect`] or a write).
+    detected: Mutex<Option<Detected>>,
 }
 
 impl Store {
@@ -251,7 +309,92 @@ impl Store {
             settings,
             policy,
             shutdown: None,
+            detected: Mutex::new(None),
         }
+    }
+
+    /// The generation the database was last seen at (by [`Store::detect`]
+    /// or a write), to convert the next batch for; `None` before either.
+    pub fn generation(&self) -> Option<Generation> {
+        self.detected().map(|d| d.generation)
+    }
+
+    /// What the catalog said last, in full.
+    pub fn detected(&self) -> Option<Detected> {
+        self.detected.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// Reads the schema generation from the catalog, retrying connection
+    /// problems like a write does, and remembers it (logged, and exported
+    /// as metrics). A database that cannot be written is
+    /// [`StoreError::Schema`].
+    pub async fn detect(&self) -> Result<Detected, StoreError> {
+        let result = retry::retry(
+            &self.policy,
+            &self.settings.fatal_errors,
+            self.shutdown.as_ref(),
+            "detect",
+            || async {
+                let conn = self.pool.get().await.map_err(DbFailure::Pool)?;
+                schema::detect(&**conn).await.map_err(DbFailure::Schema)
+            },
+        )
+        .await;
+        match result {
+            Ok((d, _)) => {
+                self.observe(&d);
+                Ok(d)
+            }
+            Err(e) => Err(self.give_up(e)),
+        }
+    }
+
+    /// Remembers what the catalog said; a first sighting or a change is
+    /// logged and sets the schema metrics.
+    fn observe(&self, now: &Detected) {
+        let Ok(mut last) = self.detected.lock() else {
+            return;
+        };
+        let previous = last.replace(now.clone());
+        let same = |p: &Detected| p.generation == now.generation && p.hot_cold == now.hot_cold;
+        if !previous.as_ref().is_some_and(same) {
+            telemetry::schema_detected(previous.as_ref(), now);
+        }
+    }
+
+    /// The error for a retry loop that gave up (non-retryable errors other
+    /// than the schema's are the caller's to handle before this).
+    fn give_up(&self, e: RetryError<DbFailure>) -> StoreError {
+        match e {
+            RetryError::Fatal(DbFailure::Pool(e)) => StoreError::Pool(retry::describe_pool(&e)),
+            RetryError::Fatal(DbFailure::Schema(e)) => StoreError::Schema(e),
+            RetryError::Fatal(e) => StoreError::RetriesExhausted {
+                attempts: 1,
+                last: e.text(),
+            },
+            RetryError::Exhausted { attempts, last } => StoreError::RetriesExhausted {
+                attempts,
+                last: last.text(),
+            },
+            RetryError::Shutdown { last } => StoreError::Shutdown { last: last.text() },
+        }
+    }
+
+    /// Inside a fresh transaction: takes the locks the batch's statements
+    /// take anyway, so that no `ALTER TABLE` can change the columns before
+    /// we commit, then reads the catalog. `Some` if the database is not at
+    /// `generation`.
+    async fn check_schema(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        generation: Generation,
+    ) -> Result<Option<Detected>, DbFailure> {
+        tx.batch_execute("LOCK TABLE job, job_run IN ROW EXCLUSIVE MODE")
+            .await
+            .map_err(op("lock"))?;
+        let now = schema::detect(tx).await.map_err(DbFailure::Schema)?;
+        self.observe(&now);
+        Ok((now.generation != generation).then_some(now))
     }
 
     /// Stops retrying (returning [`StoreError::Shutdown`]) once `shutdown`
@@ -267,7 +410,15 @@ impl Store {
     /// delivery the unacknowledged batch is simply written again, and the
     /// database never shows a batch half-applied (e.g. a run update without
     /// the job update of the same event).
-    pub async fn write(&self, set: InstructionSet) -> Result<WriteReport, StoreError> {
+    ///
+    /// `set` must have been converted for `generation`; if the database is
+    /// at another one, the write returns [`StoreError::SchemaChanged`] (see
+    /// the module docs).
+    pub async fn write(
+        &self,
+        set: InstructionSet,
+        generation: Generation,
+    ) -> Result<WriteReport, StoreError> {
         let started = Instant::now();
         let mut report = WriteReport::default();
         if set.is_empty() {
@@ -282,8 +433,8 @@ impl Store {
         };
 
         match self
-            .retrying("batch", &mut report, || {
-                self.write_in_one_transaction(&batch)
+            .retrying("batch", generation, &mut report, || {
+                self.write_in_one_transaction(&batch, generation)
             })
             .await?
         {
@@ -295,7 +446,8 @@ impl Store {
             Attempt::Fatal(error) => {
                 tracing::warn!(%error, "batch write failed; applying it step by step");
                 report.fell_back = true;
-                self.write_step_by_step(&batch, &mut report).await?;
+                self.write_step_by_step(&batch, generation, &mut report)
+                    .await?;
             }
         }
 
@@ -316,18 +468,23 @@ impl Store {
         Ok(report)
     }
 
-    /// Runs `op` under the retry policy; non-retryable errors come back as
-    /// [`Attempt::Fatal`], except an unusable pool, which aborts the write
-    /// (failing rows because the pool is closed would lose them).
+    /// Runs `op` (a transaction written for `generation`) under the retry
+    /// policy; non-retryable errors come back as [`Attempt::Fatal`], except
+    /// an unusable pool, which aborts the write (failing rows because the
+    /// pool is closed would lose them), and the schema's verdicts: another
+    /// generation is [`StoreError::SchemaChanged`], an unwritable database
+    /// [`StoreError::Schema`]. An error a schema change can cause reads the
+    /// catalog again before it counts as the rows' fault.
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
+        generation: Generation,
         report: &mut WriteReport,
         op: F,
     ) -> Result<Attempt<T>, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, DbFailure>>,
+        Fut: std::future::Future<Output = Result<Checked<T>, DbFailure>>,
     {
         let result = retry::retry(
             &self.policy,
@@ -337,58 +494,87 @@ impl Store {
             op,
         )
         .await;
+        let changed = |to: Generation| StoreError::SchemaChanged {
+            from: generation,
+            to,
+        };
         match result {
-            Ok((v, retries)) => {
+            Ok((Checked::Written(v), retries)) => {
                 report.retries = report.retries.saturating_add(retries);
                 Ok(Attempt::Done(v))
             }
-            Err(RetryError::Fatal(DbFailure::Pool(e))) => {
-                Err(StoreError::Pool(retry::describe_pool(&e)))
+            Ok((Checked::Changed(now), _)) => Err(changed(now.generation)),
+            Err(RetryError::Fatal(DbFailure::Op(e))) if caused_by_schema_change(&e) => {
+                let now = self.detect().await?;
+                if now.generation != generation {
+                    return Err(changed(now.generation));
+                }
+                Ok(Attempt::Fatal(e.text()))
             }
-            Err(RetryError::Fatal(e)) => Ok(Attempt::Fatal(e.text())),
-            Err(RetryError::Exhausted { attempts, last }) => Err(StoreError::RetriesExhausted {
-                attempts,
-                last: last.text(),
-            }),
-            Err(RetryError::Shutdown { last }) => Err(StoreError::Shutdown { last: last.text() }),
+            Err(RetryError::Fatal(e @ DbFailure::Op(_))) => Ok(Attempt::Fatal(e.text())),
+            Err(e) => Err(self.give_up(e)),
         }
     }
 
     /// Every step in one transaction on one connection.
-    async fn write_in_one_transaction(&self, batch: &Conflated) -> Result<[Applied; 6], DbFailure> {
+    async fn write_in_one_transaction(
+        &self,
+        batch: &Conflated,
+        generation: Generation,
+    ) -> Result<Checked<[Applied; 6]>, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
+        if let Some(now) = self.check_schema(&tx, generation).await? {
+            return Ok(Checked::Changed(now));
+        }
         let mut applied: [Applied; 6] = Default::default();
         for (slot, step) in applied.iter_mut().zip(STEPS) {
-            *slot = copy::run_batch(&tx, batch, step).await?;
+            *slot = copy::run_batch(&tx, generation, batch, step).await?;
         }
         tx.commit().await.map_err(op("commit"))?;
-        Ok(applied)
+        Ok(Checked::Written(applied))
     }
 
     /// One step in its own transaction.
-    async fn write_step(&self, batch: &Conflated, step: Step) -> Result<Applied, DbFailure> {
+    async fn write_step(
+        &self,
+        batch: &Conflated,
+        generation: Generation,
+        step: Step,
+    ) -> Result<Checked<Applied>, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
-        let applied = copy::run_batch(&tx, batch, step).await?;
+        if let Some(now) = self.check_schema(&tx, generation).await? {
+            return Ok(Checked::Changed(now));
+        }
+        let applied = copy::run_batch(&tx, generation, batch, step).await?;
         tx.commit().await.map_err(op("commit"))?;
-        Ok(applied)
+        Ok(Checked::Written(applied))
     }
 
-    /// One row as one auto-committed statement.
+    /// One row as one statement, in a transaction of its own so that its
+    /// columns are checked like a batch's.
     async fn write_row(
         &self,
         batch: &Conflated,
+        generation: Generation,
         step: Step,
         i: usize,
-    ) -> Result<Applied, DbFailure> {
-        let conn = self.pool.get().await.map_err(DbFailure::Pool)?;
-        Ok(copy::run_row(&conn, batch, step, i).await?)
+    ) -> Result<Checked<Applied>, DbFailure> {
+        let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
+        let tx = conn.transaction().await.map_err(op("begin"))?;
+        if let Some(now) = self.check_schema(&tx, generation).await? {
+            return Ok(Checked::Changed(now));
+        }
+        let applied = copy::run_row(&tx, generation, batch, step, i).await?;
+        tx.commit().await.map_err(op("commit"))?;
+        Ok(Checked::Written(applied))
     }
 
     async fn write_step_by_step(
         &self,
         batch: &Conflated,
+        generation: Generation,
         report: &mut WriteReport,
     ) -> Result<(), StoreError> {
         for step in STEPS {
@@ -398,7 +584,9 @@ impl Store {
             }
             let what = step.to_string();
             match self
-                .retrying(&what, report, || self.write_step(batch, step))
+                .retrying(&what, generation, report, || {
+                    self.write_step(batch, generation, step)
+                })
                 .await?
             {
                 Attempt::Done(applied) => report.record(step, n as u64, applied),
@@ -407,7 +595,7 @@ impl Store {
                     metrics::FALLBACKS
                         .with_label_values(&[step.table().as_str()])
                         .inc();
-                    self.write_rows(batch, step, report).await?;
+                    self.write_rows(batch, generation, step, report).await?;
                 }
             }
         }
@@ -417,13 +605,16 @@ impl Store {
     async fn write_rows(
         &self,
         batch: &Conflated,
+        generation: Generation,
         step: Step,
         report: &mut WriteReport,
     ) -> Result<(), StoreError> {
         let what = step.to_string();
         for i in 0..batch.len(step) {
             match self
-                .retrying(&what, report, || self.write_row(batch, step, i))
+                .retrying(&what, generation, report, || {
+                    self.write_row(batch, generation, step, i)
+                })
                 .await?
             {
                 Attempt::Done(applied) => report.record(step, 1, applied),
@@ -442,6 +633,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether `e` is an error that a schema change under the writer can cause.
+fn caused_by_schema_change(e: &OpError) -> bool {
+    e.err
+        .code()
+        .is_some_and(|c| SCHEMA_CHANGE_CODES.contains(&c.code()))
 }
 
 /// A connection pool for the store (no TLS, as upstream's default

@@ -159,6 +159,38 @@ pub async fn detect(client: &impl GenericClient) -> Result<Detected, SchemaError
     })
 }
 
+/// How many `job_run` rows hold a non-NULL `failure_info` (the data
+/// migration 033 drops); `None` when the column does not exist. A full scan
+/// of `job_run`: for `migrate`, not for the write path.
+pub async fn failure_info_rows(client: &impl GenericClient) -> Result<Option<i64>, SchemaError> {
+    let query = |e: tokio_postgres::Error| SchemaError::Query(crate::store::retry::describe(&e));
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                             WHERE attrelid = to_regclass('job_run')
+                               AND attname = 'failure_info'
+                               AND attnum > 0 AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .map_err(query)?
+        .try_get(0)
+        .map_err(|e| SchemaError::Query(e.to_string()))?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM job_run WHERE failure_info IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(query)?
+        .try_get(0)
+        .map_err(|e| SchemaError::Query(e.to_string()))?;
+    Ok(Some(rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

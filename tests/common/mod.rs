@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod hotcold;
 pub mod pgcluster;
 
 use std::ffi::OsStr;
