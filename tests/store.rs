@@ -1811,3 +1811,46 @@ async fn pipeline_converts_again_when_the_schema_changes() {
     assert_eq!(common::count(&c, "ingester_dead_letter").await, 0);
     db.drop_db().await;
 }
+
+/// `replay` into a database without the Lookout tables exits non-zero with
+/// one line saying why and what to do, and writes nothing anywhere.
+#[tokio::test]
+async fn replay_refuses_an_unmigrated_database() {
+    use lookout_ingester::sample::{event, sequence, submit, ts as pts};
+
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let seq = sequence(
+        "queue-a",
+        "set-1",
+        "alice",
+        vec![event(Some(pts(1)), submit("j1", "ns", 1, &[], None, &[]))],
+    );
+    let file = common::write_recording(dir.path().join("in.bin"), &common::payloads(&[seq]), false);
+    let spool = dir.path().join("spool.jsonl");
+    let out = common::cli([
+        "replay".as_ref(),
+        "--database-url".as_ref(),
+        db.url.as_ref(),
+        "--dead-letter-spool".as_ref(),
+        spool.as_os_str(),
+        file.as_os_str(),
+    ])
+    .await;
+    assert_ne!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let wanted = "refusing to write to this database: the Lookout tables are missing (no job table): run `lookout-ingester migrate` first";
+    // The CLI's last word, once, on one line.
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(last, format!("error: {wanted}"), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(!spool.exists());
+    let c = db.client().await;
+    let tables = json_rows(
+        &c,
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
+        &[],
+    )
+    .await;
+    assert_eq!(tables, Vec::<Value>::new());
+    db.drop_db().await;
+}

@@ -210,8 +210,16 @@ pub enum StoreError {
     /// The database is not one this binary can write (not migrated, or
     /// columns of no known generation). Fatal: never dead-lettered or
     /// acknowledged.
+    // Not a `#[source]`: the message already says it, and error chains
+    // would print it twice.
     #[error("refusing to write to this database: {0}")]
-    Schema(#[from] SchemaError),
+    Schema(SchemaError),
+}
+
+impl From<SchemaError> for StoreError {
+    fn from(e: SchemaError) -> Self {
+        StoreError::Schema(e)
+    }
 }
 
 /// Any failure of one attempt.
