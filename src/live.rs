@@ -4,8 +4,10 @@
 //! pulsar consumer ─► pipeline (batch, convert, store) ─► acknowledger ─► acks back to the consumer
 //! ```
 //!
-//! A message is acknowledged only after every row it produced is committed
-//! (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
+//! Before consuming, the Lookout schema generation is read from the catalog
+//! (a database this binary cannot write stops it there, before anything is
+//! received). A message is acknowledged only after every row it produced is
+//! committed (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
 //! pipeline commits what is in flight, the acks are sent, and the process
 //! exits; if that takes longer than the grace period, it exits anyway and
 //! the unacknowledged messages are redelivered to the next consumer.

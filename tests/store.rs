@@ -1719,3 +1719,138 @@ async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
     assert_eq!(columns_after, columns_before);
     db.drop_db().await;
 }
+
+/// Through the pipeline: a batch converted for the generation the store saw
+/// at start-up, written after a migration, is converted again for the new
+/// generation and written whole: no dead letter, acknowledged once.
+#[tokio::test]
+async fn pipeline_converts_again_when_the_schema_changes() {
+    use lookout_ingester::convert::Converter;
+    use lookout_ingester::pipeline;
+    use lookout_ingester::sample::{
+        error, event, failure, leased, pod_error, run_errors, sequence, submit, ts as pts,
+    };
+    use lookout_ingester::source::{Message, Origin};
+    use prost::Message as _;
+    use std::sync::Arc;
+
+    let db = TestDb::migrated().await;
+    let pool = connect_pool(&db.url, 2).await.unwrap();
+    let s = Arc::new(Store::new(pool.clone(), fast()));
+    assert_eq!(s.detect().await.unwrap().generation, Generation::G031);
+    // The migration runs after start-up detection, before the first batch.
+    let mut admin = db.client().await;
+    lookout_ingester::migrate::migrate_to(&mut admin, 32)
+        .await
+        .unwrap();
+
+    let seq = sequence(
+        "queue-a",
+        "set-1",
+        "alice",
+        vec![
+            event(Some(pts(1)), submit("j1", "ns", 1, &[], None, &[])),
+            event(Some(pts(2)), leased("j1", "r1", "c", "n", "p")),
+            event(
+                Some(pts(3)),
+                run_errors(
+                    "j1",
+                    "r1",
+                    vec![error(
+                        true,
+                        pod_error("oom", "n", &[137]),
+                        Some(failure(137, "killed", &["oom"], "main")),
+                    )],
+                ),
+            ),
+        ],
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let origin = Origin::File {
+        path: Arc::from("f"),
+        index: 0,
+    };
+    tx.send(Message {
+        payload: seq.encode_to_vec(),
+        origin: origin.clone(),
+        publish_time: None,
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let (mut committed, stages) = pipeline::spawn(
+        rx,
+        Converter::new(Default::default()),
+        s.clone(),
+        common::dead_letters(pool),
+        pipeline::Settings::default(),
+    );
+    let mut batches = Vec::new();
+    while let Some(c) = committed.recv().await {
+        batches.push(c);
+    }
+    stages.join().await.unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].origins, [origin]);
+    assert_eq!(batches[0].dead_letters, 0);
+    assert_eq!(s.generation(), Some(Generation::G032));
+
+    let c = db.client().await;
+    let row = run_of(&c, "r1").await;
+    // Written by the 032 writer: a 031 write would have filled failure_info.
+    assert_eq!(
+        (
+            &row["job_run_state"],
+            &row["exit_code"],
+            &row["failure_info"],
+            row.get("failure_category").is_some()
+        ),
+        (&json!(run_state::FAILED), &json!(137), &Value::Null, true),
+        "{row}"
+    );
+    assert_eq!(common::count(&c, "ingester_dead_letter").await, 0);
+    db.drop_db().await;
+}
+
+/// `replay` into a database without the Lookout tables exits non-zero with
+/// one line saying why and what to do, and writes nothing anywhere.
+#[tokio::test]
+async fn replay_refuses_an_unmigrated_database() {
+    use lookout_ingester::sample::{event, sequence, submit, ts as pts};
+
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let seq = sequence(
+        "queue-a",
+        "set-1",
+        "alice",
+        vec![event(Some(pts(1)), submit("j1", "ns", 1, &[], None, &[]))],
+    );
+    let file = common::write_recording(dir.path().join("in.bin"), &common::payloads(&[seq]), false);
+    let spool = dir.path().join("spool.jsonl");
+    let out = common::cli([
+        "replay".as_ref(),
+        "--database-url".as_ref(),
+        db.url.as_ref(),
+        "--dead-letter-spool".as_ref(),
+        spool.as_os_str(),
+        file.as_os_str(),
+    ])
+    .await;
+    assert_ne!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let wanted = "refusing to write to this database: the Lookout tables are missing (no job table): run `lookout-ingester migrate` first";
+    // The CLI's last word, once, on one line.
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(last, format!("error: {wanted}"), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(!spool.exists());
+    let c = db.client().await;
+    let tables = json_rows(
+        &c,
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
+        &[],
+    )
+    .await;
+    assert_eq!(tables, Vec::<Value>::new());
+    db.drop_db().await;
+}

@@ -11,12 +11,16 @@
 //! 2. a non-retryable error redoes the batch step by step, each step in its
 //!    own transaction (retryable errors retried per step);
 //! 3. a step that fails non-retryably again goes row by row, one statement
-//!    per row; a row that fails non-retryably is reported in
+//!    per row, each in its own transaction; a row that fails non-retryably is reported in
 //!    [`WriteReport::failed`] (the caller counts and logs it), the others are written.
 //!
 //! Nothing is dropped silently: every row is either written, reported as
 //! failed, or the call returns [`StoreError`] and the caller must not
-//! acknowledge the batch.
+//! acknowledge the batch. Updates of rows that do not exist (an event before
+//! the one creating its job or run, or for a job never submitted or already
+//! pruned) change nothing, which Postgres does not treat as an error; they are
+//! listed in [`WriteReport::unmatched`] so the caller can dead-letter the
+//! messages that produced them.
 //!
 //! The schema generation: a batch is converted for one [`Generation`] and
 //! written with that generation's columns. Every write transaction (batch,
@@ -30,11 +34,7 @@
 //! [`StoreError::Schema`], and nothing is written or reported as failed.
 //! Errors that a schema change can cause (undefined column or table, a
 //! cached plan whose result changed) re-read the catalog before the usual
-//! fallback. Updates of rows that do not exist (an event before
-//! the one creating its job or run, or for a job never submitted or already
-//! pruned) change nothing, which Postgres does not treat as an error; they are
-//! listed in [`WriteReport::unmatched`] so the caller can dead-letter the
-//! messages that produced them.
+//! fallback.
 
 mod conflate;
 mod copy;
@@ -210,8 +210,16 @@ pub enum StoreError {
     /// The database is not one this binary can write (not migrated, or
     /// columns of no known generation). Fatal: never dead-lettered or
     /// acknowledged.
+    // Not a `#[source]`: the message already says it, and error chains
+    // would print it twice.
     #[error("refusing to write to this database: {0}")]
-    Schema(#[from] SchemaError),
+    Schema(SchemaError),
+}
+
+impl From<SchemaError> for StoreError {
+    fn from(e: SchemaError) -> Self {
+        StoreError::Schema(e)
+    }
 }
 
 /// Any failure of one attempt.
