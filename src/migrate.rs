@@ -1056,11 +1056,10 @@ mod tests {
         assert!(parse_target(" 32").is_err());
     }
 
-    #[test]
-    fn names_match_the_migration_files() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("read migrations dir")
+    /// The names of the `.sql` files in `dir` (below the crate), sorted.
+    fn sql_files(dir: &std::path::Path) -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
             .map(|e| {
                 e.expect("dir entry")
                     .file_name()
@@ -1070,8 +1069,30 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let names: Vec<&str> = migrations().iter().map(|m| m.name).collect();
-        assert_eq!(names, files);
+        files
+    }
+
+    /// Asserts that `list` names exactly the `.sql` files of `dir`, each
+    /// with its number as a prefix of `digits` digits and its text as on disk.
+    fn assert_matches_files(dir: &std::path::Path, list: &[Migration], digits: usize) {
+        let names: Vec<&str> = list.iter().map(|m| m.name).collect();
+        assert_eq!(names, sql_files(dir));
+        for m in list {
+            assert_eq!(
+                &m.name[..digits],
+                format!("{:0digits$}", m.version),
+                "{}",
+                m.name
+            );
+            let on_disk = std::fs::read_to_string(dir.join(m.name)).expect("read file");
+            assert_eq!(on_disk, m.sql, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn names_match_the_migration_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        assert_matches_files(&dir, migrations(), 3);
         for m in migrations() {
             let prefix: i64 = m
                 .name
@@ -1080,34 +1101,14 @@ mod tests {
                 .and_then(|p| p.parse().ok())
                 .expect("numbered");
             assert_eq!(prefix, m.version, "{}", m.name);
-            assert_eq!(&m.name[..3], format!("{:03}", m.version), "{}", m.name);
-            let on_disk = std::fs::read_to_string(dir.join(m.name)).expect("read file");
-            assert_eq!(on_disk, m.sql, "{}", m.name);
         }
     }
 
     #[test]
     fn own_names_match_the_migration_files() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/ingester");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("read migrations/ingester dir")
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let names: Vec<&str> = OWN_MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(names, files);
+        assert_matches_files(&dir, OWN_MIGRATIONS, 4);
         check_list(OWN_MIGRATIONS).expect("sorted");
-        for m in OWN_MIGRATIONS {
-            assert_eq!(&m.name[..4], format!("{:04}", m.version), "{}", m.name);
-            let on_disk = std::fs::read_to_string(dir.join(m.name)).expect("read file");
-            assert_eq!(on_disk, m.sql, "{}", m.name);
-        }
     }
 
     /// The SQL of a file without its whole-line comments, on one line.

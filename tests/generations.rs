@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{cli, hotcold, json_rows, payloads, write_recording, CliOutput, TestDb};
+use common::{hotcold, json_rows, migrate_cli, payloads, replay_cli, write_recording, TestDb};
 use lookout_ingester::proto::armadaevents as ev;
 use lookout_ingester::sample::{
-    self, assigned, event, job_errors, leased, pod_error, run_errors, running, submit, ts,
+    self, assigned, cancelled, categorised_error, event, job_errors, leased, pod_error,
+    run_cancelled_by, run_debug_info, run_errors, run_preempted_by, running, submit, ts,
+    with_external_job_uri,
 };
 use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
@@ -35,7 +36,7 @@ fn step(user: &str, secs: i64, kind: Kind) -> ev::EventSequence {
 /// A SubmitJob carrying both SubmitJob.external_job_uri (16) and the
 /// annotation: 032+ take the field, 031 the annotation.
 fn submit_with_uri(job_id: &str) -> Kind {
-    let mut k = submit(
+    let k = submit(
         job_id,
         "ns",
         1,
@@ -49,10 +50,7 @@ fn submit_with_uri(job_id: &str) -> Kind {
             ("team", "gen"),
         ],
     );
-    if let Kind::SubmitJob(s) = &mut k {
-        s.external_job_uri = b"https://field16.invalid/uri".to_vec();
-    }
-    k
+    with_external_job_uri(k, "https://field16.invalid/uri")
 }
 
 fn plain_submit(job_id: &str) -> Kind {
@@ -68,50 +66,13 @@ fn err(
     subcategory: &str,
 ) -> ev::Error {
     ev::Error {
-        failure_category: category.as_bytes().to_vec(),
-        failure_subcategory: subcategory.as_bytes().to_vec(),
-        ..sample::error(terminal, reason, failure)
+        failure_info: failure,
+        ..categorised_error(terminal, reason, category, subcategory)
     }
 }
 
 fn preempted_error() -> ev::error::Reason {
     ev::error::Reason::JobRunPreemptedError(Default::default())
-}
-
-fn run_preempted(job_id: &str, run_id: &str, reason: &str, by: &str, requestor: &str) -> Kind {
-    Kind::JobRunPreempted(ev::JobRunPreempted {
-        preempted_job_id: job_id.into(),
-        preempted_run_id: run_id.into(),
-        reason: reason.into(),
-        preempting_job_id: by.into(),
-        requestor: requestor.into(),
-    })
-}
-
-fn run_cancelled(job_id: &str, run_id: &str, reason: &str, requestor: &str) -> Kind {
-    Kind::JobRunCancelled(ev::JobRunCancelled {
-        job_id: job_id.into(),
-        run_id: run_id.into(),
-        reason: reason.into(),
-        requestor: requestor.into(),
-    })
-}
-
-fn cancelled(job_id: &str, reason: &str, requestor: &str) -> Kind {
-    Kind::CancelledJob(ev::CancelledJob {
-        job_id: job_id.into(),
-        reason: reason.into(),
-        requestor: requestor.into(),
-    })
-}
-
-/// Event 26 (JobRunTerminatedDebugInfo).
-fn debug_info(job_id: &str, run_id: &str, message: &str) -> Kind {
-    Kind::JobRunTerminatedDebugInfo(ev::JobRunTerminatedDebugInfo {
-        job_id: job_id.into(),
-        run_id: run_id.into(),
-        debug_message: message.into(),
-    })
 }
 
 /// Lease, assignment and running for `job` on node `n1`, from `t`.
@@ -184,7 +145,7 @@ fn stream() -> (Vec<ev::EventSequence>, Vec<ev::EventSequence>) {
         step(
             BOB,
             300,
-            debug_info("gen-fail", "run-fail", "terminated: details"),
+            run_debug_info("gen-fail", "run-fail", "terminated: details"),
         ),
         // A non-terminal first error: no failure columns, even though a
         // terminal one follows.
@@ -241,7 +202,7 @@ fn stream() -> (Vec<ev::EventSequence>, Vec<ev::EventSequence>) {
         step(
             BOB,
             330,
-            run_preempted(
+            run_preempted_by(
                 "gen-pre1",
                 "run-pre1",
                 "preempted by gen-winner",
@@ -250,20 +211,24 @@ fn stream() -> (Vec<ev::EventSequence>, Vec<ev::EventSequence>) {
             ),
         ),
         // Event 26 with an empty message on a run without debug text.
-        step(BOB, 331, debug_info("gen-pre1", "run-pre1", "")),
+        step(BOB, 331, run_debug_info("gen-pre1", "run-pre1", "")),
         // Preempted with nothing: 034 writes no reason, 035 the owner.
         step(
             SPACED,
             340,
-            run_preempted("gen-pre2", "run-pre2", "", "", ""),
+            run_preempted_by("gen-pre2", "run-pre2", "", "", ""),
         ),
         step(
             BOB,
             350,
-            run_cancelled("gen-can1", "run-can1", "user asked", "dave"),
+            run_cancelled_by("gen-can1", "run-can1", "user asked", "dave"),
         ),
         step(BOB, 351, cancelled("gen-can1", "user asked", "dave")),
-        step(SPACED, 360, run_cancelled("gen-can2", "run-can2", "", "")),
+        step(
+            SPACED,
+            360,
+            run_cancelled_by("gen-can2", "run-can2", "", ""),
+        ),
         step(SPACED, 361, cancelled("gen-can2", "", "")),
     ];
     (first, second)
@@ -278,25 +243,15 @@ fn whole_stream() -> Vec<ev::EventSequence> {
 // ---------------------------------------------------------------------------
 // Running the binary
 
-async fn run_cli(args: &[&OsStr]) -> CliOutput {
-    cli(args.iter().copied()).await
-}
-
 /// `migrate --to n` through the binary (`--allow-drop` from 033 on, which
 /// drops failure_info).
 async fn migrate_to(db: &TestDb, n: i64) {
     let to = n.to_string();
-    let mut args: Vec<&OsStr> = vec![
-        "migrate".as_ref(),
-        "--database-url".as_ref(),
-        db.url.as_ref(),
-        "--to".as_ref(),
-        to.as_ref(),
-    ];
+    let mut args = vec!["--to", to.as_str()];
     if n >= 33 {
-        args.push("--allow-drop".as_ref());
+        args.push("--allow-drop");
     }
-    let out = run_cli(&args).await;
+    let out = migrate_cli(&db.url, &args).await;
     assert_eq!(
         out.code,
         Some(0),
@@ -320,17 +275,9 @@ async fn database_at(n: i64, hot_cold: bool) -> TestDb {
 /// `replay` of `seqs` through the binary; asserts it exited cleanly and
 /// that nothing was dead-lettered (in the table or the spool).
 async fn replay(db: &TestDb, dir: &Path, name: &str, seqs: &[ev::EventSequence]) {
-    let file: PathBuf = write_recording(dir.join(name), &payloads(seqs), false);
+    let file = write_recording(dir.join(name), &payloads(seqs), false);
     let spool = dir.join(format!("{name}.spool.jsonl"));
-    let out = run_cli(&[
-        "replay".as_ref(),
-        "--database-url".as_ref(),
-        db.url.as_ref(),
-        "--dead-letter-spool".as_ref(),
-        spool.as_os_str(),
-        file.as_os_str(),
-    ])
-    .await;
+    let out = replay_cli(&db.url, &spool, &file).await;
     let client = db.client().await;
     let dead = json_rows(
         &client,
@@ -352,13 +299,18 @@ async fn replay(db: &TestDb, dir: &Path, name: &str, seqs: &[ev::EventSequence])
 // ---------------------------------------------------------------------------
 // Reading the tables
 
-/// zlib-compressed text as a string (the error and debug columns).
-fn inflate(b: &[u8]) -> String {
+/// The bytes inside a zlib stream (the error, debug and job_spec columns).
+fn unzlib(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     flate2::read::ZlibDecoder::new(b)
         .read_to_end(&mut out)
         .unwrap_or_else(|e| panic!("not a zlib stream ({e}): {b:?}"));
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// zlib-compressed text as a string (the error and debug columns).
+fn inflate(b: &[u8]) -> String {
+    String::from_utf8_lossy(&unzlib(b)).into_owned()
 }
 
 /// Every job_run row as JSON, `error` and `debug` inflated to text.
@@ -408,11 +360,7 @@ async fn jobs(client: &Client) -> Vec<Value> {
 /// The owner recorded in a compressed `api.Job`.
 fn spec_owner(compressed: Vec<u8>) -> String {
     use prost::Message;
-    let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(compressed.as_slice())
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("job_spec is not a zlib stream: {e}"));
-    lookout_ingester::proto::api::Job::decode(raw.as_slice())
+    lookout_ingester::proto::api::Job::decode(unzlib(&compressed).as_slice())
         .unwrap_or_else(|e| panic!("job_spec is not an api.Job: {e}"))
         .owner
 }
@@ -452,23 +400,36 @@ fn split(rows: &[Value], key: &str, varying: &[&str]) -> (Vec<Value>, Value) {
     (same, Value::Object(by_key))
 }
 
-/// Asserts the tables: the columns that never depend on the generation
-/// against `same_jobs`/`same_runs`, the others against `jobs_g`/`runs_g`.
-async fn assert_tables(
-    db: &TestDb,
-    what: &str,
-    same_jobs: Value,
+/// The job and job_run rows, each [`split`] into the columns every
+/// generation writes alike and the generation-dependent ones.
+struct Tables {
+    same_jobs: Vec<Value>,
     jobs_g: Value,
-    same_runs: Value,
+    same_runs: Vec<Value>,
     runs_g: Value,
-) {
+}
+
+async fn tables(db: &TestDb) -> Tables {
     let client = db.client().await;
-    let (got_same_jobs, got_jobs_g) = split(&jobs(&client).await, "job_id", &JOB_VARYING);
-    let (got_same_runs, got_runs_g) = split(&runs(&client).await, "run_id", &RUN_VARYING);
-    assert_eq!(json!(got_same_jobs), same_jobs, "{what}: job");
-    assert_eq!(got_jobs_g, jobs_g, "{what}: job, generation columns");
-    assert_eq!(json!(got_same_runs), same_runs, "{what}: job_run");
-    assert_eq!(got_runs_g, runs_g, "{what}: job_run, generation columns");
+    let (same_jobs, jobs_g) = split(&jobs(&client).await, "job_id", &JOB_VARYING);
+    let (same_runs, runs_g) = split(&runs(&client).await, "run_id", &RUN_VARYING);
+    Tables {
+        same_jobs,
+        jobs_g,
+        same_runs,
+        runs_g,
+    }
+}
+
+/// Asserts the tables after the crafted stream: the columns that never
+/// depend on the generation against [`same_jobs`]/[`same_runs`], the others
+/// against `jobs_g`/`runs_g`.
+async fn assert_tables(db: &TestDb, what: &str, jobs_g: Value, runs_g: Value) {
+    let got = tables(db).await;
+    assert_eq!(json!(got.same_jobs), same_jobs(), "{what}: job");
+    assert_eq!(got.jobs_g, jobs_g, "{what}: job, generation columns");
+    assert_eq!(json!(got.same_runs), same_runs(), "{what}: job_run");
+    assert_eq!(got.runs_g, runs_g, "{what}: job_run, generation columns");
 }
 
 // ---------------------------------------------------------------------------
@@ -713,30 +674,19 @@ async fn crafted_stream_at(generation: i64, hot_cold: bool) {
     let db = database_at(generation, hot_cold).await;
     replay(&db, dir.path(), "crafted.bin", &whole_stream()).await;
     let what = format!("generation {generation}, hot/cold {hot_cold}");
-    assert_tables(
-        &db,
-        &what,
-        same_jobs(),
-        jobs_at(generation),
-        same_runs(),
-        runs_at(generation),
-    )
-    .await;
+    assert_tables(&db, &what, jobs_at(generation), runs_at(generation)).await;
     if hot_cold {
         // Terminal jobs in job_terminated, the others in job_active, each once.
-        let want: Vec<(String, String)> = [
-            ("gen-can1", "job_terminated"),
-            ("gen-can2", "job_terminated"),
-            ("gen-fail", "job_terminated"),
-            ("gen-nonterm", "job_active"),
-            ("gen-pre1", "job_active"),
-            ("gen-pre2", "job_active"),
-            ("gen-preerr", "job_active"),
-            ("gen-uri", "job_active"),
-        ]
-        .iter()
-        .map(|(j, p)| (j.to_string(), p.to_string()))
-        .collect();
+        let want = [
+            json!(["job_terminated", "gen-can1", 6]),
+            json!(["job_terminated", "gen-can2", 6]),
+            json!(["job_terminated", "gen-fail", 5]),
+            json!(["job_active", "gen-nonterm", 3]),
+            json!(["job_active", "gen-pre1", 3]),
+            json!(["job_active", "gen-pre2", 3]),
+            json!(["job_active", "gen-preerr", 3]),
+            json!(["job_active", "gen-uri", 1]),
+        ];
         assert_eq!(hotcold::partitions(&db.client().await).await, want);
         // Again: a terminal job's submit must not create a second row in
         // job_active (job_id alone is no longer a key there).
@@ -745,9 +695,7 @@ async fn crafted_stream_at(generation: i64, hot_cold: bool) {
         assert_tables(
             &db,
             &format!("{what}, replayed twice"),
-            same_jobs(),
             jobs_at(generation),
-            same_runs(),
             runs_at(generation),
         )
         .await;
@@ -799,10 +747,7 @@ fn mixed_stream() -> Vec<ev::EventSequence> {
             "https://annotation.invalid/old",
         )],
     );
-    let mut new_submit = plain_submit("mix-new");
-    if let Kind::SubmitJob(s) = &mut new_submit {
-        s.external_job_uri = b"https://field16.invalid/new".to_vec();
-    }
+    let new_submit = with_external_job_uri(plain_submit("mix-new"), "https://field16.invalid/new");
     let mut seqs = vec![step(BOB, 1, old_submit), step(BOB, 2, new_submit)];
     seqs.extend(start(BOB, 10, "mix-old", "run-old"));
     seqs.extend(start(BOB, 20, "mix-new", "run-new"));
@@ -834,7 +779,11 @@ fn mixed_stream() -> Vec<ev::EventSequence> {
             )],
         ),
     ));
-    seqs.push(step(BOB, 32, debug_info("mix-new", "run-new", "new debug")));
+    seqs.push(step(
+        BOB,
+        32,
+        run_debug_info("mix-new", "run-new", "new debug"),
+    ));
     seqs
 }
 
@@ -875,14 +824,12 @@ async fn mixed_stream_at(generation: i64) -> (Vec<Value>, Vec<Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database_at(generation, false).await;
     replay(&db, dir.path(), "mixed.bin", &mixed_stream()).await;
-    let client = db.client().await;
-    let (same_jobs, jobs_g) = split(&jobs(&client).await, "job_id", &JOB_VARYING);
-    let (same_runs, runs_g) = split(&runs(&client).await, "run_id", &RUN_VARYING);
+    let got = tables(&db).await;
     let (want_jobs, want_runs) = mixed_at(generation);
-    assert_eq!(jobs_g, want_jobs, "generation {generation}: job");
-    assert_eq!(runs_g, want_runs, "generation {generation}: job_run");
+    assert_eq!(got.jobs_g, want_jobs, "generation {generation}: job");
+    assert_eq!(got.runs_g, want_runs, "generation {generation}: job_run");
     db.drop_db().await;
-    (same_jobs, same_runs)
+    (got.same_jobs, got.same_runs)
 }
 
 #[tokio::test]
@@ -957,14 +904,6 @@ async fn migrating_from_031_to_035_between_two_replays() {
         "run-pre2": {"failure_category": null, "failure_subcategory": null, "scheduler_termination_reason": {"reason": "", "args": {"requestor": "alice"}}, "debug": null},
         "run-preerr": {"failure_category": "user-error", "failure_subcategory": null, "scheduler_termination_reason": null, "debug": "debug: second"},
     });
-    assert_tables(
-        &db,
-        "031, then migrated to 035",
-        same_jobs(),
-        jobs_g,
-        same_runs(),
-        runs_g,
-    )
-    .await;
+    assert_tables(&db, "031, then migrated to 035", jobs_g, runs_g).await;
     db.drop_db().await;
 }

@@ -300,7 +300,6 @@ async fn assert_031_schema(client: &Client) {
         .await
     };
     let column = |data_type: &str, nullable: &str, default: Option<&str>| json!({"data_type": data_type, "is_nullable": nullable, "column_default": default});
-    const TS: &str = "timestamp without time zone";
     assert_eq!(
         info("job_run", "failure_info").await,
         column("jsonb", "YES", None)
@@ -748,9 +747,8 @@ async fn a_migration_failing_at_commit_does_not_bump_the_version() {
 
 #[tokio::test]
 async fn an_invalid_index_from_a_failed_concurrent_build_is_rebuilt() {
-    let db = TestDb::empty().await;
+    let db = TestDb::at_version(11).await;
     let mut client = db.client().await;
-    migrate::migrate_to(&mut client, 11).await.unwrap();
     insert_job_and_run(&client, "job-1", "run-1").await;
     insert_job_and_run(&client, "job-2", "run-2").await;
     // A concurrent build that fails leaves an INVALID index behind.
@@ -778,9 +776,8 @@ async fn an_invalid_index_from_a_failed_concurrent_build_is_rebuilt() {
 #[tokio::test]
 async fn an_interrupted_non_transactional_migration_is_repeated() {
     // As if a previous run built the index of 012 and died before the bump.
-    let db = TestDb::empty().await;
+    let db = TestDb::at_version(11).await;
     let mut client = db.client().await;
-    migrate::migrate_to(&mut client, 11).await.unwrap();
     client
         .batch_execute("CREATE INDEX CONCURRENTLY idx_job_submitted ON job (submitted DESC)")
         .await
@@ -1055,9 +1052,19 @@ fn detected(generation: Generation, version: i64) -> Detected {
 
 /// Runs `lookout-ingester migrate --database-url <db> args…`.
 async fn migrate_cli(db: &TestDb, args: &[&str]) -> CliOutput {
-    let mut all = vec!["migrate", "--database-url", db.url.as_str()];
-    all.extend_from_slice(args);
-    common::cli(all).await
+    common::migrate_cli(&db.url, args).await
+}
+
+/// Runs `migrate args…` through the binary; asserts its exit code and
+/// everything it printed on stdout.
+async fn assert_migrate_prints(db: &TestDb, args: &[&str], code: i32, stdout: &str) {
+    let out = migrate_cli(db, args).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(code), stdout),
+        "migrate {args:?}\n{}",
+        out.stderr
+    );
 }
 
 /// Runs with failure_info (two set, one NULL), as a 031 ingester wrote them.
@@ -1206,23 +1213,27 @@ async fn a_target_below_the_current_version_changes_nothing() {
     }
     assert_eq!(catalog(&client).await, before);
 
-    let out = migrate_cli(&db, &["--to", "32"]).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        out.stdout,
-        "database at version 34, past the target 32; nothing changed (migrations never go backwards)\n"
-    );
-    let out = migrate_cli(&db, &[]).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        out.stdout,
-        "database at version 34, past the target 31; nothing changed (migrations never go backwards)\n"
-    );
-    let out = migrate_cli(&db, &["--to", "34"]).await;
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (Some(0), "database at version 34; nothing to apply\n")
-    );
+    assert_migrate_prints(
+        &db,
+        &["--to", "32"],
+        0,
+        "database at version 34, past the target 32; nothing changed (migrations never go backwards)\n",
+    )
+    .await;
+    assert_migrate_prints(
+        &db,
+        &[],
+        0,
+        "database at version 34, past the target 31; nothing changed (migrations never go backwards)\n",
+    )
+    .await;
+    assert_migrate_prints(
+        &db,
+        &["--to", "34"],
+        0,
+        "database at version 34; nothing to apply\n",
+    )
+    .await;
     assert_eq!(catalog(&client).await, before);
 
     // Unknown targets are usage errors, before connecting.
@@ -1245,9 +1256,8 @@ async fn a_target_below_the_current_version_changes_nothing() {
 
 #[tokio::test]
 async fn dropping_failure_info_needs_allow_drop_and_says_how_many() {
-    let db = TestDb::empty().await;
+    let db = TestDb::migrated().await;
     let mut client = db.client().await;
-    migrate::migrate(&mut client).await.unwrap();
     insert_runs_with_failure_info(&client).await;
     let before = catalog(&client).await;
 
@@ -1278,13 +1288,13 @@ async fn dropping_failure_info_needs_allow_drop_and_says_how_many() {
     assert_eq!(catalog(&client).await, before);
 
     // 032 keeps failure_info: no flag needed.
-    let out = migrate_cli(&db, &["--to", "32"]).await;
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (Some(0), "migrated from version 31 to 32 (1 applied)\n"),
-        "{}",
-        out.stderr
-    );
+    assert_migrate_prints(
+        &db,
+        &["--to", "32"],
+        0,
+        "migrated from version 31 to 32 (1 applied)\n",
+    )
+    .await;
     let out = migrate_cli(&db, &["--to", "latest"]).await;
     assert_eq!(out.code, Some(1));
     assert!(
@@ -1295,12 +1305,13 @@ async fn dropping_failure_info_needs_allow_drop_and_says_how_many() {
     assert_eq!(version(&client).await, 32);
 
     // With the flag: dropped, counted, the rest of each row kept.
-    let out = migrate_cli(&db, &["--to", "latest", "--allow-drop"]).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(
-        out.stdout,
-        "migrated from version 32 to 35 (3 applied)\ndropped job_run.failure_info (2 run(s) held one)\n"
-    );
+    assert_migrate_prints(
+        &db,
+        &["--to", "latest", "--allow-drop"],
+        0,
+        "migrated from version 32 to 35 (3 applied)\ndropped job_run.failure_info (2 run(s) held one)\n",
+    )
+    .await;
     assert_eq!(job_run_columns(&client).await, expected_job_run_columns(35));
     let rows = json_rows(
         &client,
@@ -1327,9 +1338,8 @@ async fn dropping_failure_info_needs_allow_drop_and_says_how_many() {
 
 #[tokio::test]
 async fn failure_info_that_is_all_null_is_dropped_without_the_flag() {
-    let db = TestDb::empty().await;
+    let db = TestDb::migrated().await;
     let mut client = db.client().await;
-    migrate::migrate(&mut client).await.unwrap();
     insert_job_and_run(&client, "job-1", "run-1").await;
     let report = migrate::upgrade(&mut client, 33, false).await.unwrap();
     assert_eq!(names(&report.applied), [32, 33]);
@@ -1343,9 +1353,8 @@ async fn failure_info_that_is_all_null_is_dropped_without_the_flag() {
 async fn failure_info_written_while_migrating_is_not_dropped_unasked() {
     // An ingester's transaction adds a failure_info row after the up-front
     // count: 032 waits for it, and 033 counts again under its lock.
-    let db = TestDb::empty().await;
+    let db = TestDb::migrated().await;
     let mut client = db.client().await;
-    migrate::migrate(&mut client).await.unwrap();
     let mut writer = db.client().await;
     let tx = writer.transaction().await.unwrap();
     tx.execute(
@@ -1572,13 +1581,13 @@ ingester tables: up to date
         schema::detect(&client).await.unwrap(),
         detected(Generation::G035, 31)
     );
-    let out = migrate_cli(&db, &["--to", "latest"]).await;
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (Some(0), "migrated from version 31 to 35 (4 applied)\n"),
-        "{}",
-        out.stderr
-    );
+    assert_migrate_prints(
+        &db,
+        &["--to", "latest"],
+        0,
+        "migrated from version 31 to 35 (4 applied)\n",
+    )
+    .await;
     assert_eq!(catalog(&client).await, want);
     drop(client);
     db.drop_db().await;
@@ -1611,13 +1620,13 @@ job table:        partitioned by state (upstream's hot/cold split)
     let (code, out) = status_cli(&db).await;
     assert_eq!(code, Some(0));
     assert!(out.contains(&hot_cold("033")), "{out}");
-    let out = migrate_cli(&db, &["--to", "latest"]).await;
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (Some(0), "migrated from version 33 to 35 (2 applied)\n"),
-        "{}",
-        out.stderr
-    );
+    assert_migrate_prints(
+        &db,
+        &["--to", "latest"],
+        0,
+        "migrated from version 33 to 35 (2 applied)\n",
+    )
+    .await;
     assert_eq!(
         schema::detect(&client).await.unwrap(),
         Detected {

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{cli, count, dump, json_row, json_rows, payloads, write_recording, TestDb};
+use common::{count, dump, json_row, json_rows, payloads, write_recording, TestDb};
 use lookout_ingester::model::{job_state, run_state};
 use lookout_ingester::proto::armadaevents as ev;
 use lookout_ingester::sample::{self, Fate};
@@ -28,16 +28,20 @@ async fn replay_into(db: &TestDb, files: Vec<PathBuf>, batch_size: usize) -> rep
 /// `replay` through the real binary (for the exit status and the printed
 /// summary), its dead-letter spool in `dir`.
 async fn replay_cli(db: &TestDb, dir: &Path, file: &Path) -> common::CliOutput {
-    let spool = dir.join("spool.jsonl");
-    cli([
-        "replay".as_ref(),
-        "--database-url".as_ref(),
-        db.url.as_ref(),
-        "--dead-letter-spool".as_ref(),
-        spool.as_os_str(),
-        file.as_os_str(),
-    ])
-    .await
+    common::replay_cli(&db.url, &dir.join("spool.jsonl"), file).await
+}
+
+/// A sequence of `events` in `queue`, job set `js`, from user `u`.
+fn seq_in(queue: &str, events: Vec<ev::event_sequence::Event>) -> ev::EventSequence {
+    sample::sequence(queue, "js", "u", events)
+}
+
+/// The submission of `job_id` (namespace `ns`, nothing requested) at `secs`.
+fn submit_at(secs: i64, job_id: &str) -> ev::event_sequence::Event {
+    sample::event(
+        Some(sample::ts(secs)),
+        sample::submit(job_id, "ns", 0, &[], None, &[]),
+    )
 }
 
 fn expected_job_state(f: Fate) -> i16 {
@@ -180,10 +184,8 @@ async fn batch_boundaries_do_not_change_the_result() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut seqs = sample::generate(3, 150);
     // One sequence holding a whole life cycle, with cancellation after other updates.
-    seqs.push(sample::sequence(
+    seqs.push(seq_in(
         "q",
-        "js",
-        "u",
         vec![
             sample::event(
                 Some(sample::ts(1)),
@@ -240,15 +242,10 @@ async fn batch_boundaries_do_not_change_the_result() {
 #[tokio::test]
 async fn update_without_a_column_keeps_the_stored_value() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = vec![sample::sequence(
+    let first = vec![seq_in(
         "q",
-        "js",
-        "u",
         vec![
-            sample::event(
-                Some(sample::ts(1)),
-                sample::submit("kjob", "ns", 0, &[], None, &[]),
-            ),
+            submit_at(1, "kjob"),
             sample::event(
                 Some(sample::ts(2)),
                 sample::leased("kjob", "krun", "c", "n0", "p"),
@@ -260,10 +257,8 @@ async fn update_without_a_column_keeps_the_stored_value() {
         ],
     )];
     // A later batch: a pod error without a node name must not erase the node.
-    let second = vec![sample::sequence(
+    let second = vec![seq_in(
         "q",
-        "js",
-        "u",
         vec![sample::event(
             Some(sample::ts(4)),
             sample::run_errors(
@@ -305,34 +300,13 @@ async fn update_without_a_column_keeps_the_stored_value() {
 #[tokio::test]
 async fn bad_records_are_skipped_reported_and_the_rest_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = sample::sequence(
+    let good = seq_in("q", vec![submit_at(1, "good1")]);
+    let empty_queue = seq_in("", vec![submit_at(1, "lost1")]);
+    let no_created = seq_in(
         "q",
-        "js",
-        "u",
-        vec![sample::event(
-            Some(sample::ts(1)),
-            sample::submit("good1", "ns", 0, &[], None, &[]),
-        )],
-    );
-    let empty_queue = sample::sequence(
-        "",
-        "js",
-        "u",
-        vec![sample::event(
-            Some(sample::ts(1)),
-            sample::submit("lost1", "ns", 0, &[], None, &[]),
-        )],
-    );
-    let no_created = sample::sequence(
-        "q",
-        "js",
-        "u",
         vec![
             sample::event(None, sample::submit("nocreated", "ns", 0, &[], None, &[])),
-            sample::event(
-                Some(sample::ts(2)),
-                sample::submit("good2", "ns", 0, &[], None, &[]),
-            ),
+            submit_at(2, "good2"),
         ],
     );
     let path = dir.path().join("mixed.bin");

@@ -3,7 +3,7 @@
 mod common;
 
 use chrono::NaiveDateTime;
-use common::{bytea, dump, dump_rows, json_row, json_rows, TestDb};
+use common::{bytea, dump, dump_rows, hotcold, json_row, json_rows, TestDb};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lookout_ingester::model::{
     job_state, run_state, CreateJob, CreateJobError, CreateJobRun, Generation, InstructionSet,
@@ -1320,12 +1320,7 @@ async fn bulk_updates_10k_with_unmatched() {
 
 /// A database migrated to `generation` (no ingester tables of our own).
 async fn at_generation(generation: Generation) -> TestDb {
-    let db = TestDb::empty().await;
-    let mut c = db.client().await;
-    lookout_ingester::migrate::migrate_to(&mut c, generation.number())
-        .await
-        .unwrap_or_else(|e| panic!("migrate to {generation}: {e:#}"));
-    db
+    TestDb::at_version(generation.number()).await
 }
 
 /// A run update carrying every generation's new fields, so each
@@ -1430,6 +1425,15 @@ async fn each_generation_writes_its_own_columns_row_by_row() {
     }
 }
 
+/// Asserts that `err` is the store's refusal of a batch converted for
+/// `from` in a database now at `to`.
+fn assert_schema_changed(err: &StoreError, from: Generation, to: Generation) {
+    assert!(
+        matches!(err, StoreError::SchemaChanged { from: f, to: t } if *f == from && *t == to),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_stale_generation_writes_nothing_and_says_where_the_database_is() {
     let db = at_generation(Generation::G031).await;
@@ -1462,16 +1466,7 @@ async fn a_stale_generation_writes_nothing_and_says_where_the_database_is() {
         ..Default::default()
     };
     let err = s.write(second(), Generation::G031).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::SchemaChanged {
-                from: Generation::G031,
-                to: Generation::G032
-            }
-        ),
-        "{err:?}"
-    );
+    assert_schema_changed(&err, Generation::G031, Generation::G032);
     assert_eq!(s.generation(), Some(Generation::G032));
     // Nothing of the stale batch was written.
     assert_eq!(common::count(&c, "job").await, 1);
@@ -1506,17 +1501,19 @@ async fn a_stale_generation_writes_nothing_and_says_where_the_database_is() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::SchemaChanged {
-                from: Generation::G032,
-                to: Generation::G033
-            }
-        ),
-        "{err:?}"
-    );
+    assert_schema_changed(&err, Generation::G032, Generation::G033);
     db.drop_db().await;
+}
+
+/// Asserts that the database holds no table at all.
+async fn assert_no_tables(db: &TestDb) {
+    let tables = json_rows(
+        &db.client().await,
+        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
+        &[],
+    )
+    .await;
+    assert_eq!(tables, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -1538,22 +1535,12 @@ async fn an_unmigrated_database_is_refused_and_left_alone() {
         s.detect().await,
         Err(StoreError::Schema(SchemaError::MissingTable("job")))
     ));
-    let c = db.client().await;
-    let tables = json_rows(
-        &c,
-        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
-        &[],
-    )
-    .await;
-    assert_eq!(tables, Vec::<Value>::new());
+    assert_no_tables(&db).await;
     db.drop_db().await;
 
     // Migrated, but not as far as 031: the tables exist, the failure columns do not.
-    let db = TestDb::empty().await;
-    let mut c = db.client().await;
-    lookout_ingester::migrate::migrate_to(&mut c, 30)
-        .await
-        .unwrap();
+    let db = TestDb::at_version(30).await;
+    let c = db.client().await;
     let s = store(&db, fast()).await;
     let err = s.write(set(), Generation::G031).await.unwrap_err();
     assert!(
@@ -1572,49 +1559,22 @@ async fn an_unmigrated_database_is_refused_and_left_alone() {
     db.drop_db().await;
 }
 
-/// Upstream's experimental hot/cold layout, built with our own DDL from the
-/// facts of its shape: `job` partitioned by state, primary key
-/// (job_id, state), same columns in the same order.
-async fn split_hot_cold(c: &Client) {
-    c.batch_execute(
-        "BEGIN;
-         CREATE TABLE job_split (LIKE job INCLUDING DEFAULTS, PRIMARY KEY (job_id, state))
-             PARTITION BY LIST (state);
-         CREATE TABLE job_active PARTITION OF job_split FOR VALUES IN (1, 2, 3, 8);
-         CREATE TABLE job_terminated PARTITION OF job_split FOR VALUES IN (4, 5, 6, 7, 9);
-         INSERT INTO job_split SELECT * FROM job;
-         DROP TABLE job;
-         ALTER TABLE job_split RENAME TO job;
-         COMMIT;",
-    )
-    .await
-    .unwrap();
-}
-
-/// `(partition, job_id, state)` of every job row.
-async fn job_partitions(c: &Client) -> Vec<Value> {
+/// job's column names, in column order.
+async fn job_columns(c: &Client) -> Vec<Value> {
     json_rows(
         c,
-        "SELECT tableoid::regclass::text AS part, job_id, state FROM job ORDER BY job_id, state",
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         &[],
     )
     .await
-    .iter()
-    .map(|r| json!([r["part"], r["job_id"], r["state"]]))
-    .collect()
 }
 
 #[tokio::test]
 async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
     let db = at_generation(Generation::G035).await;
-    let c = db.client().await;
-    let columns_before = json_rows(
-        &c,
-        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        &[],
-    )
-    .await;
-    split_hot_cold(&c).await;
+    let mut c = db.client().await;
+    let columns_before = job_columns(&c).await;
+    hotcold::split_job(&mut c).await;
     let s = store(&db, fast()).await;
     let d = s.detect().await.unwrap();
     assert!(d.hot_cold && d.generation == Generation::G035, "{d:?}");
@@ -1631,7 +1591,7 @@ async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
     .await
     .unwrap();
     assert_eq!(
-        job_partitions(&c).await,
+        hotcold::partitions(&c).await,
         [
             json!(["job_active", "j1", 1]),
             json!(["job_active", "j2", 3])
@@ -1657,7 +1617,7 @@ async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
         .unwrap();
     assert_eq!(report.job_updated.affected, 1);
     assert_eq!(
-        job_partitions(&c).await,
+        hotcold::partitions(&c).await,
         [
             json!(["job_terminated", "j1", 4]),
             json!(["job_active", "j2", 3])
@@ -1694,7 +1654,7 @@ async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
     assert_eq!(report.failed.len(), 2, "{report:?}"); // the job and its spec
     assert_eq!(report.job_inserted.affected, 1);
     assert_eq!(
-        job_partitions(&c).await,
+        hotcold::partitions(&c).await,
         [
             json!(["job_terminated", "j1", 4]),
             json!(["job_active", "j2", 3]),
@@ -1710,13 +1670,7 @@ async fn hot_cold_split_job_table_is_written_like_the_plain_one() {
         )
     );
     // Same columns, same order, as before the split.
-    let columns_after = json_rows(
-        &c,
-        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        &[],
-    )
-    .await;
-    assert_eq!(columns_after, columns_before);
+    assert_eq!(job_columns(&c).await, columns_before);
     db.drop_db().await;
 }
 
@@ -1828,15 +1782,7 @@ async fn replay_refuses_an_unmigrated_database() {
     );
     let file = common::write_recording(dir.path().join("in.bin"), &common::payloads(&[seq]), false);
     let spool = dir.path().join("spool.jsonl");
-    let out = common::cli([
-        "replay".as_ref(),
-        "--database-url".as_ref(),
-        db.url.as_ref(),
-        "--dead-letter-spool".as_ref(),
-        spool.as_os_str(),
-        file.as_os_str(),
-    ])
-    .await;
+    let out = common::replay_cli(&db.url, &spool, &file).await;
     assert_ne!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     let wanted = "refusing to write to this database: the Lookout tables are missing (no job table): run `lookout-ingester migrate` first";
     // The CLI's last word, once, on one line.
@@ -1844,13 +1790,6 @@ async fn replay_refuses_an_unmigrated_database() {
     assert_eq!(last, format!("error: {wanted}"), "{}", out.stderr);
     assert_eq!(out.stdout, "");
     assert!(!spool.exists());
-    let c = db.client().await;
-    let tables = json_rows(
-        &c,
-        "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
-        &[],
-    )
-    .await;
-    assert_eq!(tables, Vec::<Value>::new());
+    assert_no_tables(&db).await;
     db.drop_db().await;
 }

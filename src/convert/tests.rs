@@ -21,6 +21,12 @@ fn t(secs: i64) -> NaiveDateTime {
     to_time(&ts(secs)).expect("valid").ts
 }
 
+/// The `api.Job` inside a created job's compressed job_spec.
+fn api_job(j: &CreateJob) -> crate::proto::api::Job {
+    let raw = compress::unzlib(&j.job_spec).expect("job spec inflates");
+    prost::Message::decode(raw.as_slice()).expect("api.Job")
+}
+
 fn inflate(b: &Option<Vec<u8>>) -> String {
     let raw = compress::unzlib(b.as_deref().expect("compressed bytes")).expect("zlib");
     String::from_utf8(raw).expect("utf8")
@@ -71,9 +77,7 @@ fn submit_job_creates_job_row() {
     assert_eq!(j.annotations, want);
     assert!(!j.job_spec.is_empty());
     // The job spec is a zlib stream of an api.Job.
-    let raw = compress::unzlib(&j.job_spec).expect("job spec inflates");
-    let api: crate::proto::api::Job = prost::Message::decode(raw.as_slice()).expect("api.Job");
-    assert_eq!(api.id, "job1");
+    assert_eq!(api_job(j).id, "job1");
     assert!(c.instructions.jobs_to_update.is_empty());
 }
 
@@ -959,21 +963,25 @@ fn converter_generation_defaults_to_031_and_is_chosen_per_clone() {
     assert_eq!(newer.with_generation(G032).generation(), G032);
 }
 
+/// A SubmitJob with the URI annotation `annotation` and SubmitJob field 16
+/// set to `field`.
+fn submit_with_uris(annotation: &str, field: &str) -> Kind {
+    with_external_job_uri(
+        submit(
+            "j",
+            "ns",
+            0,
+            &[],
+            None,
+            &[("armadaproject.io/externalJobUri", annotation)],
+        ),
+        field,
+    )
+}
+
 #[test]
 fn external_job_uri_field_wins_from_032() {
-    let submit_both = || {
-        with_external_job_uri(
-            submit(
-                "j",
-                "ns",
-                0,
-                &[],
-                None,
-                &[("armadaproject.io/externalJobUri", "http://annotation")],
-            ),
-            "http://field",
-        )
-    };
+    let submit_both = || submit_with_uris("http://annotation", "http://field");
     let uri = |c: &Converted| c.instructions.jobs_to_create[0].external_job_uri.clone();
     assert_eq!(uri(&at(G031, "u", submit_both())), "http://annotation");
     for g in [G032, G033, G034, G035] {
@@ -990,21 +998,7 @@ fn external_job_uri_field_wins_from_032() {
         );
     }
     // An empty field falls back to the annotation.
-    let c = at(
-        G035,
-        "u",
-        with_external_job_uri(
-            submit(
-                "j",
-                "ns",
-                0,
-                &[],
-                None,
-                &[("armadaproject.io/externalJobUri", "http://annotation")],
-            ),
-            "",
-        ),
-    );
+    let c = at(G035, "u", submit_with_uris("http://annotation", ""));
     assert_eq!(uri(&c), "http://annotation");
     // Field only: ignored at 031, used from 032.
     let field_only = || with_external_job_uri(submit("j", "ns", 0, &[], None, &[]), "http://f");
@@ -1020,21 +1014,7 @@ fn external_job_uri_field_wins_from_032() {
 fn external_job_uri_field_is_judged_raw_then_cleaned_and_cut() {
     // Only NULs: not empty as sent, so it wins over the annotation and
     // cleans to "" (counted).
-    let c = at(
-        G032,
-        "u",
-        with_external_job_uri(
-            submit(
-                "j",
-                "ns",
-                0,
-                &[],
-                None,
-                &[("armadaproject.io/externalJobUri", "http://annotation")],
-            ),
-            "\0\0",
-        ),
-    );
+    let c = at(G032, "u", submit_with_uris("http://annotation", "\0\0"));
     assert_eq!(c.instructions.jobs_to_create[0].external_job_uri, "");
     assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
     let c = at(
@@ -1049,21 +1029,7 @@ fn external_job_uri_field_is_judged_raw_then_cleaned_and_cut() {
     assert_eq!(c.sanitised, BTreeMap::from([(Action::Truncated, 1)]));
     // The annotation's value is counted once as an annotation; the URI taken
     // from the field does not count the annotation again.
-    let c = at(
-        G035,
-        "u",
-        with_external_job_uri(
-            submit(
-                "j",
-                "ns",
-                0,
-                &[],
-                None,
-                &[("armadaproject.io/externalJobUri", "a\0b")],
-            ),
-            "http://f",
-        ),
-    );
+    let c = at(G035, "u", submit_with_uris("a\0b", "http://f"));
     assert_eq!(
         c.instructions.jobs_to_create[0].external_job_uri,
         "http://f"
@@ -1182,21 +1148,27 @@ fn failure_categories_come_from_the_first_non_preempted_error_if_terminal() {
     }
 }
 
+/// Run errors of one terminal executor error with `category` and
+/// `subcategory` (fields 16 and 17).
+fn executor_error(category: &str, subcategory: &str) -> Kind {
+    run_errors(
+        "j",
+        "r",
+        vec![categorised_error(
+            true,
+            R::ExecutorError(ev::ExecutorError {}),
+            category,
+            subcategory,
+        )],
+    )
+}
+
 #[test]
 fn failure_categories_are_cleaned_and_cut_to_63_characters() {
     let c = at(
         G032,
         "u",
-        run_errors(
-            "j",
-            "r",
-            vec![categorised_error(
-                true,
-                R::ExecutorError(ev::ExecutorError {}),
-                &format!("{}tail", "é".repeat(62)),
-                "sub\0category",
-            )],
-        ),
+        executor_error(&format!("{}tail", "é".repeat(62)), "sub\0category"),
     );
     let u = &c.instructions.runs_to_update[0];
     assert_eq!(
@@ -1214,20 +1186,7 @@ fn failure_categories_are_cleaned_and_cut_to_63_characters() {
         BTreeMap::from([(Action::NulRemoved, 1), (Action::Truncated, 1)])
     );
     // Exactly 63 characters (126 bytes) is kept whole; empty stays NULL.
-    let c = at(
-        G035,
-        "u",
-        run_errors(
-            "j",
-            "r",
-            vec![categorised_error(
-                true,
-                R::ExecutorError(ev::ExecutorError {}),
-                &"é".repeat(63),
-                "",
-            )],
-        ),
-    );
+    let c = at(G035, "u", executor_error(&"é".repeat(63), ""));
     let u = &c.instructions.runs_to_update[0];
     assert_eq!(
         (u.failure_category.clone(), u.failure_subcategory.clone()),
@@ -1235,20 +1194,7 @@ fn failure_categories_are_cleaned_and_cut_to_63_characters() {
     );
     assert!(c.sanitised.is_empty());
     // A value that cleans to nothing keeps the stored one.
-    let c = at(
-        G033,
-        "u",
-        run_errors(
-            "j",
-            "r",
-            vec![categorised_error(
-                true,
-                R::ExecutorError(ev::ExecutorError {}),
-                "\0",
-                "",
-            )],
-        ),
-    );
+    let c = at(G033, "u", executor_error("\0", ""));
     assert_eq!(c.instructions.runs_to_update[0].failure_category, None);
     assert_eq!(c.sanitised, BTreeMap::from([(Action::NulRemoved, 1)]));
 }
@@ -1501,9 +1447,7 @@ fn owner_is_trimmed_at_035_in_the_row_and_the_job_spec() {
         let c = at(g, " alice\t", submit("j", "ns", 0, &[], None, &[]));
         let j = &c.instructions.jobs_to_create[0];
         assert_eq!(j.owner, want, "{g}");
-        let raw = compress::unzlib(&j.job_spec).expect("job spec inflates");
-        let api: crate::proto::api::Job = prost::Message::decode(raw.as_slice()).expect("api.Job");
-        assert_eq!(api.owner, want, "{g}");
+        assert_eq!(api_job(j).owner, want, "{g}");
     }
     // Cut to 512 bytes first, then trimmed.
     let owner = format!("{}  x", "a".repeat(510));
@@ -1647,19 +1591,7 @@ fn sanitising_counts_cover_the_new_columns() {
         "js",
         "alice",
         vec![
-            event(
-                Some(ts(1)),
-                run_errors(
-                    "j",
-                    "r",
-                    vec![categorised_error(
-                        true,
-                        R::ExecutorError(ev::ExecutorError {}),
-                        "c\0at",
-                        &"s".repeat(64),
-                    )],
-                ),
-            ),
+            event(Some(ts(1)), executor_error("c\0at", &"s".repeat(64))),
             event(
                 Some(ts(2)),
                 run_cancelled_by("j", "r", "why\0", "placeholder"),

@@ -7,7 +7,10 @@
 //! leaves `database_version` alone; so does this.
 #![allow(dead_code)]
 
+use serde_json::{json, Value};
 use tokio_postgres::Client;
+
+use super::json_rows;
 
 /// Splits `job` in the database `client` is connected to, in one
 /// transaction; panics if Postgres refuses.
@@ -55,16 +58,16 @@ pub async fn split_job(client: &mut Client) {
         .unwrap_or_else(|e| panic!("hot/cold split: commit: {e}"));
 }
 
-/// Which partition holds each job, by job id: tests check the routing.
-pub async fn partitions(client: &Client) -> Vec<(String, String)> {
-    client
-        .query(
-            "SELECT job_id::text, tableoid::regclass::text FROM job ORDER BY job_id, state",
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("job partitions: {e}"))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+/// `[partition, job_id, state]` of every job row, by job id and state:
+/// tests check the routing.
+pub async fn partitions(client: &Client) -> Vec<Value> {
+    json_rows(
+        client,
+        "SELECT tableoid::regclass::text AS part, job_id, state FROM job ORDER BY job_id, state",
+        &[],
+    )
+    .await
+    .iter()
+    .map(|r| json!([r["part"], r["job_id"], r["state"]]))
+    .collect()
 }

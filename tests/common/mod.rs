@@ -104,6 +104,17 @@ impl TestDb {
         db
     }
 
+    /// A database migrated to `version` with the library's `migrate_to`
+    /// (the Lookout tables only, none of the ingester's own).
+    pub async fn at_version(version: i64) -> TestDb {
+        let db = TestDb::empty().await;
+        let mut client = db.client().await;
+        lookout_ingester::migrate::migrate_to(&mut client, version)
+            .await
+            .unwrap_or_else(|e| panic!("migrate {} to {version}: {e:#}", db.name));
+        db
+    }
+
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
@@ -371,4 +382,25 @@ where
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `lookout-ingester replay --database-url <url> --dead-letter-spool <spool>
+/// <file>` through the binary.
+pub async fn replay_cli(url: &str, spool: &Path, file: &Path) -> CliOutput {
+    cli([
+        "replay".as_ref(),
+        "--database-url".as_ref(),
+        url.as_ref(),
+        "--dead-letter-spool".as_ref(),
+        spool.as_os_str(),
+        file.as_os_str(),
+    ])
+    .await
+}
+
+/// `lookout-ingester migrate --database-url <url> args…` through the binary.
+pub async fn migrate_cli(url: &str, args: &[&str]) -> CliOutput {
+    let mut all = vec!["migrate", "--database-url", url];
+    all.extend_from_slice(args);
+    cli(all).await
 }
