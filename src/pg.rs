@@ -340,6 +340,9 @@ impl PgSettings {
             passthrough,
             ignored,
         };
+        for k in &s.ignored {
+            tracing::warn!("Postgres connection keyword {k} is accepted but has no effect here");
+        }
         // Tokio-postgres checks the passthrough values; do it now so that a
         // typo stops start-up rather than every connection.
         s.pg_config_base()?;
@@ -1055,6 +1058,18 @@ mod tests {
         let e = PgSettings::parse_with("user=u passfile=/nonexistent/pgpass", None, &no_env)
             .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/pgpass"), "{e:#}");
+    }
+
+    #[test]
+    fn upstream_default_map_is_plain_with_its_password() {
+        let s = PgSettings::from_config_with(&config::Postgres::default(), &no_env).unwrap();
+        assert_eq!(
+            s.target(),
+            "127.0.0.1:5432/lookout as postgres (sslmode=disable)"
+        );
+        assert_eq!(s.attempts(), &[TpSslMode::Disable]);
+        assert_eq!(s.password.as_deref(), Some(DEFAULT_PASSWORD));
+        assert_eq!(s.password_source, Some(PasswordSource::Default));
     }
 
     #[test]

@@ -232,6 +232,31 @@ async fn verify_full_migrates_and_replays_through_the_binary() {
     );
     let db = common::connect(&pg.socket_url("lookout")).await;
     assert_eq!(common::count(&db, "job").await, 30);
+    // The same through upstream's YAML map, key by key over the defaults.
+    let config = certs.path("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "postgres:\n  connection:\n    host: localhost\n    port: {}\n    sslmode: verify-full\n    sslrootcert: {}\n",
+            pg.port,
+            certs.p("ca.crt")
+        ),
+    )
+    .expect("config");
+    let out = common::cli([
+        "migrate",
+        "--status",
+        "--config",
+        config.to_str().expect("path"),
+    ])
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "migrate --status: {}{}",
+        out.stdout,
+        out.stderr
+    );
     // The plain connection the hba has no line for is refused.
     let err = try_lib(&format!(
         "{} sslmode=disable",
