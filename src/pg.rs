@@ -114,6 +114,9 @@ pub struct PgSettings {
     passthrough: Vec<(String, String)>,
     /// Keywords accepted and ignored (harmless), for a start-up warning.
     pub ignored: Vec<String>,
+    /// `postgres.passwordFile`, read again for each new connection so that
+    /// a rotated secret is picked up without a restart.
+    pub password_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -339,6 +342,7 @@ impl PgSettings {
             application_name,
             passthrough,
             ignored,
+            password_file: password_file.map(Path::to_path_buf),
         };
         for k in &s.ignored {
             tracing::warn!("Postgres connection keyword {k} is accepted but has no effect here");
@@ -572,7 +576,11 @@ impl PgSettings {
             .iter()
             .map(|m| self.pg_config(*m))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(PgConnect { configs, tls })
+        Ok(PgConnect {
+            configs,
+            tls,
+            password_file: self.password_file.clone(),
+        })
     }
 }
 
@@ -643,6 +651,7 @@ pub fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -
 struct PgConnect {
     configs: Vec<tokio_postgres::Config>,
     tls: MakeTlsConnector,
+    password_file: Option<PathBuf>,
 }
 
 impl PgConnect {
@@ -650,7 +659,23 @@ impl PgConnect {
         &self,
     ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
         let mut first = None;
+        // A file that cannot be read now (a secret being swapped) leaves the
+        // password read last time; the connection attempt tells the rest.
+        let fresh = match &self.password_file {
+            Some(f) => match read_password_file(f) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("{e:#}; using the password read before");
+                    None
+                }
+            },
+            None => None,
+        };
         for c in &self.configs {
+            let mut c = c.clone();
+            if let Some(p) = &fresh {
+                c.password(p);
+            }
             match c.connect(self.tls.clone()).await {
                 Ok((client, conn)) => {
                     let task = tokio::spawn(async move {

@@ -446,3 +446,42 @@ async fn passwords_from_env_passfile_and_password_file() {
     assert!(!success);
     assert!(text.contains("/nonexistent/pg-secret"), "{text}");
 }
+
+/// A rotated password file is read again for each new pool connection: no
+/// restart after the secret changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_password_file_is_used_by_new_connections() {
+    let certs = Certs::make();
+    let pg = tls_cluster(&certs).await;
+    let secret = certs.path("pg-password");
+    std::fs::write(&secret, format!("{APP_PASSWORD}\n")).expect("secret");
+    let s = PgSettings::parse_with(
+        &format!("{} sslmode=require", base(&pg, "127.0.0.1", "app")),
+        Some(&secret),
+        &|_| None,
+    )
+    .expect("settings");
+    let pool = pg::pool(&s, 1).expect("pool");
+    let conn = pool.get().await.expect("first connection");
+    conn.batch_execute("SELECT 1").await.expect("query");
+    // Rotate: the server's password first, then the mounted file.
+    let admin = common::connect(&pg.socket_url("postgres")).await;
+    admin
+        .batch_execute("ALTER ROLE app PASSWORD 'rotated-Secret-2'")
+        .await
+        .expect("alter role");
+    std::fs::write(&secret, "rotated-Secret-2\n").expect("secret");
+    // Detach the pooled connection so that the next get() opens a new one.
+    let _ = deadpool_postgres::Object::take(conn);
+    let conn = pool
+        .get()
+        .await
+        .expect("connection with the rotated password");
+    conn.batch_execute("SELECT 1").await.expect("query");
+    let _ = deadpool_postgres::Object::take(conn);
+    // And the old password no longer works, so the file really was re-read.
+    std::fs::write(&secret, format!("{APP_PASSWORD}\n")).expect("secret");
+    let err = pool.get().await.expect_err("old password refused");
+    let text = lookout_ingester::pg::error_chain(&err);
+    assert!(text.contains("password authentication failed"), "{text}");
+}
