@@ -321,10 +321,12 @@ impl PgSettings {
                 (secs > 0).then(|| Duration::from_secs(secs.max(2) as u64))
             }
         };
+        // As psql does, name ourselves in pg_stat_activity unless told.
         let application_name = own
             .get("application_name")
             .or(own.get("fallback_application_name"))
-            .cloned();
+            .cloned()
+            .or_else(|| Some("lookout-ingester".to_string()));
         let mut s = PgSettings {
             hosts,
             hostaddrs,
@@ -561,6 +563,10 @@ impl PgSettings {
 
     /// The attempts libpq makes for `sslmode`, in order.
     fn attempts(&self) -> &'static [TpSslMode] {
+        // libpq never uses TLS over a Unix socket, whatever the sslmode.
+        if self.hosts.iter().all(|h| h.starts_with('/')) {
+            return &[TpSslMode::Disable];
+        }
         match self.sslmode {
             SslMode::Disable => &[TpSslMode::Disable],
             SslMode::Allow => &[TpSslMode::Disable, TpSslMode::Require],
@@ -1095,6 +1101,9 @@ mod tests {
         assert_eq!(s.attempts(), &[TpSslMode::Disable]);
         assert_eq!(s.password.as_deref(), Some(DEFAULT_PASSWORD));
         assert_eq!(s.password_source, Some(PasswordSource::Default));
+        assert_eq!(s.application_name.as_deref(), Some("lookout-ingester"));
+        let s = parse("host=/run/postgresql user=u sslmode=verify-full").unwrap();
+        assert_eq!(s.attempts(), &[TpSslMode::Disable]);
     }
 
     #[test]

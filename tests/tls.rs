@@ -307,6 +307,15 @@ async fn certificate_and_host_name_checks() {
     assert_eq!(try_lib(&format!("{ip} sslmode=prefer")).await, Ok(true));
     // allow: the plain attempt is refused by hba, TLS follows.
     assert_eq!(try_lib(&format!("{ip} sslmode=allow")).await, Ok(true));
+    // A Unix socket is never TLS (as libpq), whatever the sslmode.
+    assert_eq!(
+        try_lib(&format!(
+            "{} sslmode=verify-full",
+            pg.socket_url("postgres")
+        ))
+        .await,
+        Ok(false)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
