@@ -760,8 +760,8 @@ pub async fn connect(settings: &PgSettings) -> anyhow::Result<Client> {
 /// A connection pool. Connections are opened on first use, so a database
 /// that is still starting does not stop the process; the store retries.
 /// Creating or waiting for a connection times out after 30s (retryable),
-/// so a black-holed network cannot hang a write forever. The TLS files and
-/// password are read here, once.
+/// so a black-holed network cannot hang a write forever. The TLS files are
+/// read here, once; `postgres.passwordFile` for each new connection.
 pub fn pool(settings: &PgSettings, max_size: usize) -> anyhow::Result<Pool> {
     let c = settings.connector().with_context(|| {
         format!(
