@@ -27,6 +27,12 @@ if ! dpkg -s libssl-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>
   apt_install libssl-dev pkg-config
 fi
 
+# tests/tls.rs makes its CA, server and client certificates with the CLI.
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl"
+  apt_install openssl
+fi
+
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   log "installing postgresql"
   apt_install postgresql

@@ -479,7 +479,8 @@ async fn migrate(
     allow_drop: bool,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let mut client = connect(&cfg.postgres.connection_string()).await?;
+    let mut client =
+        crate::pg::connect(&crate::pg::PgSettings::from_config(&cfg.postgres)?).await?;
     if status {
         let status = migrate::status(&client).await?;
         print!("{status}");
@@ -504,7 +505,7 @@ async fn migrate(
 /// `replay`: apply recorded files, print the summary.
 async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let pool = store::connect_pool(&cfg.postgres.connection_string(), 4).await?;
+    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
@@ -524,7 +525,7 @@ async fn dead_letters(
     action: DeadLetterAction,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let pool = store::connect_pool(&cfg.postgres.connection_string(), 2).await?;
+    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 2)?;
     let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
     match action {
         DeadLetterAction::List { json, limit } => {
@@ -593,18 +594,6 @@ fn write_sample(args: &SampleArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", redact(url)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!("postgres connection ended: {e}");
-        }
-    });
-    Ok(client)
 }
 
 /// The connection string without its password, for messages: the URL form

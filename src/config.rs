@@ -144,6 +144,11 @@ pub struct Postgres {
     /// Default: host=127.0.0.1 port=5432 user=postgres password=psw dbname=lookout sslmode=disable
     #[serde(rename = "postgres.connection")]
     pub connection: Connection,
+    /// A file whose whole content (one trailing line break removed) is the
+    /// password, e.g. a mounted Kubernetes secret; replaces any password in
+    /// `postgres.connection`. Default: none
+    #[serde(rename = "postgres.passwordFile")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl Postgres {

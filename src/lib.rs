@@ -19,6 +19,7 @@ pub mod live;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
+pub mod pg;
 pub mod pipeline;
 pub mod proto;
 pub mod record;

@@ -24,7 +24,7 @@ use crate::convert::Converter;
 use crate::deadletter::DeadLetters;
 use crate::http::{self, Health};
 use crate::source::pulsar::{self, Ack};
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::{ack, pipeline, telemetry};
 
 /// Stops a background task when `run` returns, however it returns.
@@ -59,7 +59,7 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
         }
     };
 
-    let pool = store::connect_pool(&config.postgres.connection_string(), 4).await?;
+    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&config.postgres)?, 4)?;
     // The store stops retrying only when shutdown is forced (grace expired).
     let (force_tx, force_rx) = watch::channel(false);
     let store = Arc::new(Store::new(pool.clone(), config.store).with_shutdown(force_rx));

@@ -496,6 +496,7 @@ async fn connection_limit_reached_mid_stream() {
         let pg = PgCluster::start_with(Settings {
             max_connections: 8,
             extra: vec![],
+            ..Settings::default()
         })
         .await;
         let broker = Broker::start().await;

@@ -47,9 +47,8 @@ pub use step::{Operation, Table};
 
 use crate::model::{Generation, InstructionSet};
 use crate::{metrics, telemetry};
-use anyhow::Context;
 use copy::{Applied, Conflated, OpError};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Pool, PoolError};
 use regex::Regex;
 use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
 use schema::{Detected, SchemaError};
@@ -57,7 +56,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use step::Step;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 /// Retry behaviour of the store, with upstream's keys and defaults.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -650,28 +648,5 @@ fn caused_by_schema_change(e: &OpError) -> bool {
         .is_some_and(|c| SCHEMA_CHANGE_CODES.contains(&c.code()))
 }
 
-/// A connection pool for the store (no TLS, as upstream's default
-/// `sslmode: disable`). Connections are opened on first use, so a database
-/// that is still starting does not stop the process; the store retries.
-/// Creating or waiting for a connection times out after 30s (retryable),
-/// so a black-holed network cannot hang a write forever.
-pub async fn connect_pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let config: tokio_postgres::Config = database_url
-        .parse()
-        .context("invalid Postgres connection string")?;
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let timeout = Some(Duration::from_secs(30));
-    Pool::builder(manager)
-        .max_size(max_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .create_timeout(timeout)
-        .wait_timeout(timeout)
-        .build()
-        .context("cannot build Postgres connection pool")
-}
+/// A pool from a URL or key=value string: see [`crate::pg::connect_pool`].
+pub use crate::pg::connect_pool;

@@ -88,6 +88,18 @@ pub struct Settings {
     pub max_connections: u32,
     /// Extra `key = value` lines.
     pub extra: Vec<(String, String)>,
+    /// TLS: the server certificate and key (and a CA for client
+    /// certificates), copied into the data directory; turns `ssl = on`.
+    pub ssl: Option<Ssl>,
+    /// pg_hba.conf lines replacing initdb's (after a `local all all trust`
+    /// line the helper keeps for itself).
+    pub hba: Option<Vec<String>>,
+}
+
+pub struct Ssl {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -95,6 +107,8 @@ impl Default for Settings {
         Settings {
             max_connections: 40,
             extra: Vec::new(),
+            ssl: None,
+            hba: None,
         }
     }
 }
@@ -178,6 +192,40 @@ impl PgCluster {
         for (k, v) in &settings.extra {
             conf.push_str(&format!("{k} = {v}\n"));
         }
+        if let Some(ssl) = &settings.ssl {
+            // The server wants its key owned by it and private.
+            let mut files = vec![("server.crt", &ssl.cert), ("server.key", &ssl.key)];
+            if let Some(ca) = &ssl.ca {
+                files.push(("client_ca.crt", ca));
+            }
+            for (name, src) in files {
+                let dst = data.join(name);
+                std::fs::copy(src, &dst).expect("copy TLS file");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod TLS file");
+                if is_root() {
+                    let out = std::process::Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&dst)
+                        .output()
+                        .expect("chown");
+                    assert!(out.status.success(), "chown {}", dst.display());
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            if ssl.ca.is_some() {
+                conf.push_str("ssl_ca_file = 'client_ca.crt'\n");
+            }
+        }
+        if let Some(hba) = &settings.hba {
+            let mut text = String::from("local all all trust\n");
+            for l in hba {
+                text.push_str(l);
+                text.push('\n');
+            }
+            std::fs::write(data.join("pg_hba.conf"), text).expect("pg_hba.conf");
+        }
         {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
@@ -259,6 +307,16 @@ impl PgCluster {
         self.url("postgres")
     }
 
+    /// The admin connection through the Unix socket, which hba always
+    /// trusts (TCP may be TLS-only or password-only).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir().display(),
+            self.port
+        )
+    }
+
     pub async fn connect(&self, db: &str) -> Client {
         super::connect(&self.url(db)).await
     }
@@ -269,7 +327,7 @@ impl PgCluster {
         loop {
             if let Ok(Ok((client, conn))) = tokio::time::timeout(
                 Duration::from_secs(2),
-                tokio_postgres::connect(&self.admin_url(), NoTls),
+                tokio_postgres::connect(&self.socket_url("postgres"), NoTls),
             )
             .await
             {
