@@ -63,8 +63,8 @@ impl Broker {
             receiver_queue_size: 100,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
-            jwt_token_path: None,
             skip_redelivered: true,
+            ..PulsarConfig::default()
         }
     }
 
