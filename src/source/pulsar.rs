@@ -67,6 +67,7 @@ fn sub_type(kind: SubscriptionKind) -> SubType {
 }
 
 mod auth;
+mod diagnose;
 
 /// Where the broker is, for logs: scheme://host:port, never the URL as
 /// given (it could carry user info or a query with a secret).
@@ -123,16 +124,35 @@ pub async fn client(cfg: &PulsarConfig) -> anyhow::Result<Pulsar<TokioExecutor>>
         // Fail fast on an unreadable file; the provider reads it again for
         // every connection, which is how a rotated token gets used.
         auth::read_token(path).map_err(anyhow::Error::msg)?;
-        b = b.with_auth_provider(Box::new(auth::TokenFile { path: path.clone() }));
-    } else if let Some(path) = &cfg.oauth2_private_key {
-        b = b.with_auth_provider(Box::new(auth::OAuth2 {
-            issuer_url: cfg.oauth2_issuer_url.clone(),
-            audience: cfg.oauth2_audience.clone(),
-            credentials: path.clone(),
-            cached: None,
-        }));
     }
-    Ok(b.build().await?)
+    if let Some(p) = provider(cfg) {
+        b = b.with_auth_provider(p);
+    }
+    match b.build().await {
+        Ok(c) => Ok(c),
+        // pulsar-rs keeps the cause of a failed first connection to its own
+        // log line; find it so the error says what is wrong.
+        Err(e) => match diagnose::probe(cfg, provider(cfg)).await {
+            Some(cause) => Err(anyhow::anyhow!("{cause}")),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// The configured authentication, if any (a fresh provider each call).
+fn provider(cfg: &PulsarConfig) -> Option<Box<dyn pulsar::authentication::Authentication>> {
+    if let Some(path) = &cfg.jwt_token_path {
+        Some(Box::new(auth::TokenFile { path: path.clone() }))
+    } else {
+        cfg.oauth2_private_key.as_ref().map(|path| {
+            Box::new(auth::OAuth2 {
+                issuer_url: cfg.oauth2_issuer_url.clone(),
+                audience: cfg.oauth2_audience.clone(),
+                credentials: path.clone(),
+                cached: None,
+            }) as Box<dyn pulsar::authentication::Authentication>
+        })
+    }
 }
 
 async fn consumer(
