@@ -805,6 +805,59 @@ mod tests {
         .expect("test timed out");
     }
 
+    fn connect(token: &[u8]) -> bytes::Bytes {
+        encode_simple(&BaseCommand {
+            r#type: base_command::Type::Connect as i32,
+            connect: Some(CommandConnect {
+                client_version: "test".into(),
+                auth_method_name: Some("token".into()),
+                auth_data: Some(token.to_vec()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn token_check_rejects_like_a_broker_and_passes_the_right_one() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (up, mut brokers) = fake_broker().await;
+            let options = Options {
+                token: Some(b"right".to_vec()),
+                ..Default::default()
+            };
+            let proxy = start_with(loopback(), up, options).await.unwrap();
+
+            // A rejected client never reaches the broker.
+            let mut bad = TcpStream::connect(proxy.addr()).await.unwrap();
+            bad.write_all(&connect(b"wrong")).await.unwrap();
+            let answer = frame::decode_command(&read_frame(&mut bad).await).unwrap();
+            let err = answer.error.expect("an ERROR frame");
+            assert_eq!(err.error, ServerError::AuthenticationError as i32);
+            let mut b = [0u8; 1];
+            assert_eq!(bad.read(&mut b).await.unwrap_or(0), 0, "then closed");
+            assert_eq!(proxy.auth_rejected(), 1);
+
+            // The broker is dialled once CONNECT passed the check.
+            let mut good = TcpStream::connect(proxy.addr()).await.unwrap();
+            // CONNECT and a ping in one write: both must arrive, in order.
+            let mut both = connect(b"right").to_vec();
+            both.extend_from_slice(&ping());
+            good.write_all(&both).await.unwrap();
+            let mut broker = brokers.recv().await.unwrap();
+            let mut expect = connect(b"right").to_vec();
+            expect.extend_from_slice(&ping());
+            let mut got = vec![0u8; expect.len()];
+            broker.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expect);
+            assert_eq!(proxy.auth_rejected(), 1);
+            assert!(brokers.try_recv().is_err(), "one broker connection only");
+            proxy.shutdown().await;
+        })
+        .await
+        .expect("test timed out");
+    }
+
     #[tokio::test]
     async fn malformed_broker_frame_closes_connection() {
         tokio::time::timeout(Duration::from_secs(10), async {
