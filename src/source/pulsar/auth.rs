@@ -321,6 +321,23 @@ mod tests {
         assert_eq!(parse_response(b"garbage"), None);
     }
 
+    #[tokio::test]
+    async fn token_file_is_read_for_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let mut t = TokenFile { path: path.clone() };
+        assert_eq!(t.auth_data().await.unwrap(), b"first");
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(t.auth_data().await.unwrap(), b"second");
+        std::fs::write(&path, " \n").unwrap();
+        let e = t.auth_data().await.unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = t.auth_data().await.unwrap_err().to_string();
+        assert!(e.starts_with("cannot read pulsar.jwtTokenPath"), "{e}");
+    }
+
     #[test]
     fn printable_urls_drop_user_info_and_query() {
         let u = Url::parse("https://me:secret@issuer.example:8443/realm?key=secret").unwrap();
