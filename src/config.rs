@@ -100,6 +100,30 @@ pub struct PulsarConfig {
     /// Default: none
     #[serde(rename = "pulsar.jwtTokenPath")]
     pub jwt_token_path: Option<PathBuf>,
+    /// CA certificates (PEM) that may sign the broker's certificate, for
+    /// `pulsar+ssl://` URLs; the system roots are trusted too. Default: none
+    #[serde(rename = "pulsar.TLSTrustCertsFilePath")]
+    pub tls_trust_certs_file_path: Option<PathBuf>,
+    /// Accept any broker certificate (no chain or host name check).
+    /// Default: false
+    #[serde(rename = "pulsar.TLSAllowInsecureConnection")]
+    pub tls_allow_insecure_connection: bool,
+    /// Check that the broker's certificate names the host connected to; the
+    /// chain is checked either way. Default: false (as upstream)
+    #[serde(rename = "pulsar.TLSValidateHostname")]
+    pub tls_validate_hostname: bool,
+    /// OAuth2 issuer, used when `pulsar.authenticationType` is `OAuth2`
+    /// (ours; the credentials file's `issuer_url` if empty). Default: none
+    #[serde(rename = "pulsar.oauth2IssuerUrl")]
+    pub oauth2_issuer_url: Option<String>,
+    /// OAuth2 audience requested with the token (ours). Default: none
+    #[serde(rename = "pulsar.oauth2Audience")]
+    pub oauth2_audience: Option<String>,
+    /// OAuth2 client credentials file, Pulsar's JSON format (`client_id`,
+    /// `client_secret`, `issuer_url`), a path or `file://` URL (ours).
+    /// Default: none
+    #[serde(rename = "pulsar.oauth2PrivateKey")]
+    pub oauth2_private_key: Option<PathBuf>,
     /// Skip redeliveries of messages already in flight or committed (ours).
     /// Default: true
     #[serde(rename = "skipRedeliveredMessages")]
@@ -117,6 +141,12 @@ impl Default for PulsarConfig {
             backoff: Duration::from_secs(1),
             max_backoff: StoreSettings::default().max_backoff,
             jwt_token_path: None,
+            tls_trust_certs_file_path: None,
+            tls_allow_insecure_connection: false,
+            tls_validate_hostname: false,
+            oauth2_issuer_url: None,
+            oauth2_audience: None,
+            oauth2_private_key: None,
             skip_redelivered: true,
         }
     }
@@ -130,7 +160,7 @@ struct PulsarAuth {
     /// Authenticate to the broker. Default: false
     #[serde(rename = "pulsar.authenticationEnabled")]
     enabled: bool,
-    /// Only `JWT` is supported. Default: empty
+    /// `JWT` or `OAuth2`. Default: empty
     #[serde(rename = "pulsar.authenticationType")]
     kind: String,
 }
@@ -480,25 +510,36 @@ fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
     let store: StoreSettings = keys.get()?;
     pulsar.max_backoff = store.max_backoff;
     pulsar.receiver_queue_size = pulsar.receiver_queue_size.max(1);
-    if auth.enabled {
-        if !auth.kind.eq_ignore_ascii_case("jwt") {
-            return Err(invalid(
-                "pulsar.authenticationType",
-                format!("only JWT is supported, got {:?}", auth.kind),
-            ));
-        }
-        if pulsar
-            .jwt_token_path
-            .as_ref()
-            .is_none_or(|p| p.as_os_str().is_empty())
-        {
-            return Err(invalid(
-                "pulsar.jwtTokenPath",
-                "required when authentication is enabled".into(),
-            ));
-        }
-    } else {
+    let set = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+    let jwt = auth.enabled && auth.kind.eq_ignore_ascii_case("jwt");
+    let oauth2 = auth.enabled && auth.kind.eq_ignore_ascii_case("oauth2");
+    if auth.enabled && !jwt && !oauth2 {
+        return Err(invalid(
+            "pulsar.authenticationType",
+            format!("expected JWT or OAuth2, got {:?}", auth.kind),
+        ));
+    }
+    if jwt && !set(&pulsar.jwt_token_path) {
+        return Err(invalid(
+            "pulsar.jwtTokenPath",
+            "required when authentication is enabled".into(),
+        ));
+    }
+    if oauth2 && !set(&pulsar.oauth2_private_key) {
+        return Err(invalid(
+            "pulsar.oauth2PrivateKey",
+            "required with OAuth2 authentication".into(),
+        ));
+    }
+    // Only the chosen method's settings survive, so the client never sends
+    // credentials the operator switched off.
+    if !jwt {
         pulsar.jwt_token_path = None;
+    }
+    if !oauth2 {
+        pulsar.oauth2_private_key = None;
+        pulsar.oauth2_issuer_url = None;
+        pulsar.oauth2_audience = None;
     }
     if service.dead_letter_spool.as_os_str().is_empty() {
         service.dead_letter_spool = Service::default().dead_letter_spool;
@@ -708,6 +749,39 @@ maxBackoff: 60
             .expect("load")
             .config;
         assert_eq!(c.pulsar.jwt_token_path, None);
+    }
+
+    #[test]
+    fn oauth2_and_tls_keys() {
+        let yaml = "pulsar:\n  URL: pulsar+ssl://b:6651\n  TLSTrustCertsFilePath: /ca.pem\n  \
+                    TLSValidateHostname: true\n  authenticationEnabled: true\n  \
+                    authenticationType: OAuth2\n  jwtTokenPath: /t\n  \
+                    oauth2IssuerUrl: https://i\n  oauth2Audience: aud\n  \
+                    oauth2PrivateKey: /c.json\n";
+        let c = load_str(&[yaml], &[], &[]).expect("load").config.pulsar;
+        assert_eq!(c.tls_trust_certs_file_path, Some(PathBuf::from("/ca.pem")));
+        assert!(c.tls_validate_hostname && !c.tls_allow_insecure_connection);
+        assert_eq!(c.oauth2_private_key, Some(PathBuf::from("/c.json")));
+        assert_eq!(c.oauth2_issuer_url.as_deref(), Some("https://i"));
+        assert_eq!(c.oauth2_audience.as_deref(), Some("aud"));
+        assert_eq!(c.jwt_token_path, None, "only the chosen method is kept");
+        let e = load_str(
+            &["pulsar:\n  authenticationEnabled: true\n  authenticationType: OAuth2\n"],
+            &[],
+            &[],
+        )
+        .expect_err("no credentials file");
+        assert!(e.to_string().starts_with("pulsar.oauth2PrivateKey"), "{e}");
+        let e = load_str(
+            &["pulsar:\n  authenticationEnabled: true\n  authenticationType: basic\n"],
+            &[],
+            &[],
+        )
+        .expect_err("unknown method");
+        assert!(
+            e.to_string().starts_with("pulsar.authenticationType"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,8 +18,7 @@ use prost_types::Timestamp;
 use pulsar::consumer::{ConsumerOptions, InitialPosition};
 use pulsar::message::proto::MessageIdData;
 use pulsar::{
-    Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Pulsar, SubType,
-    TokioExecutor,
+    ConnectionRetryOptions, Consumer, OperationRetryOptions, Pulsar, SubType, TokioExecutor,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -67,8 +66,28 @@ fn sub_type(kind: SubscriptionKind) -> SubType {
     }
 }
 
-/// Builds a client. Its own connection retries are kept short: our loop does
-/// the backing off, so a broker outage is visible in logs and metrics.
+mod auth;
+mod diagnose;
+
+/// Where the broker is, for logs: scheme://host:port, never the URL as
+/// given (it could carry user info or a query with a secret).
+pub fn target(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparsable pulsar.URL)".into(),
+    }
+}
+
+/// Builds a client with the configured TLS and authentication; `run`,
+/// `record` and `publish` all come through here. Its own connection retries
+/// are kept short: our loop does the backing off, so a broker outage is
+/// visible in logs and metrics. Called again for every reconnect, so the
+/// trust file and credentials are re-read then too.
 pub async fn client(cfg: &PulsarConfig) -> anyhow::Result<Pulsar<TokioExecutor>> {
     let mut b = Pulsar::builder(cfg.url.clone(), TokioExecutor)
         .with_connection_retry_options(ConnectionRetryOptions {
@@ -83,17 +102,57 @@ pub async fn client(cfg: &PulsarConfig) -> anyhow::Result<Pulsar<TokioExecutor>>
             operation_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
             max_retries: Some(3),
-        });
-    if let Some(path) = &cfg.jwt_token_path {
-        let token = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!("cannot read pulsar.jwtTokenPath {}: {e}", path.display())
+        })
+        // As upstream's Go client: with host-name validation off the chain
+        // is still checked; only allow-insecure skips that.
+        .with_allow_insecure_connection(cfg.tls_allow_insecure_connection)
+        .with_tls_hostname_verification_enabled(cfg.tls_validate_hostname);
+    if let Some(path) = cfg
+        .tls_trust_certs_file_path
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        let pem = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read pulsar.TLSTrustCertsFilePath {}: {e}",
+                path.display()
+            )
         })?;
-        b = b.with_auth(Authentication {
-            name: "token".into(),
-            data: token.trim().as_bytes().to_vec(),
-        });
+        b = b.with_certificate_chain(pem);
     }
-    Ok(b.build().await?)
+    if let Some(path) = &cfg.jwt_token_path {
+        // Fail fast on an unreadable file; the provider reads it again for
+        // every connection, which is how a rotated token gets used.
+        auth::read_token(path).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(p) = provider(cfg) {
+        b = b.with_auth_provider(p);
+    }
+    match b.build().await {
+        Ok(c) => Ok(c),
+        // pulsar-rs keeps the cause of a failed first connection to its own
+        // log line; find it so the error says what is wrong.
+        Err(e) => match diagnose::probe(cfg, provider(cfg)).await {
+            Some(cause) => Err(anyhow::anyhow!("{cause}")),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// The configured authentication, if any (a fresh provider each call).
+fn provider(cfg: &PulsarConfig) -> Option<Box<dyn pulsar::authentication::Authentication>> {
+    if let Some(path) = &cfg.jwt_token_path {
+        Some(Box::new(auth::TokenFile { path: path.clone() }))
+    } else {
+        cfg.oauth2_private_key.as_ref().map(|path| {
+            Box::new(auth::OAuth2 {
+                issuer_url: cfg.oauth2_issuer_url.clone(),
+                audience: cfg.oauth2_audience.clone(),
+                credentials: path.clone(),
+                cached: None,
+            }) as Box<dyn pulsar::authentication::Authentication>
+        })
+    }
 }
 
 async fn consumer(
@@ -144,7 +203,7 @@ pub async fn run(
                 Err(e) => {
                     metrics::SOURCE_ERRORS.with_label_values(&["connect"]).inc();
                     let wait = backoff.next_wait();
-                    tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, cfg.url, wait);
+                    tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, target(&cfg.url), wait);
                     if wait_or_done(wait, &mut shutdown, &mut acks, stopping).await {
                         return Ok(());
                     }
@@ -158,7 +217,7 @@ pub async fn run(
             cfg.topic,
             cfg.subscription,
             cfg.subscription_kind,
-            cfg.url
+            target(&cfg.url)
         );
         health.broker_connected.store(true, Ordering::Relaxed);
         backoff.reset();

@@ -63,8 +63,8 @@ impl Broker {
             receiver_queue_size: 100,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
-            jwt_token_path: None,
             skip_redelivered: true,
+            ..PulsarConfig::default()
         }
     }
 
@@ -205,5 +205,113 @@ impl Ingester {
             "exit status after SIGTERM\n{}",
             self.log_tail(40)
         );
+    }
+}
+
+impl Broker {
+    /// A second proxy in front of the same pulsar-lite, terminating TLS
+    /// and/or checking tokens (see [`pulsar_proxy::Options`]). The plain
+    /// proxy ([`Self::url`]) stays usable, e.g. for publishing.
+    pub async fn secure_proxy(&self, options: pulsar_proxy::Options) -> pulsar_proxy::ProxyHandle {
+        pulsar_proxy::start_with(
+            "127.0.0.1:0".parse().expect("addr"),
+            self.broker_addr,
+            options,
+        )
+        .await
+        .expect("secure proxy")
+    }
+}
+
+/// Test certificates made with the `openssl` command in a directory.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .expect("run openssl (is it installed?)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A self-signed CA `name`: writes `name.pem` and `name.key`; returns
+    /// the certificate's path.
+    pub fn ca(&self, name: &str) -> PathBuf {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    /// A server certificate `name` for `san` (e.g. `DNS:localhost,IP:127.0.0.1`)
+    /// signed by the CA `ca`: (certificate PEM, PKCS#8 key PEM).
+    pub fn server(&self, ca: &str, name: &str, san: &str) -> (Vec<u8>, Vec<u8>) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            self.dir.join(&ext),
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .expect("write ext");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+        let read = |f: String| std::fs::read(self.dir.join(f)).expect("read pem");
+        (read(format!("{name}.pem")), read(format!("{name}.key")))
     }
 }

@@ -236,6 +236,21 @@ pub fn rewrite_broker_urls(command: &mut BaseCommand, advertised: &str) -> bool 
     changed
 }
 
+/// For a proxy that terminates TLS: makes a lookup answer name
+/// `pulsar+ssl://advertised` as the TLS broker URL (pulsar-lite sets none),
+/// which is the one a client on a `pulsar+ssl://` service URL follows.
+pub fn advertise_tls(command: &mut BaseCommand, advertised: &str) -> bool {
+    match command.lookup_topic_response.as_mut() {
+        Some(lookup) => {
+            let tls = Some(format!("pulsar+ssl://{advertised}"));
+            let changed = lookup.broker_service_url_tls != tls;
+            lookup.broker_service_url_tls = tls;
+            changed
+        }
+        None => false,
+    }
+}
+
 fn rewrite_url(url: &mut Option<String>, scheme: &str, advertised: &str) -> bool {
     match url {
         Some(u) => {

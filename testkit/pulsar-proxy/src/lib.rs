@@ -24,4 +24,4 @@
 pub mod frame;
 pub mod proxy;
 
-pub use proxy::{start, ProxyHandle, Stats};
+pub use proxy::{start, start_with, Options, ProxyHandle, Stats};

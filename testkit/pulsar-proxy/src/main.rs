@@ -30,6 +30,19 @@ struct Args {
     /// Optional address for the line-based control port.
     #[arg(long)]
     control: Option<SocketAddr>,
+    /// Terminate TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PKCS#8 private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Host name to put in rewritten broker URLs (default: the IP address).
+    #[arg(long)]
+    advertise_host: Option<String>,
+    /// Require token authentication with the token in this file; a wrong
+    /// or missing token gets the broker's AuthenticationError.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -48,7 +61,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .next()
         .ok_or_else(|| format!("cannot resolve broker address {:?}", args.broker))?;
-    let proxy = Arc::new(pulsar_proxy::start(args.listen, broker).await?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
+        _ => None,
+    };
+    let token = match &args.token_file {
+        Some(f) => Some(std::fs::read_to_string(f)?.trim().as_bytes().to_vec()),
+        None => None,
+    };
+    let options = pulsar_proxy::Options {
+        tls,
+        advertise_host: args.advertise_host.clone(),
+        token,
+    };
+    let proxy = Arc::new(pulsar_proxy::start_with(args.listen, broker, options).await?);
 
     let control = match args.control {
         Some(addr) => {
@@ -61,8 +87,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // One line on stdout once listening, so scripts can wait for it.
     match control {
-        Some(c) => println!("listening {} broker {} control {}", proxy.addr(), broker, c),
-        None => println!("listening {} broker {}", proxy.addr(), broker),
+        Some(c) => println!(
+            "listening {} broker {} control {} url {}",
+            proxy.addr(),
+            broker,
+            c,
+            proxy.url()
+        ),
+        None => println!(
+            "listening {} broker {} url {}",
+            proxy.addr(),
+            broker,
+            proxy.url()
+        ),
     }
 
     tokio::signal::ctrl_c().await?;

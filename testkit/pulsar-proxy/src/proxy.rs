@@ -52,6 +52,13 @@ struct Counters {
 
 struct Shared {
     upstream: SocketAddr,
+    /// Set when the proxy terminates TLS.
+    tls: Option<tokio_native_tls::TlsAcceptor>,
+    /// Host name put into rewritten broker URLs instead of the IP address.
+    advertise_host: Option<String>,
+    /// When set, a CONNECT must carry `token` auth with exactly these bytes.
+    token: Option<Vec<u8>>,
+    counters_auth_rejected: AtomicU64,
     /// Desired state, set by `refuse`.
     refuse: watch::Sender<bool>,
     /// Actual state, reported by the accept loop.
@@ -76,10 +83,47 @@ pub struct ProxyHandle {
 /// Starts a proxy listening on `listen` (port 0 picks a free port; see
 /// [`ProxyHandle::addr`]) that forwards to the Pulsar broker at `upstream`.
 pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<ProxyHandle> {
+    start_with(listen, upstream, Options::default()).await
+}
+
+/// Optional behaviour of a proxy started with [`start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Terminate TLS with this server certificate chain and PKCS#8 key
+    /// (both PEM); clients then use `pulsar+ssl://`.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Host name for rewritten broker URLs (default: the IP address the
+    /// client reached), so a client checking host names sees the name its
+    /// certificate is for.
+    pub advertise_host: Option<String>,
+    /// Check every CONNECT for token authentication with exactly this
+    /// token; anything else gets the broker's `AuthenticationError` and the
+    /// connection is closed, as a real broker does.
+    pub token: Option<Vec<u8>>,
+}
+
+/// [`start`] with TLS termination and/or token checking.
+pub async fn start_with(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    options: Options,
+) -> io::Result<ProxyHandle> {
+    let tls = match &options.tls {
+        Some((cert, key)) => {
+            let id = native_tls::Identity::from_pkcs8(cert, key).map_err(io::Error::other)?;
+            let acceptor = native_tls::TlsAcceptor::new(id).map_err(io::Error::other)?;
+            Some(tokio_native_tls::TlsAcceptor::from(acceptor))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         upstream,
+        tls,
+        advertise_host: options.advertise_host,
+        token: options.token,
+        counters_auth_rejected: AtomicU64::new(0),
         refuse: watch::Sender::new(false),
         listening: watch::Sender::new(true),
         hangup: AtomicBool::new(false),
@@ -104,9 +148,23 @@ impl ProxyHandle {
         self.addr
     }
 
-    /// `pulsar://` service URL for [`Self::addr`].
+    /// Service URL for [`Self::addr`]: `pulsar+ssl://` when terminating
+    /// TLS, with the advertised host name if one is set.
     pub fn url(&self) -> String {
-        format!("pulsar://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "pulsar+ssl"
+        } else {
+            "pulsar"
+        };
+        match &self.shared.advertise_host {
+            Some(h) => format!("{scheme}://{h}:{}", self.addr.port()),
+            None => format!("{scheme}://{}", self.addr),
+        }
+    }
+
+    /// CONNECTs rejected for a missing or wrong token.
+    pub fn auth_rejected(&self) -> u64 {
+        self.shared.counters_auth_rejected.load(Ordering::Relaxed)
     }
 
     /// Closes every live connection, both sides, as a network failure would.
@@ -355,17 +413,104 @@ async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
-    mut cut: watch::Receiver<u64>,
-    mut shutdown: watch::Receiver<bool>,
+    cut: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // Advertise the address this client actually reached, which stays right
     // even when listening on 0.0.0.0.
     let advertised = match client.local_addr() {
-        Ok(a) => a.to_string(),
+        Ok(a) => match &shared.advertise_host {
+            Some(h) => format!("{h}:{}", a.port()),
+            None => a.to_string(),
+        },
         Err(e) => {
             warn!(%peer, error = %e, "no local address");
             return;
         }
+    };
+    let _ = client.set_nodelay(true);
+    match &shared.tls {
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, acceptor.accept(client));
+            match handshake.await {
+                Ok(Ok(tls)) => serve_stream(tls, peer, advertised, shared, cut, shutdown).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        None => serve_stream(client, peer, advertised, shared, cut, shutdown).await,
+    }
+}
+
+/// Reads the client's first frame and, when a token is expected, checks
+/// it. Returns the bytes read so far (the CONNECT frame first) to forward,
+/// or `None` when the client was turned away or went away.
+async fn check_connect<S>(client: &mut S, peer: SocketAddr, shared: &Shared) -> Option<BytesMut>
+where
+    S: AsyncReadExt + AsyncWriteExt + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let Some(expected) = &shared.token else {
+        return Some(buf);
+    };
+    let first = loop {
+        match frame::next_frame(&mut buf) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    };
+    let command = frame::decode_command(&first).ok()?;
+    let ok = command.connect.as_ref().is_some_and(|c| {
+        c.auth_method_name.as_deref() == Some("token")
+            && c.auth_data.as_deref() == Some(expected.as_slice())
+    });
+    if !ok {
+        shared
+            .counters_auth_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%peer, "CONNECT rejected: missing or wrong token");
+        // What a broker sends for a failed CONNECT: an ERROR with request
+        // id -1 and AuthenticationError, then it closes the connection.
+        let error = frame::proto::BaseCommand {
+            r#type: frame::proto::base_command::Type::Error as i32,
+            error: Some(frame::proto::CommandError {
+                request_id: u64::MAX,
+                error: frame::proto::ServerError::AuthenticationError as i32,
+                message: "Unable to authenticate: the token is not valid".into(),
+            }),
+            ..Default::default()
+        };
+        let _ = client.write_all(&frame::encode_simple(&error)).await;
+        let _ = client.shutdown().await;
+        return None;
+    }
+    let mut out = BytesMut::from(&first[..]);
+    out.extend_from_slice(&buf);
+    Some(out)
+}
+
+async fn serve_stream<S>(
+    mut client: S,
+    peer: SocketAddr,
+    advertised: String,
+    shared: &Shared,
+    mut cut: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncReadExt + AsyncWriteExt + Unpin,
+{
+    let initial = tokio::select! {
+        r = check_connect(&mut client, peer, shared) => match r {
+            Some(b) => b,
+            None => return,
+        },
+        _ = cut.changed() => return,
+        _ = shutdown.wait_for(|s| *s) => return,
     };
     let connect = tokio::time::timeout(
         UPSTREAM_CONNECT_TIMEOUT,
@@ -386,11 +531,10 @@ async fn serve(
         _ = cut.changed() => return,
         _ = shutdown.wait_for(|s| *s) => return,
     };
-    let _ = client.set_nodelay(true);
     let _ = broker.set_nodelay(true);
     debug!(%peer, "proxying");
 
-    let (client_rd, client_wr) = client.into_split();
+    let (client_rd, client_wr) = tokio::io::split(client);
     let (broker_rd, broker_wr) = broker.into_split();
     let up = pump(
         client_rd,
@@ -398,6 +542,7 @@ async fn serve(
         Direction::ToBroker,
         &advertised,
         shared,
+        initial,
     );
     let down = pump(
         broker_rd,
@@ -405,6 +550,7 @@ async fn serve(
         Direction::ToClient,
         &advertised,
         shared,
+        BytesMut::new(),
     );
     // Whichever side ends first ends the connection: a Pulsar connection is
     // useless half-open, and dropping both halves closes both sockets.
@@ -428,6 +574,24 @@ async fn serve(
     }
 }
 
+/// A command-only frame with its lookup answer pointed at the TLS URL;
+/// any other frame unchanged.
+fn with_tls_url(f: bytes::Bytes, advertised: &str) -> bytes::Bytes {
+    match frame::split_frame(&f) {
+        Ok(parts) if parts.rest.is_empty() => match frame::decode_command(&f) {
+            Ok(mut c) => {
+                if frame::advertise_tls(&mut c, advertised) {
+                    frame::encode_simple(&c)
+                } else {
+                    f
+                }
+            }
+            Err(_) => f,
+        },
+        _ => f,
+    }
+}
+
 /// Copies frames from `src` to `dst`, fixing up broker→client frames, and
 /// holding them while the proxy is stalled.
 async fn pump<R, W>(
@@ -436,20 +600,27 @@ async fn pump<R, W>(
     dir: Direction,
     advertised: &str,
     shared: &Shared,
+    initial: BytesMut,
 ) -> PumpEnd
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
     let mut stall = shared.stall.subscribe();
-    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut inbuf = initial;
+    inbuf.reserve(64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
+    // Bytes handed over by the CONNECT check are processed before reading.
+    let mut pending = !inbuf.is_empty();
     loop {
-        match src.read_buf(&mut inbuf).await {
-            Ok(0) => return PumpEnd::Eof,
-            Ok(_) => {}
-            Err(e) => return PumpEnd::Io(e),
+        if !pending {
+            match src.read_buf(&mut inbuf).await {
+                Ok(0) => return PumpEnd::Eof,
+                Ok(_) => {}
+                Err(e) => return PumpEnd::Io(e),
+            }
         }
+        pending = false;
         loop {
             let frame = match frame::next_frame(&mut inbuf) {
                 Ok(Some(f)) => f,
@@ -466,7 +637,10 @@ where
                     out.extend_from_slice(&frame);
                 }
                 Direction::ToClient => match frame::fix_broker_frame(frame, advertised) {
-                    Ok((fixed, how)) => {
+                    Ok((mut fixed, how)) => {
+                        if shared.tls.is_some() {
+                            fixed = with_tls_url(fixed, advertised);
+                        }
                         match how {
                             Fixup::Unchanged => {}
                             Fixup::ChecksumAdded | Fixup::EntryMetadataStripped => {
@@ -625,6 +799,59 @@ mod tests {
 
             let s = proxy.stats();
             assert_eq!((s.checksums_added, s.urls_rewritten, s.cut), (1, 1, 1));
+            proxy.shutdown().await;
+        })
+        .await
+        .expect("test timed out");
+    }
+
+    fn connect(token: &[u8]) -> bytes::Bytes {
+        encode_simple(&BaseCommand {
+            r#type: base_command::Type::Connect as i32,
+            connect: Some(CommandConnect {
+                client_version: "test".into(),
+                auth_method_name: Some("token".into()),
+                auth_data: Some(token.to_vec()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn token_check_rejects_like_a_broker_and_passes_the_right_one() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (up, mut brokers) = fake_broker().await;
+            let options = Options {
+                token: Some(b"right".to_vec()),
+                ..Default::default()
+            };
+            let proxy = start_with(loopback(), up, options).await.unwrap();
+
+            // A rejected client never reaches the broker.
+            let mut bad = TcpStream::connect(proxy.addr()).await.unwrap();
+            bad.write_all(&connect(b"wrong")).await.unwrap();
+            let answer = frame::decode_command(&read_frame(&mut bad).await).unwrap();
+            let err = answer.error.expect("an ERROR frame");
+            assert_eq!(err.error, ServerError::AuthenticationError as i32);
+            let mut b = [0u8; 1];
+            assert_eq!(bad.read(&mut b).await.unwrap_or(0), 0, "then closed");
+            assert_eq!(proxy.auth_rejected(), 1);
+
+            // The broker is dialled once CONNECT passed the check.
+            let mut good = TcpStream::connect(proxy.addr()).await.unwrap();
+            // CONNECT and a ping in one write: both must arrive, in order.
+            let mut both = connect(b"right").to_vec();
+            both.extend_from_slice(&ping());
+            good.write_all(&both).await.unwrap();
+            let mut broker = brokers.recv().await.unwrap();
+            let mut expect = connect(b"right").to_vec();
+            expect.extend_from_slice(&ping());
+            let mut got = vec![0u8; expect.len()];
+            broker.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, expect);
+            assert_eq!(proxy.auth_rejected(), 1);
+            assert!(brokers.try_recv().is_err(), "one broker connection only");
             proxy.shutdown().await;
         })
         .await
