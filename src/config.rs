@@ -177,11 +177,7 @@ impl std::fmt::Debug for Connection {
         match self {
             Connection::Params(params) => {
                 let shown = params.iter().map(|(k, v)| {
-                    let v: &dyn std::fmt::Debug = if is_secret_param(k) {
-                        &REDACTED
-                    } else {
-                        v
-                    };
+                    let v: &dyn std::fmt::Debug = if is_secret_param(k) { &REDACTED } else { v };
                     (k, v)
                 });
                 f.debug_tuple("Params")
@@ -197,7 +193,9 @@ struct DebugMap<'a>(Vec<(&'a String, &'a dyn std::fmt::Debug)>);
 
 impl std::fmt::Debug for DebugMap<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, v))).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
+            .finish()
     }
 }
 
@@ -631,8 +629,14 @@ pub fn show(cfg: &Config) -> String {
         ("pulsar.URL", text(&p.url)),
         ("pulsar.jobsetEventsTopic", text(&p.topic)),
         ("subscriptionName", text(&p.subscription)),
-        ("subscriptionType", text(&format!("{:?}", p.subscription_kind))),
-        ("pulsar.receiverQueueSize", num(p.receiver_queue_size.into())),
+        (
+            "subscriptionType",
+            text(&format!("{:?}", p.subscription_kind)),
+        ),
+        (
+            "pulsar.receiverQueueSize",
+            num(p.receiver_queue_size.into()),
+        ),
         ("pulsar.backoffTime", text(&format!("{:?}", p.backoff))),
         // A path, not a secret; the token itself is never read for this.
         (
@@ -649,7 +653,11 @@ pub fn show(cfg: &Config) -> String {
         ),
         (
             "pulsar.authenticationType",
-            text(if p.jwt_token_path.is_some() { "JWT" } else { "" }),
+            text(if p.jwt_token_path.is_some() {
+                "JWT"
+            } else {
+                ""
+            }),
         ),
         (
             "annotations.userAnnotationPrefix",

@@ -99,7 +99,10 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
         c("replay", &["replay", "S", &rec]),
         c("dead-letters list", &["dead-letters", "S", "list"]),
         c("dead-letters show", &["dead-letters", "S", "show", "1"]),
-        c("dead-letters retry", &["dead-letters", "S", "retry", "--all"]),
+        c(
+            "dead-letters retry",
+            &["dead-letters", "S", "retry", "--all"],
+        ),
         c(
             "dead-letters purge",
             &["dead-letters", "S", "purge", "--older-than", "1h"],
