@@ -79,6 +79,14 @@ pub enum Command {
     },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample(SampleArgs),
+    /// Print the effective configuration (files, then environment, then flags) with secrets redacted.
+    Config {
+        #[command(flatten)]
+        settings: SettingArgs<ALL>,
+        /// Print it as YAML with upstream's key names.
+        #[arg(long, required = true)]
+        show: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -373,7 +381,24 @@ impl<const G: u8> Args for SettingArgs<G> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    install_panic_hook();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap quotes what it could not parse, which may be a
+            // connection string after a mistyped flag.
+            let text = scrub_args(&e.render().to_string(), &args);
+            let use_stderr = e.use_stderr();
+            if use_stderr {
+                eprint!("{}", config::scrub(&text));
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    warn_password_on_command_line(&args);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -387,11 +412,60 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // One line, whatever the error chain holds.
+            let text = config::scrub(&format!("{e:#}")).replace('\n', " ");
+            tracing::error!("{text}");
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `rendered` with every command-line argument that holds a password
+/// replaced by its redacted form.
+fn scrub_args(rendered: &str, args: &[std::ffi::OsString]) -> String {
+    let mut out = rendered.to_string();
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        let redacted = redact(&arg);
+        if redacted != arg && !arg.is_empty() {
+            out = out.replace(arg.as_ref(), &redacted);
+        }
+    }
+    out
+}
+
+/// A password in argv is readable by every user of the machine (`ps`), a
+/// leak this process cannot undo; say so once, without the password.
+fn warn_password_on_command_line(args: &[std::ffi::OsString]) {
+    let given = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        redact(&a) != a
+    });
+    if given {
+        tracing::warn!(
+            "a password was given on the command line, where other users of this machine can \
+             read it; use a --config file, LOOKOUT_DATABASE_URL or PGPASSWORD instead"
+        );
+    }
+}
+
+/// Panics print where they happened and their message with known secrets
+/// scrubbed, never a backtrace of values.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("panic at {at}: {}", config::scrub(&msg).replace('\n', " "));
+    }));
 }
 
 fn init_logging() {
@@ -399,8 +473,25 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbingStderr)
         .try_init();
+}
+
+/// Stderr with every registered secret scrubbed ([`config::scrub`]): the
+/// formatter hands over one whole event per write, so a secret is never
+/// split across two writes.
+struct ScrubbingStderr;
+
+impl std::io::Write for ScrubbingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(config::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Runs one subcommand.
@@ -418,6 +509,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { settings, files } => replay(&settings, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Sample(args) => write_sample(&args),
+        Command::Config { settings, .. } => {
+            print!("{}", config::show(&settings.load()?));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -428,10 +523,10 @@ async fn run_live(settings: &SettingArgs<ALL>) -> anyhow::Result<ExitCode> {
         "lookout-ingester {} starting: topic {} on {}, subscription {} ({:?}), database {}",
         env!("CARGO_PKG_VERSION"),
         cfg.pulsar.topic,
-        cfg.pulsar.url,
+        crate::source::pulsar::target(&cfg.pulsar.url),
         cfg.pulsar.subscription,
         cfg.pulsar.subscription_kind,
-        redact(&cfg.postgres.connection_string())
+        crate::pg::PgSettings::from_config(&cfg.postgres)?.target()
     );
     let (_keep, stop) = live::signal_stop()?;
     live::run(cfg, stop).await?;
@@ -596,8 +691,10 @@ fn write_sample(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The connection string without its password, for messages: the URL form
-/// (`user:secret@`) and the key=value form (`password=secret`).
+/// The connection string without its password: the URL form
+/// (`user:secret@`) and the key=value form (`password=secret`). For
+/// scrubbing text that may quote one (clap's errors); to name a target, use
+/// [`config::describe_postgres_target`] instead.
 pub fn redact(url: &str) -> String {
     if !url.contains("://") {
         return redact_key_values(url);
@@ -615,7 +712,13 @@ fn redact_userinfo(url: &str) -> String {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                Some(c) => format!(
+                    "{}{}:{}{}",
+                    &url[..s + 3],
+                    &creds[..c],
+                    config::REDACTED_TEXT,
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -624,7 +727,7 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 /// Replaces the value of `password=` in a libpq key=value string (quoted
-/// values included) with `***`.
+/// values included) with `<redacted>`.
 fn redact_key_values(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -635,7 +738,8 @@ fn redact_key_values(s: &str) -> String {
             out.push_str(&rest[at..]);
             return out;
         };
-        out.push_str("password=***");
+        out.push_str("password=");
+        out.push_str(config::REDACTED_TEXT);
         let value = value.trim_start();
         let end = if let Some(quoted) = value.strip_prefix('\'') {
             // Up to the closing quote, skipping backslash escapes.
@@ -677,6 +781,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
+        let redact = |s: &str| redact(s).replace(config::REDACTED_TEXT, "***");
         assert_eq!(
             redact("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"

@@ -187,7 +187,7 @@ impl Postgres {
     /// through `cli::redact` before printing.
     pub fn connection_string(&self) -> String {
         match &self.connection {
-            Connection::Whole(s) => s.clone(),
+            Connection::Whole(s) => s.expose().to_string(),
             Connection::Params(params) => params
                 .iter()
                 .map(|(k, v)| format!("{k}={}", quote_libpq(v)))
@@ -197,13 +197,198 @@ impl Postgres {
     }
 }
 
-/// How to reach Postgres.
-#[derive(Debug, Clone, PartialEq)]
+/// How to reach Postgres. Its Debug form never shows a password.
+#[derive(Clone, PartialEq)]
 pub enum Connection {
     /// `postgres.connection.*`: lower-cased libpq keywords and their values.
     Params(BTreeMap<String, String>),
-    /// A `postgres://` URL or a libpq key=value string.
-    Whole(String),
+    /// A `postgres://` URL or a libpq key=value string; it may hold a
+    /// password anywhere, so it is a [`Secret`] as a whole.
+    Whole(Secret),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connection::Params(params) => {
+                let shown = params.iter().map(|(k, v)| {
+                    let v: &dyn std::fmt::Debug = if is_secret_param(k) { &REDACTED } else { v };
+                    (k, v)
+                });
+                f.debug_tuple("Params")
+                    .field(&DebugMap(shown.collect()))
+                    .finish()
+            }
+            Connection::Whole(s) => f.debug_tuple("Whole").field(s).finish(),
+        }
+    }
+}
+
+struct DebugMap<'a>(Vec<(&'a String, &'a dyn std::fmt::Debug)>);
+
+impl std::fmt::Debug for DebugMap<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
+/// What a secret prints as, everywhere.
+pub const REDACTED_TEXT: &str = "<redacted>";
+
+struct Redacted;
+const REDACTED: Redacted = Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED_TEXT)
+    }
+}
+
+/// libpq keywords whose value is a secret.
+pub fn is_secret_param(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password")
+}
+
+/// A password, token or a string that may hold one. Debug and Display print
+/// `<redacted>`, so neither `{:?}` of a config nor a careless `{}` can leak
+/// it; [`Secret::expose`] is the one way to the text. Creating one also
+/// registers the text with [`scrub`], the last line of defence of logs,
+/// errors and panic messages.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        let s = s.into();
+        register_secret(&s);
+        Secret(s)
+    }
+
+    /// The secret text: only for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED_TEXT)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED_TEXT)
+    }
+}
+
+/// Secrets seen by this process (passwords from the configuration, from a
+/// whole connection string, from `PGPASSWORD`), for [`scrub`].
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `s` (and its URL-encoded form) for [`scrub`]. Very short
+/// strings are skipped: replacing every `a` in a log would help nobody.
+pub fn register_secret(s: &str) {
+    if s.chars().count() < 3 {
+        return;
+    }
+    let mut forms = vec![s.to_string(), percent_encode(s)];
+    forms.dedup();
+    let mut known = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    for form in forms {
+        if !known.contains(&form) {
+            known.push(form);
+        }
+    }
+    // Longest first, so that a secret containing another is replaced whole.
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+}
+
+/// `text` with every registered secret replaced by `<redacted>`: applied to
+/// everything the process writes to stderr (logs, the final error, panics).
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let known = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !known.iter().any(|k| text.contains(k.as_str())) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = text.to_string();
+    for k in known.iter() {
+        out = out.replace(k.as_str(), REDACTED_TEXT);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The password a connection carries, wherever it sits in it.
+fn connection_password(c: &Connection) -> Option<String> {
+    match c {
+        Connection::Params(params) => params
+            .iter()
+            .find(|(k, _)| is_secret_param(k))
+            .map(|(_, v)| v.clone()),
+        Connection::Whole(s) => s
+            .expose()
+            .parse::<tokio_postgres::Config>()
+            .ok()?
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+    }
+}
+
+/// Where a connection goes, for messages: `host H port P database D user U`,
+/// read from the parsed configuration, never by echoing the string (which
+/// may hold a password anywhere). Parts the configuration leaves to libpq's
+/// defaults print as `default`.
+pub fn describe_postgres_target(pg: &Postgres) -> String {
+    let (host, port, db, user) = match &pg.connection {
+        Connection::Params(p) => {
+            let get = |k: &str| p.get(k).cloned();
+            (get("host"), get("port"), get("dbname"), get("user"))
+        }
+        Connection::Whole(s) => match s.expose().parse::<tokio_postgres::Config>() {
+            Ok(c) => {
+                let hosts: Vec<String> = c
+                    .get_hosts()
+                    .iter()
+                    .map(|h| match h {
+                        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                    })
+                    .collect();
+                let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+                let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+                (
+                    join(hosts),
+                    join(ports),
+                    c.get_dbname().map(str::to_string),
+                    c.get_user().map(str::to_string),
+                )
+            }
+            // The parse error is reported where the connection is made.
+            Err(_) => return "an unparsable connection string".to_string(),
+        },
+    };
+    let show = |v: Option<String>| v.unwrap_or_else(|| "default".to_string());
+    format!(
+        "host {} port {} database {} user {}",
+        show(host),
+        show(port),
+        show(db),
+        show(user)
+    )
 }
 
 impl Connection {
@@ -237,7 +422,7 @@ impl<'de> Deserialize<'de> for Connection {
                 f.write_str("libpq connection parameters or a connection string")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Connection, E> {
-                Ok(Connection::Whole(s.to_string()))
+                Ok(Connection::Whole(Secret::new(s)))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Connection, A::Error> {
                 // Set key by key over the defaults, as upstream's layered viper does.
@@ -391,6 +576,10 @@ pub fn load(
         }
     }
     let env: BTreeMap<String, String> = env.into_iter().collect();
+    // libpq's own variable: whoever reads it, it is never to be printed.
+    if let Some(p) = env.get("PGPASSWORD") {
+        register_secret(p);
+    }
     let deprecated = DEPRECATED.iter().map(|(old, _)| Key {
         path: old.to_string(),
         map: false,
@@ -416,10 +605,132 @@ pub fn load(
         keys.set(key.to_lowercase(), value.clone());
     }
     resolve_deprecated(&mut keys);
-    Ok(Loaded {
-        config: build(&keys)?,
-        warnings,
-    })
+    let config = build(&keys)?;
+    if let Some(p) = connection_password(&config.postgres.connection) {
+        register_secret(&p);
+    }
+    Ok(Loaded { config, warnings })
+}
+
+/// Sets `dotted.path` in nested YAML mappings.
+fn insert_nested(m: &mut serde_yaml::Mapping, path: &str, v: Value) {
+    match path.split_once('.') {
+        None => {
+            m.insert(Value::String(path.to_string()), v);
+        }
+        Some((head, rest)) => {
+            let entry = m
+                .entry(Value::String(head.to_string()))
+                .or_insert_with(|| Value::Mapping(Default::default()));
+            if let Value::Mapping(sub) = entry {
+                insert_nested(sub, rest, v);
+            }
+        }
+    }
+}
+
+/// The effective configuration as upstream-style YAML (`config --show`):
+/// every key the loader knows, in [`known_keys`] order, secrets replaced by
+/// `<redacted>`. Loading the output again gives the same configuration,
+/// secrets aside.
+pub fn show(cfg: &Config) -> String {
+    let text = |s: &str| Value::String(s.to_string());
+    let num = |n: u64| Value::Number(n.into());
+    let list = |v: Vec<String>| Value::Sequence(v.into_iter().map(Value::String).collect());
+    let connection = match &cfg.postgres.connection {
+        Connection::Params(params) => Value::Mapping(
+            params
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_secret_param(k) { REDACTED_TEXT } else { v };
+                    (text(k), text(v))
+                })
+                .collect(),
+        ),
+        // A whole string is shown only as what it parses to.
+        Connection::Whole(_) => text(&format!(
+            "<redacted: {}>",
+            describe_postgres_target(&cfg.postgres)
+        )),
+    };
+    let p = &cfg.pulsar;
+    let shown: Vec<(&str, Value)> = vec![
+        ("postgres.connection", connection),
+        ("metricsPort", num(cfg.service.metrics_port.into())),
+        (
+            "deadLetterSpool",
+            text(&cfg.service.dead_letter_spool.display().to_string()),
+        ),
+        ("pulsar.URL", text(&p.url)),
+        ("pulsar.jobsetEventsTopic", text(&p.topic)),
+        ("subscriptionName", text(&p.subscription)),
+        (
+            "subscriptionType",
+            text(&format!("{:?}", p.subscription_kind)),
+        ),
+        (
+            "pulsar.receiverQueueSize",
+            num(p.receiver_queue_size.into()),
+        ),
+        ("pulsar.backoffTime", text(&format!("{:?}", p.backoff))),
+        // A path, not a secret; the token itself is never read for this.
+        (
+            "pulsar.jwtTokenPath",
+            match &p.jwt_token_path {
+                Some(path) => text(&path.display().to_string()),
+                None => Value::Null,
+            },
+        ),
+        ("skipRedeliveredMessages", Value::Bool(p.skip_redelivered)),
+        (
+            "pulsar.authenticationEnabled",
+            Value::Bool(p.jwt_token_path.is_some()),
+        ),
+        (
+            "pulsar.authenticationType",
+            text(if p.jwt_token_path.is_some() {
+                "JWT"
+            } else {
+                ""
+            }),
+        ),
+        (
+            "annotations.userAnnotationPrefix",
+            text(&cfg.convert.user_annotation_prefix),
+        ),
+        (
+            "annotations.blocklistAnnotations",
+            list(cfg.convert.annotation_blocklist.clone()),
+        ),
+        (
+            "minJobSpecCompressionSize",
+            num(cfg.convert.min_job_spec_compression_size as u64),
+        ),
+        ("batchSize", num(cfg.pipeline.batch_size as u64)),
+        (
+            "batchDuration",
+            text(&format!("{:?}", cfg.pipeline.batch_duration)),
+        ),
+        ("maxBackoff", num(cfg.store.max_backoff.as_secs())),
+        (
+            "fatalInsertionErrors",
+            list(
+                cfg.store
+                    .fatal_errors
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
+            ),
+        ),
+    ];
+    let mut root = serde_yaml::Mapping::new();
+    for key in known_keys() {
+        let Some((_, v)) = shown.iter().find(|(k, _)| *k == key.path) else {
+            continue;
+        };
+        insert_nested(&mut root, &key.path, v.clone());
+    }
+    serde_yaml::to_string(&Value::Mapping(root)).unwrap_or_default()
 }
 
 /// A key is known at or below a known key: below a leaf it is kept, so that
@@ -802,6 +1113,60 @@ maxBackoff: 60
         .expect("load")
         .config;
         assert_eq!(c.convert.user_annotation_prefix, "old/");
+    }
+
+    /// `config --show` lists every key, hides the password, and reads back
+    /// as the same configuration.
+    #[test]
+    fn show_lists_every_key_and_reads_back() {
+        let yaml = "postgres:\n  connection:\n    password: s3cr3t-show\n    host: db\nbatchSize: 7\nfatalInsertionErrors: ['a.*']\npulsar:\n  authenticationEnabled: true\n  authenticationType: JWT\n  jwtTokenPath: /run/token\n";
+        let c = load_str(&[yaml], &[], &[]).expect("load").config;
+        let shown = show(&c);
+        assert!(!shown.contains("s3cr3t-show"), "{shown}");
+        assert!(shown.contains("password: <redacted>"), "{shown}");
+        assert!(shown.contains("jwtTokenPath: /run/token"), "{shown}");
+        let doc: Value = serde_yaml::from_str(&shown).expect("yaml");
+        let mut leaves = Vec::new();
+        flatten("", &doc, &mut leaves);
+        for key in known_keys() {
+            let covered = leaves.iter().any(|(p, _)| {
+                p == &key.path || (key.map && p.starts_with(&format!("{}.", key.path)))
+            });
+            assert!(covered, "config --show misses {}", key.path);
+        }
+        let again = load_str(&[&shown], &[], &[]).expect("reload");
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+        assert_eq!(show(&again.config), shown);
+        assert_eq!(again.config.pipeline, c.pipeline);
+        assert_eq!(again.config.pulsar, c.pulsar);
+    }
+
+    #[test]
+    fn debug_of_a_config_hides_passwords() {
+        let c = load_str(
+            &["postgres:\n  connection:\n    password: s3cr3t-debug\n"],
+            &[],
+            &[],
+        )
+        .expect("load")
+        .config;
+        assert!(!format!("{c:?}").contains("s3cr3t-debug"));
+        let flags = [(
+            "postgres.connection",
+            Value::from("postgres://u:s3cr3t-url@h:1/d"),
+        )];
+        let c = load_str(&[], &[], &flags).expect("load").config;
+        let debug = format!("{c:?} {:#?}", c.postgres);
+        assert!(!debug.contains("s3cr3t-url"), "{debug}");
+        assert_eq!(
+            describe_postgres_target(&c.postgres),
+            "host h port 1 database d user u"
+        );
+        assert_eq!(scrub("x s3cr3t-url y"), "x <redacted> y");
+        assert_eq!(
+            describe_postgres_target(&Postgres::default()),
+            "host 127.0.0.1 port 5432 database lookout user postgres"
+        );
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl PgSettings {
                     .collect::<Vec<_>>(),
                 true,
             ),
-            config::Connection::Whole(s) => (parse_conninfo(s)?, false),
+            config::Connection::Whole(s) => (parse_conninfo(s.expose())?, false),
         };
         let what = if from_map {
             "postgres.connection"
@@ -383,6 +383,10 @@ impl PgSettings {
         } else {
             (None, PasswordSource::Default)
         };
+        if let Some(p) = &password {
+            // Wherever it came from, the scrubber of logs and errors knows it.
+            crate::config::register_secret(p);
+        }
         self.password_source = password.as_ref().map(|_| source);
         self.password = password;
         Ok(())
@@ -604,6 +608,7 @@ fn read_password_file(file: &Path) -> anyhow::Result<String> {
     if p.is_empty() {
         bail!("postgres.passwordFile {} is empty", file.display());
     }
+    crate::config::register_secret(&p);
     Ok(p)
 }
 
