@@ -653,6 +653,11 @@ pub fn show(cfg: &Config) -> String {
             describe_postgres_target(&cfg.postgres)
         )),
     };
+    let opt_text = |v: Option<String>| v.map_or(Value::Null, |v| text(&v));
+    let opt_path = |v: &Option<PathBuf>| {
+        v.as_ref()
+            .map_or(Value::Null, |v| text(&v.display().to_string()))
+    };
     let p = &cfg.pulsar;
     let shown: Vec<(&str, Value)> = vec![
         ("postgres.connection", connection),
@@ -684,15 +689,40 @@ pub fn show(cfg: &Config) -> String {
         ("skipRedeliveredMessages", Value::Bool(p.skip_redelivered)),
         (
             "pulsar.authenticationEnabled",
-            Value::Bool(p.jwt_token_path.is_some()),
+            Value::Bool(p.jwt_token_path.is_some() || p.oauth2_private_key.is_some()),
         ),
         (
             "pulsar.authenticationType",
             text(if p.jwt_token_path.is_some() {
                 "JWT"
+            } else if p.oauth2_private_key.is_some() {
+                "OAuth2"
             } else {
                 ""
             }),
+        ),
+        // Paths and URLs, not secrets: the files are not read for this.
+        (
+            "pulsar.oauth2IssuerUrl",
+            opt_text(p.oauth2_issuer_url.clone()),
+        ),
+        ("pulsar.oauth2Audience", opt_text(p.oauth2_audience.clone())),
+        ("pulsar.oauth2PrivateKey", opt_path(&p.oauth2_private_key)),
+        (
+            "pulsar.TLSTrustCertsFilePath",
+            opt_path(&p.tls_trust_certs_file_path),
+        ),
+        (
+            "pulsar.TLSAllowInsecureConnection",
+            Value::Bool(p.tls_allow_insecure_connection),
+        ),
+        (
+            "pulsar.TLSValidateHostname",
+            Value::Bool(p.tls_validate_hostname),
+        ),
+        (
+            "postgres.passwordFile",
+            opt_path(&cfg.postgres.password_file),
         ),
         (
             "annotations.userAnnotationPrefix",
