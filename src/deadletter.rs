@@ -144,6 +144,31 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// The broker's publish time (stands in for a missing event time).
     pub publish_time: Option<DateTime<Utc>>,
+    /// The indexes of the events that were not applied, ascending: the
+    /// ones `dead-letters retry` applies, in this order. `None` means every
+    /// event (a payload that is not a sequence, a sequence whose header is
+    /// refused, and spool lines and rows written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unapplied_events: Option<Vec<usize>>,
+}
+
+/// Event indexes as the `unapplied_events` column (`integer[]`) holds them.
+fn to_column(events: &Option<Vec<usize>>) -> Option<Vec<i32>> {
+    events.as_ref().map(|v| {
+        v.iter()
+            .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
+            .collect()
+    })
+}
+
+/// The column's indexes back; a negative one (not written by the
+/// ingester) is left out.
+pub fn from_column(events: Option<Vec<i32>>) -> Option<Vec<usize>> {
+    events.map(|v| {
+        v.into_iter()
+            .filter_map(|i| usize::try_from(i).ok())
+            .collect()
+    })
 }
 
 /// A dead letter as stored.
@@ -160,6 +185,8 @@ pub struct Stored {
     pub created: DateTime<Utc>,
     pub retries: i32,
     pub last_retry: Option<DateTime<Utc>>,
+    /// See [`DeadLetter::unapplied_events`]; `None` is every event.
+    pub unapplied_events: Option<Vec<usize>>,
 }
 
 mod hex_bytes {
@@ -197,10 +224,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 const INSERT: &str = "
-    INSERT INTO ingester_dead_letter (source, reason, error, payload, publish_time, fingerprint)
-    VALUES ($1, $2, $3, $4, $5, md5($1::text || ':' || md5($4::bytea)))
+    INSERT INTO ingester_dead_letter (source, reason, error, payload, publish_time, unapplied_events, fingerprint)
+    VALUES ($1, $2, $3, $4, $5, $6, md5($1::text || ':' || md5($4::bytea)))
     ON CONFLICT (fingerprint) DO UPDATE
-        SET reason = EXCLUDED.reason, error = EXCLUDED.error";
+        SET reason = EXCLUDED.reason, error = EXCLUDED.error,
+            unapplied_events = EXCLUDED.unapplied_events";
 
 /// Where dead letters go.
 pub struct DeadLetters {
@@ -276,9 +304,17 @@ impl DeadLetters {
         let stmt = tx.prepare(INSERT).await?;
         for d in items {
             let reason = d.reasons.to_string();
+            let unapplied = to_column(&d.unapplied_events);
             tx.execute(
                 &stmt,
-                &[&d.source, &reason, &d.error, &d.payload, &d.publish_time],
+                &[
+                    &d.source,
+                    &reason,
+                    &d.error,
+                    &d.payload,
+                    &d.publish_time,
+                    &unapplied,
+                ],
             )
             .await?;
         }
@@ -351,7 +387,7 @@ impl DeadLetters {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, source, reason, error, ''::bytea, length(payload), publish_time, created, retries, last_retry
+                "SELECT id, source, reason, error, ''::bytea, length(payload), publish_time, created, retries, last_retry, unapplied_events
                  FROM ingester_dead_letter ORDER BY id LIMIT $1",
                 &[&limit],
             )
@@ -363,7 +399,7 @@ impl DeadLetters {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT id, source, reason, error, payload, length(payload), publish_time, created, retries, last_retry
+                "SELECT id, source, reason, error, payload, length(payload), publish_time, created, retries, last_retry, unapplied_events
                  FROM ingester_dead_letter WHERE id = $1",
                 &[&id],
             )
@@ -389,14 +425,16 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Records a redrive that still failed, with what failed this time.
+    /// Records a redrive that still failed, with what failed this time
+    /// and the events still not applied (those that applied are left out).
     pub async fn redrive_failed(&self, id: i64, now: &DeadLetter) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
         let (reason, error) = (now.reasons.to_string(), &now.error);
+        let unapplied = to_column(&now.unapplied_events);
         client
             .execute(
-                "UPDATE ingester_dead_letter SET retries = retries + 1, last_retry = now(), reason = $2, error = $3 WHERE id = $1",
-                &[&id, &reason, error],
+                "UPDATE ingester_dead_letter SET retries = retries + 1, last_retry = now(), reason = $2, error = $3, unapplied_events = $4 WHERE id = $1",
+                &[&id, &reason, error, &unapplied],
             )
             .await?;
         Ok(())
@@ -425,6 +463,7 @@ fn stored(r: &tokio_postgres::Row) -> anyhow::Result<Stored> {
         created: r.try_get(7)?,
         retries: r.try_get(8)?,
         last_retry: r.try_get(9)?,
+        unapplied_events: from_column(r.try_get(10)?),
     })
 }
 
@@ -505,6 +544,17 @@ pub fn list_line(d: &Stored) -> String {
     )
 }
 
+/// Which events a dead letter has not applied, for a person.
+pub fn unapplied_text(events: &Option<Vec<usize>>) -> String {
+    match events {
+        None => "every event".to_string(),
+        Some(v) => {
+            let list: Vec<String> = v.iter().map(ToString::to_string).collect();
+            format!("event(s) {}", list.join(", "))
+        }
+    }
+}
+
 /// `dead-letters show`: every field, then what the payload decodes to.
 pub fn show_view(d: &Stored) -> String {
     use std::fmt::Write as _;
@@ -518,6 +568,7 @@ pub fn show_view(d: &Stored) -> String {
         let _ = writeln!(out, "published:    {}", t.to_rfc3339());
     }
     let _ = writeln!(out, "retries:      {}", d.retries);
+    let _ = writeln!(out, "unapplied:    {}", unapplied_text(&d.unapplied_events));
     out.push_str(&describe_payload(&d.payload));
     out
 }
@@ -536,6 +587,7 @@ mod tests {
             error: "bad".into(),
             payload: vec![0, 1, 0xff, 0x10],
             publish_time: None,
+            unapplied_events: Some(vec![1, 3]),
         };
         let mut text = serde_json::to_string(&d).expect("json");
         text.push('\n');
@@ -577,7 +629,29 @@ mod tests {
             d.reasons.iter().collect::<Vec<_>>(),
             vec![Reason::RowFailed, Reason::UnknownJob]
         );
+        assert_eq!(d.unapplied_events, None, "an old line means every event");
         assert_eq!(serde_json::to_string(&d).expect("json"), line);
+        // A new line carries the events not applied.
+        let d = DeadLetter {
+            unapplied_events: Some(vec![0, 2]),
+            ..d
+        };
+        let text = serde_json::to_string(&d).expect("json");
+        assert!(text.ends_with(r#""unapplied_events":[0,2]}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<DeadLetter>(&text).expect("new line"),
+            d
+        );
+    }
+
+    #[test]
+    fn unapplied_events_read_back_from_the_column() {
+        assert_eq!(to_column(&Some(vec![0, 4])), Some(vec![0, 4]));
+        assert_eq!(to_column(&None), None);
+        assert_eq!(from_column(Some(vec![3, -1, 5])), Some(vec![3, 5]));
+        assert_eq!(from_column(None), None);
+        assert_eq!(unapplied_text(&None), "every event");
+        assert_eq!(unapplied_text(&Some(vec![1, 2])), "event(s) 1, 2");
     }
 
     #[test]

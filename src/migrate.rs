@@ -421,7 +421,10 @@ impl fmt::Display for Report {
 /// can never collide with ours and upstream's `database_version` keeps its
 /// meaning for both binaries. Each runs in one transaction with its
 /// bookkeeping row, under the same advisory lock as upstream's.
-pub static OWN_MIGRATIONS: &[Migration] = &[migration!(1, "ingester/", "0001_dead_letter.sql")];
+pub static OWN_MIGRATIONS: &[Migration] = &[
+    migration!(1, "ingester/", "0001_dead_letter.sql"),
+    migration!(2, "ingester/", "0002_dead_letter_unapplied_events.sql"),
+];
 
 const OWN_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS lookout_ingester_schema_version (
     version    integer     PRIMARY KEY,

@@ -15,7 +15,10 @@
 //! [`dead_letters`] (what the write left unapplied). The converting and
 //! storing stages use them, and so does [`redrive`], which sends stored dead
 //! letters through again (`dead-letters retry`): a redriven dead letter is
-//! judged by exactly the live rules. What conversion and writing counted is
+//! judged by exactly the live rules, but only for the events it did not
+//! apply ([`DeadLetter::unapplied_events`], traced back by [`dead_letters`]
+//! from the failed rows and unmatched updates to the events asking for
+//! them), so an event already applied is never applied again. What conversion and writing counted is
 //! turned into metrics and logs in one place each (`count_judged`,
 //! `count_written`), through `telemetry`, once the batch is written.
 //!
@@ -118,6 +121,9 @@ pub struct Decoded {
     pub payload: Vec<u8>,
     /// The sequence, or why the payload is not one.
     pub sequence: Result<EventSequence, String>,
+    /// The indexes of the events to judge, ascending; `None` for all. A
+    /// redriven dead letter judges only the events it did not apply.
+    pub only: Option<Vec<usize>>,
 }
 
 impl Decoded {
@@ -128,6 +134,25 @@ impl Decoded {
             publish_time,
             payload,
             sequence,
+            only: None,
+        }
+    }
+
+    /// A stored dead letter, to judge only its events `only` (`None`: all).
+    pub fn redriven(
+        payload: Vec<u8>,
+        publish_time: Option<Timestamp>,
+        only: Option<Vec<usize>>,
+    ) -> Self {
+        // In their original order, each once, whatever the column held.
+        let only = only.map(|mut v| {
+            v.sort_unstable();
+            v.dedup();
+            v
+        });
+        Decoded {
+            only,
+            ..Decoded::new(None, payload, publish_time)
         }
     }
 
@@ -171,9 +196,10 @@ impl ConvertedBatch {
 
     /// The messages again as received, to be judged anew.
     fn into_decoded(self) -> impl Iterator<Item = Decoded> {
-        self.judged
-            .into_iter()
-            .map(|j| Decoded::new(j.message.origin, j.message.payload, j.message.publish_time))
+        self.judged.into_iter().map(|j| Decoded {
+            only: j.message.only,
+            ..Decoded::new(j.message.origin, j.message.payload, j.message.publish_time)
+        })
     }
 }
 
@@ -224,6 +250,8 @@ pub struct MessageOutcome {
     /// Keys of the rows this message asked for, to trace failed rows back.
     pub job_ids: BTreeSet<String>,
     pub run_ids: BTreeSet<String>,
+    /// The indexes of the events judged ([`Decoded::only`]); `None`: all.
+    pub only: Option<Vec<usize>>,
 }
 
 /// One message judged by [`judge`]: its outcome so far, the rows it asks
@@ -245,20 +273,28 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
             origin: m.origin,
             payload: m.payload,
             publish_time: m.publish_time,
+            only: m.only,
             ..MessageOutcome::default()
         },
         ..Judged::default()
     };
-    match &m.sequence {
+    match m.sequence {
         Err(detail) => j.message.problems.push(Problem {
             event_index: None,
             reason: Reason::Decode,
-            detail: detail.clone(),
+            detail,
             skipped: true,
         }),
         Ok(seq) => {
-            let c = converter.convert(seq, m.publish_time.as_ref());
+            let seq = select(seq, j.message.only.as_deref());
+            let c = converter.convert(&seq, m.publish_time.as_ref());
             j.message.problems = c.problems;
+            // Problems name events by their index in the whole message.
+            for p in &mut j.message.problems {
+                p.event_index = p
+                    .event_index
+                    .map(|i| original(j.message.only.as_deref(), i));
+            }
             (j.message.job_ids, j.message.run_ids) = keys(&c.instructions);
             j.instructions = c.instructions;
             j.events_by_kind = c.events_by_kind;
@@ -305,6 +341,56 @@ pub fn keys(set: &InstructionSet) -> (BTreeSet<String>, BTreeSet<String>) {
     (jobs, runs)
 }
 
+/// The events of `seq` at the indexes `only` (all if `None`), in order.
+fn select(mut seq: EventSequence, only: Option<&[usize]>) -> EventSequence {
+    if let Some(only) = only {
+        let mut events: Vec<Option<_>> = std::mem::take(&mut seq.events)
+            .into_iter()
+            .map(Some)
+            .collect();
+        seq.events = only
+            .iter()
+            .filter_map(|&i| events.get_mut(i).and_then(Option::take))
+            .collect();
+    }
+    seq
+}
+
+/// The index in the whole message of the `i`th event judged.
+fn original(only: Option<&[usize]>, i: usize) -> usize {
+    only.and_then(|o| o.get(i).copied()).unwrap_or(i)
+}
+
+/// For each event judged of `m` (see [`MessageOutcome::only`]), the job
+/// and run ids of the rows it asks for, found by converting it on its own
+/// (as the converter converts every event independently of the others).
+/// Only called for a message with a failed row or an unmatched update, so
+/// the messages that apply pay nothing for it.
+fn event_keys(
+    m: &MessageOutcome,
+    converter: &Converter,
+) -> Vec<(BTreeSet<String>, BTreeSet<String>)> {
+    let Ok(seq) = decode(&m.payload) else {
+        return Vec::new();
+    };
+    let mut seq = select(seq, m.only.as_deref());
+    let events = std::mem::take(&mut seq.events);
+    events
+        .into_iter()
+        .map(|e| {
+            let one = EventSequence {
+                events: vec![e],
+                ..seq.clone()
+            };
+            keys(
+                &converter
+                    .convert(&one, m.publish_time.as_ref())
+                    .instructions,
+            )
+        })
+        .collect()
+}
+
 /// Whether a problem means part of the message was not applied (and so the
 /// message is kept as a dead letter): everything skipped, and event kinds
 /// this build cannot apply.
@@ -322,7 +408,18 @@ fn keyed_by_run(table: Table) -> bool {
 /// problem, a row that failed even on its own, or an update that found no
 /// row (an event for an unknown job or run, or one that arrived before the
 /// event creating its row). Pure, so the rule is unit-tested.
-pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<DeadLetter> {
+///
+/// Each letter names the events not applied ([`DeadLetter::unapplied_events`],
+/// indexes in the whole message): those with a skipped problem, and those
+/// asking for a row that failed or an update that matched nothing (traced by
+/// their keys, converting with `converter`, which must convert for the
+/// generation the batch was written for); every judged event when the
+/// problem is the message's own (undecodable, refused header).
+pub fn dead_letters(
+    messages: &[MessageOutcome],
+    write: &WriteReport,
+    converter: &Converter,
+) -> Vec<DeadLetter> {
     let mut out = Vec::new();
     for m in messages {
         let mine = |table: Table, key: &String| {
@@ -334,11 +431,41 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
         };
         let mut reasons: Vec<deadletter::Reason> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
+        // Indexes in the whole message; `all` once the message itself failed.
+        let mut events: BTreeSet<usize> = BTreeSet::new();
+        let mut all = false;
         for p in m.problems.iter().filter(|p| unapplied(p)) {
             reasons.push(deadletter::Reason::Input(p.reason));
             match p.event_index {
-                Some(i) => errors.push(format!("event {i}: {}", p.detail)),
-                None => errors.push(p.detail.clone()),
+                Some(i) => {
+                    events.insert(i);
+                    errors.push(format!("event {i}: {}", p.detail))
+                }
+                None => {
+                    all = true;
+                    errors.push(p.detail.clone())
+                }
+            }
+        }
+        let failed: Vec<(Table, &String)> = write
+            .failed
+            .iter()
+            .map(|f| (f.table, &f.key))
+            .chain(write.unmatched.iter().map(|u| (u.table, &u.key)))
+            .filter(|(t, k)| mine(*t, k))
+            .collect();
+        if !failed.is_empty() && !all {
+            for (i, (jobs, runs)) in event_keys(m, converter).iter().enumerate() {
+                let asks = |(t, k): &(Table, &String)| {
+                    if keyed_by_run(*t) {
+                        runs.contains(*k)
+                    } else {
+                        jobs.contains(*k)
+                    }
+                };
+                if failed.iter().any(asks) {
+                    events.insert(original(m.only.as_deref(), i));
+                }
             }
         }
         for f in write.failed.iter().filter(|f| mine(f.table, &f.key)) {
@@ -359,7 +486,15 @@ pub fn dead_letters(messages: &[MessageOutcome], write: &WriteReport) -> Vec<Dea
         if reasons.is_empty() {
             continue;
         }
+        // Nothing traced to an event (cannot happen while every row comes
+        // from an event): keep every event rather than lose one.
+        let unapplied_events = if all || events.is_empty() {
+            m.only.clone()
+        } else {
+            Some(events.into_iter().collect())
+        };
         out.push(DeadLetter {
+            unapplied_events,
             source: m
                 .origin
                 .as_ref()
@@ -406,16 +541,22 @@ pub async fn redrive(
             nanos: t.timestamp_subsec_nanos() as i32,
         });
         let generation = current_generation(store).await?;
+        // Only the events not applied the first time (all for an old letter).
         let c = ConvertedBatch::plan(
-            [Decoded::new(None, d.payload, publish_time)],
+            [Decoded::redriven(
+                d.payload,
+                publish_time,
+                d.unapplied_events,
+            )],
             &converter.clone().with_generation(generation),
             generation,
         );
         let (c, write) = write_planned(store, converter, c).await?;
         c.judged.iter().for_each(count_judged);
         count_written(&write);
+        let written = converter.with_generation(c.generation);
         let messages: Vec<MessageOutcome> = c.judged.into_iter().map(|j| j.message).collect();
-        match dead_letters(&messages, &write).pop() {
+        match dead_letters(&messages, &write, &written).pop() {
             None => {
                 dead.delete(id).await?;
                 out.applied.push(id);
@@ -570,6 +711,7 @@ async fn storing(
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
         let (c, write) = write_planned(&store, &converter, c).await?;
+        let c_generation = c.generation;
         let mut events_by_kind = BTreeMap::new();
         let mut messages = Vec::with_capacity(c.judged.len());
         for j in c.judged {
@@ -580,7 +722,8 @@ async fn storing(
             messages.push(j.message);
         }
         count_written(&write);
-        let letters = dead_letters(&messages, &write);
+        let written = converter.with_generation(c_generation);
+        let letters = dead_letters(&messages, &write, &written);
         letters.iter().for_each(telemetry::dead_letter_kept);
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
@@ -622,9 +765,12 @@ mod tests {
         }
     }
 
+    fn conv() -> Converter {
+        Converter::new(Default::default())
+    }
+
     fn judged(index: u64, payload: Vec<u8>) -> Judged {
-        let converter = Converter::new(Default::default());
-        judge(Decoded::new(Some(origin(index)), payload, None), &converter)
+        judge(Decoded::new(Some(origin(index)), payload, None), &conv())
     }
 
     fn payload(events: Vec<crate::proto::armadaevents::event_sequence::Event>) -> Vec<u8> {
@@ -696,7 +842,7 @@ mod tests {
             ],
             ..WriteReport::default()
         };
-        let letters = dead_letters(&[undecodable, runs, jobs, clean], &write);
+        let letters = dead_letters(&[undecodable, runs, jobs, clean], &write, &conv());
         let got: Vec<(String, String)> = letters
             .iter()
             .map(|d| (d.source.clone(), d.reasons.to_string()))
@@ -717,6 +863,59 @@ mod tests {
             "event 1: event has no job id; job update j1: boom (SQLSTATE 22001); update of job j1: no such row"
         );
         assert_eq!(letters[1].error, "update of job_run r1: no such row");
+        // Which events were not applied: none of an undecodable payload can
+        // be told apart (all); the run update; both events of record 2 (one
+        // has no id, the other asks for the failed job j1).
+        let unapplied: Vec<Option<Vec<usize>>> =
+            letters.iter().map(|d| d.unapplied_events.clone()).collect();
+        assert_eq!(unapplied, vec![None, Some(vec![0]), Some(vec![0, 1])]);
+    }
+
+    #[test]
+    fn dead_letters_name_only_the_events_not_applied() {
+        // Finding 7: a run update for a known run and one for an unknown run.
+        let m = judged(
+            0,
+            payload(vec![
+                event(Some(ts(1)), running("j1", "r1", Some("n"))),
+                event(Some(ts(2)), job_succeeded("j3")),
+                event(Some(ts(3)), running("j2", "r2", Some("n"))),
+                event(Some(ts(4)), run_succeeded("j1", "r1")),
+            ]),
+        )
+        .message;
+        let unknown_r2 = WriteReport {
+            unmatched: vec![Unmatched {
+                table: Table::JobRun,
+                key: "r2".into(),
+            }],
+            ..WriteReport::default()
+        };
+        let letters = dead_letters(std::slice::from_ref(&m), &unknown_r2, &conv());
+        assert_eq!(letters[0].reasons.to_string(), "unknown_run");
+        assert_eq!(letters[0].unapplied_events, Some(vec![2]));
+
+        // Redriven, only event 2 is judged, and what fails again is named
+        // by its index in the whole message.
+        let again = judge(
+            Decoded::redriven(m.payload.clone(), None, Some(vec![1, 2])),
+            &conv(),
+        );
+        assert_eq!(again.events_by_kind.values().sum::<u64>(), 2);
+        assert_eq!(again.message.run_ids, BTreeSet::from(["r2".into()]));
+        let letters = dead_letters(std::slice::from_ref(&again.message), &unknown_r2, &conv());
+        assert_eq!(letters[0].unapplied_events, Some(vec![2]));
+
+        // A skipped problem in a redriven event keeps its original index.
+        let bad = payload(vec![
+            event(Some(ts(1)), job_succeeded("j1")),
+            event(Some(ts(2)), job_succeeded("")),
+        ]);
+        let again = judge(Decoded::redriven(bad, None, Some(vec![1])), &conv());
+        assert_eq!(again.message.problems[0].event_index, Some(1));
+        let letters = dead_letters(&[again.message], &WriteReport::default(), &conv());
+        assert_eq!(letters[0].unapplied_events, Some(vec![1]));
+        assert_eq!(letters[0].error, "event 1: event has no job id");
     }
 
     #[test]
@@ -728,14 +927,16 @@ mod tests {
             detail: "bad quantity".into(),
             skipped: false,
         });
-        assert!(dead_letters(std::slice::from_ref(&m), &WriteReport::default()).is_empty());
+        assert!(
+            dead_letters(std::slice::from_ref(&m), &WriteReport::default(), &conv()).is_empty()
+        );
         m.problems.push(Problem {
             event_index: Some(1),
             reason: Reason::UnknownEventKind,
             detail: "newer Armada".into(),
             skipped: false,
         });
-        let letters = dead_letters(&[m], &WriteReport::default());
+        let letters = dead_letters(&[m], &WriteReport::default(), &conv());
         assert_eq!(letters[0].reasons.to_string(), "unknown_event_kind");
         assert_eq!(letters[0].error, "event 1: newer Armada");
     }

@@ -265,7 +265,13 @@ async fn assert_031_schema(client: &Client) {
         &[],
     )
     .await;
-    assert_eq!(own, [json!({"version": 1, "name": "0001_dead_letter.sql"})]);
+    assert_eq!(
+        own,
+        [
+            json!({"version": 1, "name": "0001_dead_letter.sql"}),
+            json!({"version": 2, "name": "0002_dead_letter_unapplied_events.sql"}),
+        ]
+    );
 
     // Columns: order, types, nullability.
     let rows = client
@@ -1449,6 +1455,7 @@ async fn status_at_several_generations() {
             "  035 035_create_retry_policy.sql",
             "ingester tables pending (migrations/ingester):",
             "  0001 0001_dead_letter.sql",
+            "  0002 0002_dead_letter_unapplied_events.sql",
         ]
     );
     assert!(public_tables(&client).await.is_empty());
