@@ -17,6 +17,9 @@ use crate::source::{file, Message, Origin};
 use crate::store::{Store, WriteReport};
 use crate::telemetry;
 
+/// Records read ahead of the batcher.
+const READ_AHEAD: usize = 256;
+
 /// What a replay did. `Display` renders the end-of-run summary.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
@@ -214,7 +217,8 @@ pub async fn replay(
         .sum();
     let read = Arc::new(AtomicU64::new(0));
     let file_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel(1024);
+    // Few messages wait here: with the batches, memory is bounded by bytes.
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reader = {
         let (read, errs) = (read.clone(), file_errors.clone());
         tokio::task::spawn_blocking(move || read_files(files, tx, read, errs))
