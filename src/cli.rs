@@ -65,6 +65,10 @@ pub enum Command {
     Replay {
         #[command(flatten)]
         settings: SettingArgs<REPLAY>,
+        /// Read files that do not look like recordings, and corrupt regions,
+        /// as records anyway (what does not apply becomes dead letters).
+        #[arg(long)]
+        force: bool,
         /// Recorded event files: length-delimited EventSequence records.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -506,7 +510,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             allow_drop,
         } => migrate(&settings, status, to, allow_drop).await,
-        Command::Replay { settings, files } => replay(&settings, files).await,
+        Command::Replay {
+            settings,
+            force,
+            files,
+        } => replay(&settings, force, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Sample(args) => write_sample(&args),
         Command::Config { settings, .. } => {
@@ -598,14 +606,21 @@ async fn migrate(
 }
 
 /// `replay`: apply recorded files, print the summary.
-async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn replay(
+    settings: &SettingArgs<REPLAY>,
+    force: bool,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
-    let progress = std::io::stderr().is_terminal();
-    let summary = replay::replay(files, converter, store, dead, cfg.pipeline, progress).await?;
+    let options = replay::Options {
+        force,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let summary = replay::replay_with(files, converter, store, dead, cfg.pipeline, options).await?;
     print!("{summary}");
     Ok(if summary.clean() {
         ExitCode::SUCCESS

@@ -20,6 +20,77 @@ use crate::telemetry;
 /// Records read ahead of the batcher.
 const READ_AHEAD: usize = 256;
 
+/// A run of this many records in a row that are not event sequences stops
+/// a file as corrupt from the run's first record (one report, no dead
+/// letters for the run).
+pub const CORRUPT_RUN_RECORDS: usize = 100;
+
+/// ... as does a run whose payloads add up to this many bytes (the run is
+/// held back until it is known not to be one, so this bounds its memory).
+pub const CORRUPT_RUN_BYTES: usize = 16 * 1024 * 1024;
+
+/// How a replay reads its files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Read files that do not look like recordings, and corrupt regions,
+    /// as records anyway (what does not apply becomes dead letters).
+    pub force: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Whether a record is an event sequence with a queue and a job set, as
+/// every record of a recording is.
+pub fn looks_like_sequence(payload: &[u8]) -> bool {
+    pipeline::decode(payload).is_ok_and(|s| !s.queue.is_empty() && !s.job_set_name.is_empty())
+}
+
+/// What the start of a file says about it.
+#[derive(Debug, PartialEq)]
+enum Start {
+    /// Its first record is an event sequence with a queue and job set.
+    Recording,
+    Empty,
+    /// It cannot be opened; reported when it is read.
+    Unopenable,
+    /// Anything else, with why.
+    NotRecording(String),
+}
+
+fn check_start(path: &std::path::Path) -> Start {
+    let mut reader = match file::open(path, Arc::new(AtomicU64::new(0))) {
+        Ok(r) => r,
+        Err(_) => return Start::Unopenable,
+    };
+    match reader.next_record() {
+        Ok(None) => Start::Empty,
+        Ok(Some(p)) if looks_like_sequence(&p) => Start::Recording,
+        Ok(Some(p)) => Start::NotRecording(match pipeline::decode(&p) {
+            Err(e) => format!("its first record is not an event sequence: {e}"),
+            Ok(_) => "its first record has no queue or job set".into(),
+        }),
+        Err(e) => Start::NotRecording(format!("its first record cannot be read: {e}")),
+    }
+}
+
+/// Refuses files that do not look like recordings, before anything is
+/// stored (unless `force`).
+fn check_recordings(files: &[PathBuf], force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    for path in files {
+        if let Start::NotRecording(why) = check_start(path) {
+            anyhow::bail!(
+                "{} does not look like a recording ({why}); nothing was stored; \
+                 --force reads it as records anyway",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What a replay did. `Display` renders the end-of-run summary.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
@@ -132,10 +203,13 @@ impl std::fmt::Display for Summary {
 }
 
 /// Reads `files` on a blocking thread into the pipeline's channel. A file
-/// that cannot be opened or read to its end is reported at the record where
-/// reading stopped; the following files are still read.
+/// that cannot be opened or read to its end, or that turns corrupt (a run of
+/// [`CORRUPT_RUN_RECORDS`] records that are not event sequences), is
+/// reported once at the record where reading stopped; the following files
+/// are still read.
 fn read_files(
     files: Vec<PathBuf>,
+    force: bool,
     tx: mpsc::Sender<Message>,
     progress: Arc<AtomicU64>,
     errors: Arc<std::sync::Mutex<Vec<(Origin, String)>>>,
@@ -157,9 +231,18 @@ fn read_files(
             }
         };
         let mut index = 0u64;
+        // Records that are not event sequences, held back until a good one
+        // shows they are not a corrupt region.
+        let mut held: Vec<Message> = Vec::new();
+        let mut held_bytes = 0usize;
+        let send_held = |held: &mut Vec<Message>, held_bytes: &mut usize| -> bool {
+            *held_bytes = 0;
+            held.drain(..).all(|m| tx.blocking_send(m).is_ok())
+        };
         loop {
             match reader.next_record() {
                 Ok(Some(payload)) => {
+                    let good = force || looks_like_sequence(&payload);
                     let msg = Message {
                         payload,
                         origin: Origin::File {
@@ -168,13 +251,43 @@ fn read_files(
                         },
                         publish_time: None,
                     };
-                    if tx.blocking_send(msg).is_err() {
-                        return; // the pipeline stopped; its error is reported by join
-                    }
                     index += 1;
+                    if good {
+                        if !send_held(&mut held, &mut held_bytes) || tx.blocking_send(msg).is_err()
+                        {
+                            return; // the pipeline stopped; its error is reported by join
+                        }
+                        continue;
+                    }
+                    held_bytes += msg.payload.len();
+                    held.push(msg);
+                    if held.len() >= CORRUPT_RUN_RECORDS || held_bytes >= CORRUPT_RUN_BYTES {
+                        let from = index - held.len() as u64;
+                        push_error(
+                            &errors,
+                            Origin::File {
+                                path: name.clone(),
+                                index: from,
+                            },
+                            format!(
+                                "corrupt from record {from}: {} records in a row are not \
+                                 event sequences; the rest of the file is skipped",
+                                held.len()
+                            ),
+                        );
+                        break;
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if !send_held(&mut held, &mut held_bytes) {
+                        return;
+                    }
+                    break;
+                }
                 Err(e) => {
+                    if !send_held(&mut held, &mut held_bytes) {
+                        return;
+                    }
                     push_error(
                         &errors,
                         Origin::File {
@@ -207,9 +320,28 @@ pub async fn replay(
     settings: pipeline::Settings,
     progress: bool,
 ) -> anyhow::Result<Summary> {
+    let options = Options {
+        progress,
+        ..Options::default()
+    };
+    replay_with(files, converter, store, dead, settings, options).await
+}
+
+/// [`replay`] with all its options. Files that do not look like recordings
+/// are refused before anything is stored, unless `options.force`.
+pub async fn replay_with(
+    files: Vec<PathBuf>,
+    converter: Converter,
+    store: Arc<Store>,
+    dead: Arc<DeadLetters>,
+    settings: pipeline::Settings,
+    options: Options,
+) -> anyhow::Result<Summary> {
+    let progress = options.progress;
     let started = Instant::now();
     // Refuse a database this binary cannot write before reading anything.
     store.detect().await?;
+    check_recordings(&files, options.force)?;
     let total: u64 = files
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -221,7 +353,8 @@ pub async fn replay(
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reader = {
         let (read, errs) = (read.clone(), file_errors.clone());
-        tokio::task::spawn_blocking(move || read_files(files, tx, read, errs))
+        let force = options.force;
+        tokio::task::spawn_blocking(move || read_files(files, force, tx, read, errs))
     };
     let (mut committed, stages) = pipeline::spawn(rx, converter, store, dead, settings);
     let bar = progress.then(|| {

@@ -102,13 +102,7 @@ async fn many_empty_records_replay_in_bounded_memory_and_few_log_lines() {
     let spool = path_str(&dir.path().join("spool.jsonl"));
     let f = path_str(&file);
     let args = replay_args(&db, &spool, &FORCE, &f);
-    let r = tokio::task::spawn_blocking({
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let dir: PathBuf = dir.path().into();
-        move || run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir)
-    })
-    .await
-    .expect("join");
+    let r = run_blocking(args, dir.path()).await.expect("join");
     assert_eq!(
         r.code,
         Some(3),
@@ -136,15 +130,91 @@ async fn many_empty_records_replay_in_bounded_memory_and_few_log_lines() {
     db.drop_db().await;
 }
 
-/// Extra arguments for a file that is not a recording's start.
-const FORCE: [&str; 0] = [];
+/// Read the empty records as records (not as a corrupt region).
+const FORCE: [&str; 1] = ["--force"];
 
-#[allow(dead_code)]
-fn gzip(bytes: &[u8], out: &Path) {
+/// Writes `start` then `zeros` zero bytes to `out`, gzip-compressed.
+fn gzip_zeros(start: &[u8], zeros: usize, out: &Path) {
     let mut w = flate2::write::GzEncoder::new(
-        std::fs::File::create(out).expect("create"),
+        std::io::BufWriter::new(std::fs::File::create(out).expect("create")),
         flate2::Compression::fast(),
     );
-    w.write_all(bytes).expect("gzip");
-    w.finish().expect("finish");
+    w.write_all(start).expect("gzip");
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        w.write_all(&chunk[..n]).expect("gzip");
+        left -= n;
+    }
+    w.finish().expect("finish").flush().expect("flush");
+}
+
+fn run_blocking(args: Vec<&str>, dir: &Path) -> tokio::task::JoinHandle<Run> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let dir: PathBuf = dir.into();
+    tokio::task::spawn_blocking(move || {
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir)
+    })
+}
+
+/// A gzip bomb: a good start, then 200 MB of zero bytes (each a record of
+/// length 0), compressed. The zeros are one corrupt region: the file stops
+/// there, reported once, no dead letter for it, in bounded memory and time.
+/// Zeros alone are not a recording at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_bomb_of_zeros_stops_as_one_corrupt_region_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (start, good) = good_start();
+    let bomb = dir.path().join("bomb.bin.gz");
+    gzip_zeros(&start, 200 << 20, &bomb);
+    let zeros = dir.path().join("zeros.bin.gz");
+    gzip_zeros(&[], 200 << 20, &zeros);
+    let db = TestDb::migrated().await;
+    let spool_path = dir.path().join("spool.jsonl");
+    let spool = path_str(&spool_path);
+    let (b, z) = (path_str(&bomb), path_str(&zeros));
+
+    let r = run_blocking(replay_args(&db, &spool, &[], &b), dir.path())
+        .await
+        .expect("join");
+    assert_eq!(
+        r.code,
+        Some(3),
+        "{}\n{}",
+        r.stdout,
+        common::tail(&r.stderr, 20)
+    );
+    assert!(r.peak_rss_kib < PEAK_KIB, "peak RSS {} KiB", r.peak_rss_kib);
+    assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
+    let corrupt = format!("corrupt from record {good}");
+    assert_eq!(
+        r.stderr.matches(&corrupt).count(),
+        1,
+        "the corrupt region is reported once:\n{}",
+        common::tail(&r.stderr, 20)
+    );
+    assert!(
+        r.stderr.lines().count() < 50,
+        "{}",
+        common::tail(&r.stderr, 20)
+    );
+    assert!(r.stdout.contains("dead letters: 0"), "{}", r.stdout);
+    let client = db.client().await;
+    assert_eq!(count(&client, "job").await, 1);
+    assert_eq!(count(&client, "ingester_dead_letter").await, 0);
+
+    let r = run_blocking(replay_args(&db, &spool, &[], &z), dir.path())
+        .await
+        .expect("join");
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("{z} does not look like a recording")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(count(&client, "ingester_dead_letter").await, 0);
+    assert!(!spool_path.exists());
+    db.drop_db().await;
 }
