@@ -20,6 +20,10 @@ use crate::{config, live, migrate, record, replay, sample, store};
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
 
+/// Exit status of a replay stopped by SIGINT or SIGTERM (after committing
+/// what it had read and printing the summary of it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lookout-ingester",
@@ -616,13 +620,17 @@ async fn replay(
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
+    let (_keep, stop) = live::signal_stop()?;
     let options = replay::Options {
         force,
         progress: std::io::stderr().is_terminal(),
+        stop: Some(stop),
     };
     let summary = replay::replay_with(files, converter, store, dead, cfg.pipeline, options).await?;
     print!("{summary}");
-    Ok(if summary.clean() {
+    Ok(if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if summary.clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_SKIPPED)

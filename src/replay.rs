@@ -37,6 +37,9 @@ pub struct Options {
     pub force: bool,
     /// Show a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Turns true to stop reading (SIGINT, SIGTERM): what was read is
+    /// committed, and the summary says the replay was interrupted.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Whether a record is an event sequence with a queue and a job set, as
@@ -108,6 +111,10 @@ pub struct Summary {
     /// Records kept as dead letters.
     pub dead_letters: u64,
     pub elapsed: Duration,
+    /// Stopped by a signal: the summary covers what was committed.
+    pub interrupted: bool,
+    /// Remarks about the input that are not problems (an empty file).
+    pub remarks: Vec<String>,
 }
 
 impl Summary {
@@ -117,7 +124,10 @@ impl Summary {
 
     /// True when every input was applied (the exit status reflects this).
     pub fn clean(&self) -> bool {
-        self.skipped.is_empty() && self.failed_rows == 0 && self.dead_letters == 0
+        self.skipped.is_empty()
+            && self.failed_rows == 0
+            && self.dead_letters == 0
+            && !self.interrupted
     }
 
     fn add(&mut self, c: &Committed) {
@@ -169,6 +179,12 @@ impl std::fmt::Display for Summary {
             0.0
         };
         let mut out = String::new();
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "interrupted: what follows was committed; the rest was not read"
+            );
+        }
         let _ = writeln!(
             out,
             "replayed {} records, {} events in {:.2}s ({:.0} events/s)",
@@ -198,6 +214,9 @@ impl std::fmt::Display for Summary {
         section(&mut out, "warnings by reason", &self.warnings);
         let _ = writeln!(out, "rows failed: {}", self.failed_rows);
         let _ = writeln!(out, "dead letters: {}", self.dead_letters);
+        for r in &self.remarks {
+            let _ = writeln!(out, "remark: {r}");
+        }
         f.write_str(&out)
     }
 }
@@ -207,29 +226,58 @@ impl std::fmt::Display for Summary {
 /// [`CORRUPT_RUN_RECORDS`] records that are not event sequences), is
 /// reported once at the record where reading stopped; the following files
 /// are still read.
-fn read_files(
-    files: Vec<PathBuf>,
-    force: bool,
-    tx: mpsc::Sender<Message>,
-    progress: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<(Origin, String)>>>,
-) {
+/// What the reader shares with the replay.
+#[derive(Default)]
+struct Shared {
+    /// File bytes read so far (compressed bytes for gzip).
+    read: AtomicU64,
+    /// `read` when each message sent was read, until it is committed.
+    offsets: std::sync::Mutex<std::collections::VecDeque<u64>>,
+    stopping: std::sync::atomic::AtomicBool,
+    /// Reading stopped early because of `stopping`.
+    cut: std::sync::atomic::AtomicBool,
+    errors: std::sync::Mutex<Vec<(Origin, String)>>,
+    remarks: std::sync::Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn send(&self, tx: &mpsc::Sender<Message>, msg: Message) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            self.cut.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if let Ok(mut o) = self.offsets.lock() {
+            o.push_back(self.read.load(Ordering::Relaxed));
+        }
+        tx.blocking_send(msg).is_ok()
+    }
+}
+
+fn read_files(files: Vec<PathBuf>, force: bool, tx: mpsc::Sender<Message>, shared: Arc<Shared>) {
+    let progress = Arc::new(AtomicU64::new(0));
     for path in files {
         let name: Arc<str> = Arc::from(path.display().to_string());
         let mut reader = match file::open(&path, progress.clone()) {
             Ok(r) => r,
             Err(e) => {
-                push_error(
-                    &errors,
-                    Origin::File {
-                        path: name,
-                        index: 0,
-                    },
-                    format!("cannot open: {e}"),
-                );
+                let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    _ => format!("cannot open: {e}"),
+                };
+                telemetry::file_unopenable(&name, &why);
+                if let Ok(mut errs) = shared.errors.lock() {
+                    errs.push((
+                        Origin::File {
+                            path: name,
+                            index: 0,
+                        },
+                        why,
+                    ));
+                }
                 continue;
             }
         };
+        let errors = &shared.errors;
         let mut index = 0u64;
         // Records that are not event sequences, held back until a good one
         // shows they are not a corrupt region.
@@ -237,9 +285,12 @@ fn read_files(
         let mut held_bytes = 0usize;
         let send_held = |held: &mut Vec<Message>, held_bytes: &mut usize| -> bool {
             *held_bytes = 0;
-            held.drain(..).all(|m| tx.blocking_send(m).is_ok())
+            held.drain(..).all(|m| shared.send(&tx, m))
         };
         loop {
+            shared
+                .read
+                .store(progress.load(Ordering::Relaxed), Ordering::Relaxed);
             match reader.next_record() {
                 Ok(Some(payload)) => {
                     let good = force || looks_like_sequence(&payload);
@@ -253,9 +304,10 @@ fn read_files(
                     };
                     index += 1;
                     if good {
-                        if !send_held(&mut held, &mut held_bytes) || tx.blocking_send(msg).is_err()
-                        {
-                            return; // the pipeline stopped; its error is reported by join
+                        if !send_held(&mut held, &mut held_bytes) || !shared.send(&tx, msg) {
+                            // Interrupted, or the pipeline stopped (its
+                            // error is reported by join).
+                            return;
                         }
                         continue;
                     }
@@ -264,7 +316,7 @@ fn read_files(
                     if held.len() >= CORRUPT_RUN_RECORDS || held_bytes >= CORRUPT_RUN_BYTES {
                         let from = index - held.len() as u64;
                         push_error(
-                            &errors,
+                            errors,
                             Origin::File {
                                 path: name.clone(),
                                 index: from,
@@ -279,6 +331,11 @@ fn read_files(
                     }
                 }
                 Ok(None) => {
+                    if index == 0 {
+                        if let Ok(mut r) = shared.remarks.lock() {
+                            r.push(format!("{name} is empty"));
+                        }
+                    }
                     if !send_held(&mut held, &mut held_bytes) {
                         return;
                     }
@@ -289,7 +346,7 @@ fn read_files(
                         return;
                     }
                     push_error(
-                        &errors,
+                        errors,
                         Origin::File {
                             path: name.clone(),
                             index,
@@ -347,20 +404,33 @@ pub async fn replay_with(
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    let read = Arc::new(AtomicU64::new(0));
-    let file_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-    // Few messages wait here: with the batches, memory is bounded by bytes.
+    let shared = Arc::new(Shared::default());
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reader = {
-        let (read, errs) = (read.clone(), file_errors.clone());
-        let force = options.force;
-        tokio::task::spawn_blocking(move || read_files(files, force, tx, read, errs))
+        let (shared, force) = (shared.clone(), options.force);
+        tokio::task::spawn_blocking(move || read_files(files, force, tx, shared))
     };
+    if let Some(mut stop) = options.stop {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if *stop.borrow_and_update() {
+                    shared.stopping.store(true, Ordering::Relaxed);
+                    return;
+                }
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (mut committed, stages) = pipeline::spawn(rx, converter, store, dead, settings);
+    // The bar shows how far into the files the committed records reach,
+    // not how far reading has run ahead of them.
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(total);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise}, eta {eta}]",
+            "{bar:40} {bytes}/{total_bytes} committed, {msg} [{elapsed_precise}, eta {eta}]",
         ) {
             b.set_style(style);
         }
@@ -369,9 +439,21 @@ pub async fn replay_with(
     let mut summary = Summary::default();
     while let Some(c) = committed.recv().await {
         summary.add(&c);
+        let mut reached = None;
+        if let Ok(mut o) = shared.offsets.lock() {
+            for _ in 0..c.origins.len() {
+                reached = o.pop_front().or(reached);
+            }
+        }
         if let Some(b) = &bar {
-            b.set_position(read.load(Ordering::Relaxed));
-            b.set_message(format!("{} events", summary.events()));
+            if let Some(r) = reached {
+                b.set_position(r);
+            }
+            b.set_message(format!(
+                "{} records, {} events",
+                summary.records,
+                summary.events()
+            ));
         }
     }
     if let Some(b) = &bar {
@@ -380,13 +462,17 @@ pub async fn replay_with(
     let reader_result = reader.await;
     stages.join().await?;
     reader_result.map_err(|e| anyhow::anyhow!("file reader failed: {e}"))?;
-    if let Ok(errs) = file_errors.lock() {
+    summary.interrupted = shared.cut.load(Ordering::Relaxed);
+    if let Ok(errs) = shared.errors.lock() {
         for _ in errs.iter() {
             *summary
                 .skipped
                 .entry(Reason::File.as_str().into())
                 .or_insert(0) += 1;
         }
+    }
+    if let Ok(r) = shared.remarks.lock() {
+        summary.remarks.clone_from(&r);
     }
     summary.elapsed = started.elapsed();
     Ok(summary)

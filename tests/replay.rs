@@ -515,3 +515,81 @@ async fn a_long_corrupt_region_stops_the_file_once() {
     );
     db.drop_db().await;
 }
+
+/// A missing file is named as missing (not "record 0"); an empty file is
+/// remarked on and is no error.
+#[tokio::test]
+async fn missing_and_empty_files_are_reported_plainly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::migrated().await;
+    let missing = dir.path().join("missing.bin");
+    let out = replay_cli_with(&db, dir.path(), &[], &missing).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    let message = format!("{}: no such file", missing.display());
+    assert!(out.stderr.contains(&message), "{}", out.stderr);
+    assert!(!out.stderr.contains("record 0"), "{}", out.stderr);
+
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"").expect("write");
+    let out = replay_cli_with(&db, dir.path(), &[], &empty).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let remark = format!("{} is empty", empty.display());
+    assert!(out.stdout.contains(&remark), "{}", out.stdout);
+    db.drop_db().await;
+}
+
+/// SIGTERM (or SIGINT) during a replay: what was read is committed, the
+/// summary of it is printed, and the exit status says it was interrupted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_replay_prints_what_was_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seqs = sample::generate(9, 3000);
+    let total = seqs.len();
+    let path = write_file(dir.path(), "big.bin", &seqs, false);
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+            .args(["replay", "--database-url", &db.url, "--batch-size", "1"])
+            .arg("--dead-letter-spool")
+            .arg(dir.path().join("spool.jsonl"))
+            .arg(&path)
+            .env_remove("LOOKOUT_DATABASE_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id().expect("pid") as i32;
+        let before = count(&client, "job").await;
+        let waited = std::time::Instant::now();
+        while count(&client, "job").await == before {
+            assert!(waited.elapsed().as_secs() < 60, "no progress");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("exits after the signal")
+                .expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+        assert!(stdout.contains("interrupted"), "{stdout}");
+        let records: usize = stdout
+            .split("replayed ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no record count:\n{stdout}"));
+        assert!(
+            records > 0 && records < total,
+            "{records} of {total}\n{stdout}"
+        );
+    }
+    db.drop_db().await;
+}
