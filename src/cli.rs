@@ -20,6 +20,10 @@ use crate::{config, live, migrate, record, replay, sample, store};
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
 
+/// Exit status of a replay stopped by SIGINT or SIGTERM (after committing
+/// what it had read and printing the summary of it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lookout-ingester",
@@ -65,6 +69,10 @@ pub enum Command {
     Replay {
         #[command(flatten)]
         settings: SettingArgs<REPLAY>,
+        /// Read files that do not look like recordings, and corrupt regions,
+        /// as records anyway (what does not apply becomes dead letters).
+        #[arg(long)]
+        force: bool,
         /// Recorded event files: length-delimited EventSequence records.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -506,7 +514,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             allow_drop,
         } => migrate(&settings, status, to, allow_drop).await,
-        Command::Replay { settings, files } => replay(&settings, files).await,
+        Command::Replay {
+            settings,
+            force,
+            files,
+        } => replay(&settings, force, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Sample(args) => write_sample(&args),
         Command::Config { settings, .. } => {
@@ -598,16 +610,27 @@ async fn migrate(
 }
 
 /// `replay`: apply recorded files, print the summary.
-async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn replay(
+    settings: &SettingArgs<REPLAY>,
+    force: bool,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
-    let progress = std::io::stderr().is_terminal();
-    let summary = replay::replay(files, converter, store, dead, cfg.pipeline, progress).await?;
+    let (_keep, stop) = live::signal_stop()?;
+    let options = replay::Options {
+        force,
+        progress: std::io::stderr().is_terminal(),
+        stop: Some(stop),
+    };
+    let summary = replay::replay_with(files, converter, store, dead, cfg.pipeline, options).await?;
     print!("{summary}");
-    Ok(if summary.clean() {
+    Ok(if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if summary.clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_SKIPPED)

@@ -738,6 +738,11 @@ pub fn show(cfg: &Config) -> String {
         ),
         ("batchSize", num(cfg.pipeline.batch_size as u64)),
         (
+            "batchMaxMessages",
+            num(cfg.pipeline.batch_max_messages as u64),
+        ),
+        ("batchMaxBytes", num(cfg.pipeline.batch_max_bytes as u64)),
+        (
             "batchDuration",
             text(&format!("{:?}", cfg.pipeline.batch_duration)),
         ),

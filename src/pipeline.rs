@@ -1,7 +1,7 @@
 //! The ingestion pipeline shared by live mode and replay:
 //!
 //! ```text
-//! messages ─► batcher (decode, cut by events or time) ─► converter ─► store ─► committed reports
+//! messages ─► batcher (decode, cut by events, messages, bytes or time) ─► converter ─► store ─► committed reports
 //! ```
 //!
 //! Stages run as tasks joined by bounded channels, so memory stays bounded
@@ -62,6 +62,21 @@ pub struct Settings {
         deserialize_with = "crate::values::positive_duration"
     )]
     pub batch_duration: Duration,
+    /// ... or once it holds this many messages, whatever they carry (a
+    /// message with no events counts too). Default: 10000
+    #[serde(
+        rename = "batchMaxMessages",
+        deserialize_with = "crate::values::at_least_one"
+    )]
+    pub batch_max_messages: usize,
+    /// ... or once its payloads add up to this many bytes. With at most
+    /// `queue_depth` batches between two stages, this bounds the memory of
+    /// the whole pipeline. Default: 33554432 (32 MiB)
+    #[serde(
+        rename = "batchMaxBytes",
+        deserialize_with = "crate::values::at_least_one"
+    )]
+    pub batch_max_bytes: usize,
     /// Batches that may wait between two stages (not configurable). Default: 2
     #[serde(skip)]
     pub queue_depth: usize,
@@ -72,6 +87,8 @@ impl Default for Settings {
         Settings {
             batch_size: 10_000,
             batch_duration: Duration::from_millis(500),
+            batch_max_messages: 10_000,
+            batch_max_bytes: 32 * 1024 * 1024,
             queue_depth: 2,
         }
     }
@@ -623,6 +640,22 @@ pub fn spawn(
     (done_rx, Stages { tasks })
 }
 
+/// What the batch being filled holds, to decide when to cut it.
+#[derive(Default)]
+struct Fill {
+    events: usize,
+    bytes: usize,
+    deadline: Option<Instant>,
+}
+
+impl Fill {
+    fn full(&self, messages: usize, settings: &Settings) -> bool {
+        self.events >= settings.batch_size
+            || messages >= settings.batch_max_messages
+            || self.bytes >= settings.batch_max_bytes
+    }
+}
+
 async fn batcher(
     mut source: mpsc::Receiver<Message>,
     out: mpsc::Sender<DecodedBatch>,
@@ -631,14 +664,13 @@ async fn batcher(
     let mut batch = DecodedBatch {
         messages: Vec::new(),
     };
-    let mut events = 0usize;
-    let mut deadline: Option<Instant> = None;
+    let mut fill = Fill::default();
     loop {
-        let msg = match deadline {
+        let msg = match fill.deadline {
             Some(d) => tokio::select! {
                 m = source.recv() => m,
                 _ = tokio::time::sleep_until(d) => {
-                    flush(&mut batch, &mut events, &mut deadline, &out).await?;
+                    flush(&mut batch, &mut fill, &out).await?;
                     continue;
                 }
             },
@@ -648,26 +680,25 @@ async fn batcher(
         metrics::MESSAGES_RECEIVED.inc();
         metrics::IN_FLIGHT.inc();
         let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
-        events += decoded.events();
+        fill.events += decoded.events();
+        fill.bytes += decoded.payload.len();
         batch.messages.push(decoded);
-        if deadline.is_none() {
-            deadline = Some(Instant::now() + settings.batch_duration);
+        if fill.deadline.is_none() {
+            fill.deadline = Some(Instant::now() + settings.batch_duration);
         }
-        if events >= settings.batch_size {
-            flush(&mut batch, &mut events, &mut deadline, &out).await?;
+        if fill.full(batch.messages.len(), &settings) {
+            flush(&mut batch, &mut fill, &out).await?;
         }
     }
-    flush(&mut batch, &mut events, &mut deadline, &out).await
+    flush(&mut batch, &mut fill, &out).await
 }
 
 async fn flush(
     batch: &mut DecodedBatch,
-    events: &mut usize,
-    deadline: &mut Option<Instant>,
+    fill: &mut Fill,
     out: &mpsc::Sender<DecodedBatch>,
 ) -> anyhow::Result<()> {
-    *deadline = None;
-    *events = 0;
+    *fill = Fill::default();
     if batch.messages.is_empty() {
         return Ok(());
     }
@@ -939,6 +970,29 @@ mod tests {
         let letters = dead_letters(&[m], &WriteReport::default(), &conv());
         assert_eq!(letters[0].reasons.to_string(), "unknown_event_kind");
         assert_eq!(letters[0].error, "event 1: newer Armada");
+    }
+
+    #[test]
+    fn batches_are_cut_by_events_messages_or_bytes() {
+        let settings = Settings {
+            batch_size: 10,
+            batch_max_messages: 3,
+            batch_max_bytes: 100,
+            ..Settings::default()
+        };
+        let fill = |events, bytes| Fill {
+            events,
+            bytes,
+            deadline: None,
+        };
+        assert!(!fill(0, 0).full(2, &settings));
+        assert!(
+            fill(0, 0).full(3, &settings),
+            "messages without events count"
+        );
+        assert!(fill(10, 0).full(1, &settings));
+        assert!(fill(0, 100).full(1, &settings));
+        assert!(!fill(9, 99).full(2, &settings));
     }
 
     #[test]

@@ -17,6 +17,83 @@ use crate::source::{file, Message, Origin};
 use crate::store::{Store, WriteReport};
 use crate::telemetry;
 
+/// Records read ahead of the batcher.
+const READ_AHEAD: usize = 256;
+
+/// A run of this many records in a row that are not event sequences stops
+/// a file as corrupt from the run's first record (one report, no dead
+/// letters for the run).
+pub const CORRUPT_RUN_RECORDS: usize = 100;
+
+/// ... as does a run whose payloads add up to this many bytes (the run is
+/// held back until it is known not to be one, so this bounds its memory).
+pub const CORRUPT_RUN_BYTES: usize = 16 * 1024 * 1024;
+
+/// How a replay reads its files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Read files that do not look like recordings, and corrupt regions,
+    /// as records anyway (what does not apply becomes dead letters).
+    pub force: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+    /// Turns true to stop reading (SIGINT, SIGTERM): what was read is
+    /// committed, and the summary says the replay was interrupted.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Whether a record is an event sequence with a queue and a job set, as
+/// every record of a recording is.
+pub fn looks_like_sequence(payload: &[u8]) -> bool {
+    pipeline::decode(payload).is_ok_and(|s| !s.queue.is_empty() && !s.job_set_name.is_empty())
+}
+
+/// What the start of a file says about it.
+#[derive(Debug, PartialEq)]
+enum Start {
+    /// Its first record is an event sequence with a queue and job set.
+    Recording,
+    Empty,
+    /// It cannot be opened; reported when it is read.
+    Unopenable,
+    /// Anything else, with why.
+    NotRecording(String),
+}
+
+fn check_start(path: &std::path::Path) -> Start {
+    let mut reader = match file::open(path, Arc::new(AtomicU64::new(0))) {
+        Ok(r) => r,
+        Err(_) => return Start::Unopenable,
+    };
+    match reader.next_record() {
+        Ok(None) => Start::Empty,
+        Ok(Some(p)) if looks_like_sequence(&p) => Start::Recording,
+        Ok(Some(p)) => Start::NotRecording(match pipeline::decode(&p) {
+            Err(e) => format!("its first record is not an event sequence: {e}"),
+            Ok(_) => "its first record has no queue or job set".into(),
+        }),
+        Err(e) => Start::NotRecording(format!("its first record cannot be read: {e}")),
+    }
+}
+
+/// Refuses files that do not look like recordings, before anything is
+/// stored (unless `force`).
+fn check_recordings(files: &[PathBuf], force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    for path in files {
+        if let Start::NotRecording(why) = check_start(path) {
+            anyhow::bail!(
+                "{} does not look like a recording ({why}); nothing was stored; \
+                 --force reads it as records anyway",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What a replay did. `Display` renders the end-of-run summary.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
@@ -34,6 +111,10 @@ pub struct Summary {
     /// Records kept as dead letters.
     pub dead_letters: u64,
     pub elapsed: Duration,
+    /// Stopped by a signal: the summary covers what was committed.
+    pub interrupted: bool,
+    /// Remarks about the input that are not problems (an empty file).
+    pub remarks: Vec<String>,
 }
 
 impl Summary {
@@ -43,7 +124,10 @@ impl Summary {
 
     /// True when every input was applied (the exit status reflects this).
     pub fn clean(&self) -> bool {
-        self.skipped.is_empty() && self.failed_rows == 0 && self.dead_letters == 0
+        self.skipped.is_empty()
+            && self.failed_rows == 0
+            && self.dead_letters == 0
+            && !self.interrupted
     }
 
     fn add(&mut self, c: &Committed) {
@@ -95,6 +179,12 @@ impl std::fmt::Display for Summary {
             0.0
         };
         let mut out = String::new();
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "interrupted: what follows was committed; the rest was not read"
+            );
+        }
         let _ = writeln!(
             out,
             "replayed {} records, {} events in {:.2}s ({:.0} events/s)",
@@ -124,39 +214,86 @@ impl std::fmt::Display for Summary {
         section(&mut out, "warnings by reason", &self.warnings);
         let _ = writeln!(out, "rows failed: {}", self.failed_rows);
         let _ = writeln!(out, "dead letters: {}", self.dead_letters);
+        for r in &self.remarks {
+            let _ = writeln!(out, "remark: {r}");
+        }
         f.write_str(&out)
     }
 }
 
 /// Reads `files` on a blocking thread into the pipeline's channel. A file
-/// that cannot be opened or read to its end is reported at the record where
-/// reading stopped; the following files are still read.
-fn read_files(
-    files: Vec<PathBuf>,
-    tx: mpsc::Sender<Message>,
-    progress: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<(Origin, String)>>>,
-) {
+/// that cannot be opened or read to its end, or that turns corrupt (a run of
+/// [`CORRUPT_RUN_RECORDS`] records that are not event sequences), is
+/// reported once at the record where reading stopped; the following files
+/// are still read.
+/// What the reader shares with the replay.
+#[derive(Default)]
+struct Shared {
+    /// File bytes read so far (compressed bytes for gzip).
+    read: AtomicU64,
+    /// `read` when each message sent was read, until it is committed.
+    offsets: std::sync::Mutex<std::collections::VecDeque<u64>>,
+    stopping: std::sync::atomic::AtomicBool,
+    /// Reading stopped early because of `stopping`.
+    cut: std::sync::atomic::AtomicBool,
+    errors: std::sync::Mutex<Vec<(Origin, String)>>,
+    remarks: std::sync::Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn send(&self, tx: &mpsc::Sender<Message>, msg: Message) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            self.cut.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if let Ok(mut o) = self.offsets.lock() {
+            o.push_back(self.read.load(Ordering::Relaxed));
+        }
+        tx.blocking_send(msg).is_ok()
+    }
+}
+
+fn read_files(files: Vec<PathBuf>, force: bool, tx: mpsc::Sender<Message>, shared: Arc<Shared>) {
+    let progress = Arc::new(AtomicU64::new(0));
     for path in files {
         let name: Arc<str> = Arc::from(path.display().to_string());
         let mut reader = match file::open(&path, progress.clone()) {
             Ok(r) => r,
             Err(e) => {
-                push_error(
-                    &errors,
-                    Origin::File {
-                        path: name,
-                        index: 0,
-                    },
-                    format!("cannot open: {e}"),
-                );
+                let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    _ => format!("cannot open: {e}"),
+                };
+                telemetry::file_unopenable(&name, &why);
+                if let Ok(mut errs) = shared.errors.lock() {
+                    errs.push((
+                        Origin::File {
+                            path: name,
+                            index: 0,
+                        },
+                        why,
+                    ));
+                }
                 continue;
             }
         };
+        let errors = &shared.errors;
         let mut index = 0u64;
+        // Records that are not event sequences, held back until a good one
+        // shows they are not a corrupt region.
+        let mut held: Vec<Message> = Vec::new();
+        let mut held_bytes = 0usize;
+        let send_held = |held: &mut Vec<Message>, held_bytes: &mut usize| -> bool {
+            *held_bytes = 0;
+            held.drain(..).all(|m| shared.send(&tx, m))
+        };
         loop {
+            shared
+                .read
+                .store(progress.load(Ordering::Relaxed), Ordering::Relaxed);
             match reader.next_record() {
                 Ok(Some(payload)) => {
+                    let good = force || looks_like_sequence(&payload);
                     let msg = Message {
                         payload,
                         origin: Origin::File {
@@ -165,15 +302,51 @@ fn read_files(
                         },
                         publish_time: None,
                     };
-                    if tx.blocking_send(msg).is_err() {
-                        return; // the pipeline stopped; its error is reported by join
-                    }
                     index += 1;
+                    if good {
+                        if !send_held(&mut held, &mut held_bytes) || !shared.send(&tx, msg) {
+                            // Interrupted, or the pipeline stopped (its
+                            // error is reported by join).
+                            return;
+                        }
+                        continue;
+                    }
+                    held_bytes += msg.payload.len();
+                    held.push(msg);
+                    if held.len() >= CORRUPT_RUN_RECORDS || held_bytes >= CORRUPT_RUN_BYTES {
+                        let from = index - held.len() as u64;
+                        push_error(
+                            errors,
+                            Origin::File {
+                                path: name.clone(),
+                                index: from,
+                            },
+                            format!(
+                                "corrupt from record {from}: {} records in a row are not \
+                                 event sequences; the rest of the file is skipped",
+                                held.len()
+                            ),
+                        );
+                        break;
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if index == 0 {
+                        if let Ok(mut r) = shared.remarks.lock() {
+                            r.push(format!("{name} is empty"));
+                        }
+                    }
+                    if !send_held(&mut held, &mut held_bytes) {
+                        return;
+                    }
+                    break;
+                }
                 Err(e) => {
+                    if !send_held(&mut held, &mut held_bytes) {
+                        return;
+                    }
                     push_error(
-                        &errors,
+                        errors,
                         Origin::File {
                             path: name.clone(),
                             index,
@@ -204,26 +377,60 @@ pub async fn replay(
     settings: pipeline::Settings,
     progress: bool,
 ) -> anyhow::Result<Summary> {
+    let options = Options {
+        progress,
+        ..Options::default()
+    };
+    replay_with(files, converter, store, dead, settings, options).await
+}
+
+/// [`replay`] with all its options. Files that do not look like recordings
+/// are refused before anything is stored, unless `options.force`.
+pub async fn replay_with(
+    files: Vec<PathBuf>,
+    converter: Converter,
+    store: Arc<Store>,
+    dead: Arc<DeadLetters>,
+    settings: pipeline::Settings,
+    options: Options,
+) -> anyhow::Result<Summary> {
+    let progress = options.progress;
     let started = Instant::now();
     // Refuse a database this binary cannot write before reading anything.
     store.detect().await?;
+    check_recordings(&files, options.force)?;
     let total: u64 = files
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    let read = Arc::new(AtomicU64::new(0));
-    let file_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reader = {
-        let (read, errs) = (read.clone(), file_errors.clone());
-        tokio::task::spawn_blocking(move || read_files(files, tx, read, errs))
+        let (shared, force) = (shared.clone(), options.force);
+        tokio::task::spawn_blocking(move || read_files(files, force, tx, shared))
     };
+    if let Some(mut stop) = options.stop {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if *stop.borrow_and_update() {
+                    shared.stopping.store(true, Ordering::Relaxed);
+                    return;
+                }
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (mut committed, stages) = pipeline::spawn(rx, converter, store, dead, settings);
+    // The bar shows how far into the files the committed records reach,
+    // not how far reading has run ahead of them.
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(total);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise}, eta {eta}]",
+            "{bar:40} {bytes}/{total_bytes} committed, {msg} [{elapsed_precise}, eta {eta}]",
         ) {
             b.set_style(style);
         }
@@ -232,9 +439,21 @@ pub async fn replay(
     let mut summary = Summary::default();
     while let Some(c) = committed.recv().await {
         summary.add(&c);
+        let mut reached = None;
+        if let Ok(mut o) = shared.offsets.lock() {
+            for _ in 0..c.origins.len() {
+                reached = o.pop_front().or(reached);
+            }
+        }
         if let Some(b) = &bar {
-            b.set_position(read.load(Ordering::Relaxed));
-            b.set_message(format!("{} events", summary.events()));
+            if let Some(r) = reached {
+                b.set_position(r);
+            }
+            b.set_message(format!(
+                "{} records, {} events",
+                summary.records,
+                summary.events()
+            ));
         }
     }
     if let Some(b) = &bar {
@@ -243,13 +462,17 @@ pub async fn replay(
     let reader_result = reader.await;
     stages.join().await?;
     reader_result.map_err(|e| anyhow::anyhow!("file reader failed: {e}"))?;
-    if let Ok(errs) = file_errors.lock() {
+    summary.interrupted = shared.cut.load(Ordering::Relaxed);
+    if let Ok(errs) = shared.errors.lock() {
         for _ in errs.iter() {
             *summary
                 .skipped
                 .entry(Reason::File.as_str().into())
                 .or_insert(0) += 1;
         }
+    }
+    if let Ok(r) = shared.remarks.lock() {
+        summary.remarks.clone_from(&r);
     }
     summary.elapsed = started.elapsed();
     Ok(summary)

@@ -166,6 +166,18 @@ pub fn file_unreadable(origin: &Origin, error: &str) {
     );
 }
 
+/// A recorded file that could not be opened at all (`error` says why, e.g.
+/// "no such file").
+pub fn file_unopenable(path: &str, error: &str) {
+    let reason = convert::Reason::File.as_str();
+    metrics::INPUT_ERRORS.with_label_values(&[reason]).inc();
+    log(
+        Level::Warn,
+        &format!("{reason} unopenable"),
+        format_args!("skipped {path}: {error}"),
+    );
+}
+
 /// A row that could not be written even on its own (an error: data is
 /// missing from the tables until its dead letter is redriven).
 pub fn row_failed(f: &FailedRow) {

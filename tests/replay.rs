@@ -369,3 +369,227 @@ async fn clean_replay_exits_zero_and_prints_summary() {
     assert!(stdout.contains("job insert"), "{stdout}");
     db.drop_db().await;
 }
+
+/// Replays `file` through the binary with `extra` arguments.
+async fn replay_cli_with(
+    db: &TestDb,
+    dir: &Path,
+    extra: &[&str],
+    file: &Path,
+) -> common::CliOutput {
+    let spool = dir.join("spool.jsonl");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "replay".into(),
+        "--database-url".into(),
+        db.url.clone().into(),
+        "--dead-letter-spool".into(),
+        spool.into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    args.push(file.into());
+    common::cli(args).await
+}
+
+/// Files that are not recordings are refused before anything is stored:
+/// exit 1, "<file> does not look like a recording", no rows, no dead
+/// letters; `--force` reads one anyway.
+#[tokio::test]
+async fn files_that_are_not_recordings_are_refused_unless_forced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let readme = dir.path().join("README.md");
+    std::fs::write(&readme, include_str!("../README.md")).expect("write");
+    let png = dir.path().join("image.png");
+    let mut png_bytes = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    png_bytes.extend((0..2000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(&png, &png_bytes).expect("write");
+    let inner = write_file(dir.path(), "inner.bin.gz", &sample::generate(3, 5), true);
+    let double = dir.path().join("double.bin.gz");
+    {
+        use std::io::Write;
+        let mut w = flate2::write::GzEncoder::new(
+            std::fs::File::create(&double).expect("create"),
+            flate2::Compression::default(),
+        );
+        w.write_all(&std::fs::read(&inner).expect("read"))
+            .expect("gzip");
+        w.finish().expect("finish");
+    }
+    let random = dir.path().join("random.bin");
+    let mut seed = 7u64;
+    let bytes: Vec<u8> = (0..10_000)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        })
+        .collect();
+    std::fs::write(&random, bytes).expect("write");
+
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    for file in [&readme, &png, &double, &random] {
+        let out = replay_cli_with(&db, dir.path(), &[], file).await;
+        assert_eq!(
+            out.code,
+            Some(1),
+            "{}: {}\n{}",
+            file.display(),
+            out.stdout,
+            out.stderr
+        );
+        let message = format!("{} does not look like a recording", file.display());
+        assert!(out.stderr.contains(&message), "{}", out.stderr);
+        assert_eq!(count(&client, "job").await, 0);
+        assert_eq!(count(&client, "ingester_dead_letter").await, 0);
+        assert!(!dir.path().join("spool.jsonl").exists());
+    }
+    let out = replay_cli_with(&db, dir.path(), &["--force"], &readme).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    db.drop_db().await;
+}
+
+/// A long run of records that are not event sequences stops the file as
+/// corrupt from the run's first record, reported once, with no dead letter
+/// per record; what came before is stored. A shorter run is a few bad
+/// records among good ones: dead letters, and reading goes on.
+#[tokio::test]
+async fn a_long_corrupt_region_stops_the_file_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = |bytes: &mut Vec<u8>, payload: &[u8]| {
+        encode_varint(payload.len() as u64, bytes);
+        bytes.extend(payload);
+    };
+    let good = |id: &str| seq_in("q", vec![submit_at(1, id)]).encode_to_vec();
+    let garbage = [0xff, 0xff, 0xff, 0x01];
+    let mut short = Vec::new();
+    record(&mut short, &good("a1"));
+    for _ in 0..replay::CORRUPT_RUN_RECORDS - 1 {
+        record(&mut short, &garbage);
+    }
+    record(&mut short, &good("a2"));
+    let mut long = Vec::new();
+    record(&mut long, &good("b1"));
+    for _ in 0..replay::CORRUPT_RUN_RECORDS + 50 {
+        record(&mut long, &garbage);
+    }
+    record(&mut long, &good("b2"));
+    let (short_path, long_path) = (dir.path().join("short.bin"), dir.path().join("long.bin"));
+    std::fs::write(&short_path, short).expect("write");
+    std::fs::write(&long_path, long).expect("write");
+
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let out = replay_cli_with(&db, dir.path(), &[], &long_path).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    let message = format!(
+        "{} record 1: file: corrupt from record 1",
+        long_path.display()
+    );
+    assert_eq!(
+        out.stderr.matches("corrupt from record").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&message), "{}", out.stderr);
+    let ids = json_rows(&client, "SELECT job_id FROM job ORDER BY job_id", &[]).await;
+    assert_eq!(ids, [json!({"job_id": "b1"})]);
+    assert_eq!(count(&client, "ingester_dead_letter").await, 0);
+
+    let out = replay_cli_with(&db, dir.path(), &[], &short_path).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("corrupt from"), "{}", out.stderr);
+    assert_eq!(
+        count(&client, "ingester_dead_letter").await,
+        replay::CORRUPT_RUN_RECORDS as i64 - 1
+    );
+    let ids = json_rows(&client, "SELECT job_id FROM job ORDER BY job_id", &[]).await;
+    assert_eq!(
+        ids,
+        [
+            json!({"job_id": "a1"}),
+            json!({"job_id": "a2"}),
+            json!({"job_id": "b1"})
+        ]
+    );
+    db.drop_db().await;
+}
+
+/// A missing file is named as missing (not "record 0"); an empty file is
+/// remarked on and is no error.
+#[tokio::test]
+async fn missing_and_empty_files_are_reported_plainly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::migrated().await;
+    let missing = dir.path().join("missing.bin");
+    let out = replay_cli_with(&db, dir.path(), &[], &missing).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    let message = format!("{}: no such file", missing.display());
+    assert!(out.stderr.contains(&message), "{}", out.stderr);
+    assert!(!out.stderr.contains("record 0"), "{}", out.stderr);
+
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"").expect("write");
+    let out = replay_cli_with(&db, dir.path(), &[], &empty).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let remark = format!("{} is empty", empty.display());
+    assert!(out.stdout.contains(&remark), "{}", out.stdout);
+    db.drop_db().await;
+}
+
+/// SIGTERM (or SIGINT) during a replay: what was read is committed, the
+/// summary of it is printed, and the exit status says it was interrupted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_replay_prints_what_was_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seqs = sample::generate(9, 3000);
+    let total = seqs.len();
+    let path = write_file(dir.path(), "big.bin", &seqs, false);
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+            .args(["replay", "--database-url", &db.url, "--batch-size", "1"])
+            .arg("--dead-letter-spool")
+            .arg(dir.path().join("spool.jsonl"))
+            .arg(&path)
+            .env_remove("LOOKOUT_DATABASE_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id().expect("pid") as i32;
+        let before = count(&client, "job").await;
+        let waited = std::time::Instant::now();
+        while count(&client, "job").await == before {
+            assert!(waited.elapsed().as_secs() < 60, "no progress");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("exits after the signal")
+                .expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+        assert!(stdout.contains("interrupted"), "{stdout}");
+        let records: usize = stdout
+            .split("replayed ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no record count:\n{stdout}"));
+        assert!(
+            records > 0 && records < total,
+            "{records} of {total}\n{stdout}"
+        );
+    }
+    db.drop_db().await;
+}
