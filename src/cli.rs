@@ -473,6 +473,8 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only where a person reads them, not in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| ScrubbingStderr)
         .try_init();
 }
