@@ -412,9 +412,8 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            // One line, whatever the error chain holds.
-            let text = config::scrub(&format!("{e:#}")).replace('\n', " ");
-            tracing::error!("{text}");
+            // One line, whatever the error chain holds, each cause once.
+            let text = config::scrub(&crate::pg::error_chain(e.as_ref())).replace('\n', " ");
             eprintln!("error: {text}");
             ExitCode::FAILURE
         }

@@ -196,9 +196,15 @@ async fn probe_database(pool: &deadpool_postgres::Pool, health: &Health) {
     match pool.get().await {
         Ok(c) => match c.simple_query("SELECT 1").await {
             Ok(_) => health.database_ok.store(true, Ordering::Relaxed),
-            Err(e) => tracing::warn!("Postgres is not answering yet: {e}; writes will retry"),
+            Err(e) => tracing::warn!(
+                "Postgres is not answering yet: {}; writes will retry",
+                crate::pg::error_chain(&e)
+            ),
         },
-        Err(e) => tracing::warn!("Postgres is not reachable yet: {e}; writes will retry"),
+        Err(e) => tracing::warn!(
+            "Postgres is not reachable yet: {}; writes will retry",
+            crate::pg::error_chain(&e)
+        ),
     }
 }
 

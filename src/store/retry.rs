@@ -121,14 +121,7 @@ pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
         }
         return s;
     }
-    let mut s = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
+    crate::pg::error_chain(err)
 }
 
 fn matches_fatal(text: &str, fatal: &[Regex]) -> bool {
@@ -194,8 +187,13 @@ pub(crate) fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex])
 /// Full text of a pool error (see [`describe`]).
 pub(crate) fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
-        deadpool_postgres::PoolError::Backend(e) => format!("pool: {}", describe(e)),
-        other => format!("pool: {other}"),
+        deadpool_postgres::PoolError::Backend(e) => {
+            format!("cannot connect to Postgres: {}", describe(e))
+        }
+        other => format!(
+            "Postgres connection pool: {}",
+            crate::pg::error_chain(other)
+        ),
     }
 }
 
