@@ -43,7 +43,10 @@ pub const SPOOL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 
 /// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
-pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // `run` waits for the database however long it takes (retryFor is for
+    // one-shot commands).
+    config.store.retry_for = None;
     // Every series exists from the first scrape.
     telemetry::register();
     let health = Arc::new(Health::default());

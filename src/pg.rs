@@ -804,6 +804,45 @@ pub async fn connect(settings: &PgSettings) -> anyhow::Result<Client> {
     }
 }
 
+/// [`connect`], retrying what the environment may fix (a server still
+/// starting, a database being restored, credentials being rolled out) for
+/// up to `retry_for`, then failing with the last error.
+pub async fn connect_retrying(
+    settings: &PgSettings,
+    retry_for: Duration,
+) -> anyhow::Result<Client> {
+    let target = settings.target();
+    let c = settings
+        .connector()
+        .with_context(|| format!("cannot connect to Postgres at {target}"))?;
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let e = match c.connect_once().await {
+            Ok((client, _task)) => return Ok(client),
+            Err(e) => e,
+        };
+        let text = error_chain(&e);
+        let left = retry_for.saturating_sub(started.elapsed());
+        let retryable = crate::store::retry::classify(&e, &[]).is_retryable();
+        if !retryable || left.is_zero() {
+            let after = if retryable {
+                format!(" (gave up after {}s, retryFor)", retry_for.as_secs_f64())
+            } else {
+                String::new()
+            };
+            bail!("cannot connect to Postgres at {target}{after}: {text}");
+        }
+        let w = wait.min(left);
+        tracing::warn!(
+            "cannot connect to Postgres at {target}: {text}; retrying in {}s",
+            w.as_secs_f64()
+        );
+        tokio::time::sleep(w).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// A connection pool. Connections are opened on first use, so a database
 /// that is still starting does not stop the process; the store retries.
 /// Creating or waiting for a connection times out after 30s (retryable),

@@ -57,6 +57,14 @@ use std::time::{Duration, Instant};
 use step::Step;
 use tokio::sync::watch;
 
+/// `retryFor`: a Go-style duration, always set (`run` clears it).
+fn retry_for<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::values::duration(d).map(Some)
+}
+
+/// Default of `retryFor`.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Retry behaviour of the store, with upstream's keys and defaults.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default)]
@@ -70,6 +78,12 @@ pub struct StoreSettings {
     /// configurable. Default: None
     #[serde(skip)]
     pub max_retries: Option<u32>,
+    /// How long a one-shot command (`replay`, `migrate`, `dead-letters`)
+    /// keeps retrying an unreachable or refusing database before it gives
+    /// up; `None` retries for ever, as `run` does whatever this says.
+    /// Default: 5m
+    #[serde(rename = "retryFor", deserialize_with = "retry_for")]
+    pub retry_for: Option<Duration>,
     /// Errors whose text matches any of these regexes are never retried;
     /// matched against `ERROR: message (SQLSTATE xxxxx)` as pgx formats it.
     /// Default: none
@@ -85,6 +99,7 @@ impl Default for StoreSettings {
         StoreSettings {
             max_backoff: Duration::from_secs(60),
             max_retries: None,
+            retry_for: Some(DEFAULT_RETRY_FOR),
             fatal_errors: Vec::new(),
         }
     }
@@ -195,6 +210,9 @@ impl WriteReport {
 pub enum StoreError {
     #[error("database write failed after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: String },
+    /// Retrying a retryable error took `retryFor`.
+    #[error("gave up after {}s of retries (retryFor): {last}", after.as_secs_f64())]
+    GaveUp { after: Duration, last: String },
     #[error("shutdown requested while retrying: {last}")]
     Shutdown { last: String },
     #[error("connection pool unusable: {0}")]
@@ -309,6 +327,7 @@ impl Store {
         let policy = RetryPolicy {
             max_backoff: settings.max_backoff,
             max_retries: settings.max_retries,
+            retry_for: settings.retry_for,
         };
         Store {
             pool,
@@ -378,7 +397,15 @@ impl Store {
                 attempts: 1,
                 last: e.text(),
             },
-            RetryError::Exhausted { attempts, last } => StoreError::RetriesExhausted {
+            RetryError::Exhausted {
+                after: Some(after),
+                last,
+                ..
+            } => StoreError::GaveUp {
+                after,
+                last: last.text(),
+            },
+            RetryError::Exhausted { attempts, last, .. } => StoreError::RetriesExhausted {
                 attempts,
                 last: last.text(),
             },
