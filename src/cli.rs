@@ -614,6 +614,7 @@ async fn migrate(
 /// `replay`: apply recorded files, print the summary.
 async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
+    deadletter::check_spool(&cfg.service.dead_letter_spool)?;
     let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);

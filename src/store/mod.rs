@@ -519,33 +519,83 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Checked<T>, DbFailure>>,
     {
-        let result = retry::retry(
-            &self.policy,
-            &self.settings.fatal_errors,
-            self.shutdown.as_ref(),
-            what,
-            op,
-        )
-        .await;
+        let mut op = op;
+        let started = Instant::now();
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_secs(1).min(self.settings.max_backoff),
+            self.settings.max_backoff,
+        );
         let changed = |to: Generation| StoreError::SchemaChanged {
             from: generation,
             to,
         };
-        match result {
-            Ok((Checked::Written(v), retries)) => {
-                report.retries = report.retries.saturating_add(retries);
-                Ok(Attempt::Done(v))
-            }
-            Ok((Checked::Changed(now), _)) => Err(changed(now.generation)),
-            Err(RetryError::Fatal(DbFailure::Op(e))) if caused_by_schema_change(&e) => {
-                let now = self.detect().await?;
-                if now.generation != generation {
-                    return Err(changed(now.generation));
+        loop {
+            let result = retry::retry(
+                &self.policy,
+                &self.settings.fatal_errors,
+                self.shutdown.as_ref(),
+                what,
+                &mut op,
+            )
+            .await;
+            match result {
+                Ok((Checked::Written(v), retries)) => {
+                    report.retries = report.retries.saturating_add(retries);
+                    return Ok(Attempt::Done(v));
                 }
-                Ok(Attempt::Fatal(e.text()))
+                Ok((Checked::Changed(now), _)) => return Err(changed(now.generation)),
+                Err(RetryError::Fatal(DbFailure::Op(e))) if caused_by_schema_change(&e) => {
+                    let now = self.detect().await?;
+                    if now.generation != generation {
+                        return Err(changed(now.generation));
+                    }
+                    if !missing_relation_or_column(&e) {
+                        return Ok(Attempt::Fatal(e.text()));
+                    }
+                    // A table or column the generation has is missing: the
+                    // environment's fault (a half-restored or hand-edited
+                    // database), never the rows'. Wait, as for an outage.
+                    let last = e.text();
+                    if let Some(limit) = self.settings.retry_for {
+                        if started.elapsed() >= limit {
+                            return Err(StoreError::GaveUp { after: limit, last });
+                        }
+                    }
+                    report.retries = report.retries.saturating_add(1);
+                    let mut wait = backoff.next_wait();
+                    if let Some(limit) = self.settings.retry_for {
+                        wait = wait.min(limit.saturating_sub(started.elapsed()));
+                    }
+                    tracing::warn!(
+                        what,
+                        wait_ms = wait.as_millis() as u64,
+                        error = %last,
+                        "a table or column of the Lookout schema is missing; nothing is \
+                         dead-lettered, will retry (run `lookout-ingester migrate`?)"
+                    );
+                    match &self.shutdown {
+                        Some(rx) => {
+                            if *rx.borrow() {
+                                return Err(StoreError::Shutdown { last });
+                            }
+                            let mut rx = rx.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                stopped = async { rx.wait_for(|v| *v).await.is_ok() } => if stopped {
+                                    return Err(StoreError::Shutdown { last });
+                                } else {
+                                    tokio::time::sleep(wait).await
+                                },
+                            }
+                        }
+                        None => tokio::time::sleep(wait).await,
+                    }
+                }
+                Err(RetryError::Fatal(e @ DbFailure::Op(_))) => {
+                    return Ok(Attempt::Fatal(e.text()))
+                }
+                Err(e) => return Err(self.give_up(e)),
             }
-            Err(RetryError::Fatal(e @ DbFailure::Op(_))) => Ok(Attempt::Fatal(e.text())),
-            Err(e) => Err(self.give_up(e)),
         }
     }
 
@@ -669,6 +719,13 @@ impl Store {
 }
 
 /// Whether `e` is an error that a schema change under the writer can cause.
+/// undefined_table or undefined_column.
+fn missing_relation_or_column(e: &OpError) -> bool {
+    e.err
+        .code()
+        .is_some_and(|c| ["42P01", "42703"].contains(&c.code()))
+}
+
 fn caused_by_schema_change(e: &OpError) -> bool {
     e.err
         .code()
