@@ -40,7 +40,7 @@ pub enum Command {
     /// Consume the job-set events topic and keep the Lookout database up to date.
     Run {
         #[command(flatten)]
-        settings: SettingArgs<ALL>,
+        settings: SettingArgs<RUN>,
     },
     /// Copy a topic's messages into a recorded event file (no subscription is touched).
     Record(RecordArgs),
@@ -54,7 +54,7 @@ pub enum Command {
     /// Bring the Lookout schema to generation 031, or to --to N (or show its state with --status).
     Migrate {
         #[command(flatten)]
-        settings: SettingArgs<DATABASE>,
+        settings: SettingArgs<MIGRATE>,
         /// Print the version, the generation the columns say and the pending migrations; change nothing.
         #[arg(long, conflicts_with_all = ["to", "allow_drop"])]
         status: bool,
@@ -173,9 +173,13 @@ const CONVERT: u8 = 8;
 const STORE: u8 = 16;
 const SPOOL: u8 = 32;
 const METRICS: u8 = 64;
+/// `--retry-for`: one-shot commands only (`run` retries for ever).
+const RETRY: u8 = 128;
 const ALL: u8 = u8::MAX;
-const REPLAY: u8 = DATABASE | BATCH | CONVERT | STORE | SPOOL;
-const DEAD_LETTERS: u8 = DATABASE | CONVERT | STORE | SPOOL;
+const RUN: u8 = ALL & !RETRY;
+const MIGRATE: u8 = DATABASE | RETRY;
+const REPLAY: u8 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY;
+const DEAD_LETTERS: u8 = DATABASE | CONVERT | STORE | SPOOL | RETRY;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
@@ -266,6 +270,12 @@ pub const FLAGS: &[Flag] = &[
         "maxBackoff",
         STORE,
         "Longest wait between retries, in seconds",
+    ),
+    flag(
+        "retry-for",
+        "retryFor",
+        RETRY,
+        "Give up on an unreachable or refusing database after this long, e.g. 2m",
     ),
     Flag {
         list: true,
@@ -420,9 +430,8 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            // One line, whatever the error chain holds.
-            let text = config::scrub(&format!("{e:#}")).replace('\n', " ");
-            tracing::error!("{text}");
+            // One line, whatever the error chain holds, each cause once.
+            let text = config::scrub(&crate::pg::error_chain(e.as_ref())).replace('\n', " ");
             eprintln!("error: {text}");
             ExitCode::FAILURE
         }
@@ -481,6 +490,8 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only where a person reads them, not in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| ScrubbingStderr)
         .try_init();
 }
@@ -529,7 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `run`: live ingestion until SIGTERM or SIGINT.
-async fn run_live(settings: &SettingArgs<ALL>) -> anyhow::Result<ExitCode> {
+async fn run_live(settings: &SettingArgs<RUN>) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     tracing::info!(
         "lookout-ingester {} starting: topic {} on {}, subscription {} ({:?}), database {}",
@@ -580,14 +591,17 @@ async fn publish(settings: &SettingArgs<ALL>, files: &[PathBuf]) -> anyhow::Resu
 /// `migrate`: bring the schema to the target generation, or print its
 /// state (exiting non-zero on a database newer than the binary).
 async fn migrate(
-    settings: &SettingArgs<DATABASE>,
+    settings: &SettingArgs<MIGRATE>,
     status: bool,
     to: Option<i64>,
     allow_drop: bool,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let mut client =
-        crate::pg::connect(&crate::pg::PgSettings::from_config(&cfg.postgres)?).await?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    let mut client = match cfg.store.retry_for {
+        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
+        None => crate::pg::connect(&pg).await?,
+    };
     if status {
         let status = migrate::status(&client).await?;
         print!("{status}");
@@ -616,6 +630,7 @@ async fn replay(
     files: Vec<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
+    deadletter::check_spool(&cfg.service.dead_letter_spool)?;
     let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
@@ -891,7 +906,7 @@ mod tests {
     #[test]
     fn migrate_takes_only_the_database() {
         assert!(parse(&["migrate", "--config", "c.yaml", "--database-url", "x"]).is_ok());
-        for flag in FLAGS.iter().filter(|f| f.group != DATABASE) {
+        for flag in FLAGS.iter().filter(|f| f.group & MIGRATE == 0) {
             let err = parse(&["migrate", &format!("--{}", flag.long), "1"]);
             assert!(err.is_err(), "migrate accepts --{}", flag.long);
         }

@@ -748,6 +748,15 @@ pub fn show(cfg: &Config) -> String {
         ),
         ("maxBackoff", num(cfg.store.max_backoff.as_secs())),
         (
+            "retryFor",
+            text(
+                &cfg.store
+                    .retry_for
+                    .map(|d| format!("{}s", d.as_secs_f64()))
+                    .unwrap_or_default(),
+            ),
+        ),
+        (
             "fatalInsertionErrors",
             list(
                 cfg.store

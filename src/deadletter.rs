@@ -573,6 +573,30 @@ pub fn show_view(d: &Stored) -> String {
     out
 }
 
+/// Checks at start that the dead-letter spool can be written (created if
+/// missing, appended to if present), so that an unwritable path is found
+/// before a dead letter needs it. An error names the path.
+pub fn check_spool(path: &std::path::Path) -> anyhow::Result<()> {
+    let existed = path.exists();
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    match result {
+        Ok(_) => {
+            if !existed {
+                // Leave no empty file behind: the spool's absence means "nothing spooled".
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "the dead-letter spool {} (deadLetterSpool) is not writable: {e}",
+            path.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoint on `metricsPort`: `/metrics` (Prometheus
 //! text format), `/healthz` (the process is alive) and `/readyz` (connected to
-//! the broker and Postgres, and the last batch was committed).
+//! the broker, Postgres answering its probe, and a schema this binary can
+//! write).
 //!
 //! Deliberately tiny: GET only, one request per connection, no keep-alive.
 //! Scrapers and probes need nothing more, and it keeps an HTTP framework out
@@ -18,12 +19,17 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug, Default)]
 pub struct Health {
     pub broker_connected: AtomicBool,
+    /// Postgres answered the last probe (or a batch was just committed).
     pub database_ok: AtomicBool,
+    /// The schema is one this binary can write (checked before consuming).
+    pub schema_ok: AtomicBool,
 }
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.broker_connected.load(Ordering::Relaxed) && self.database_ok.load(Ordering::Relaxed)
+        self.broker_connected.load(Ordering::Relaxed)
+            && self.database_ok.load(Ordering::Relaxed)
+            && self.schema_ok.load(Ordering::Relaxed)
     }
 }
 
@@ -100,10 +106,11 @@ fn route(request_line: &str, health: &Health) -> (&'static str, &'static str, St
         "/readyz" => {
             let b = health.broker_connected.load(Ordering::Relaxed);
             let d = health.database_ok.load(Ordering::Relaxed);
+            let s = health.schema_ok.load(Ordering::Relaxed);
             (
                 "503 Service Unavailable",
                 "text/plain",
-                format!("not ready: broker_connected={b} database_ok={d}\n"),
+                format!("not ready: broker_connected={b} database_ok={d} schema_ok={s}\n"),
             )
         }
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
@@ -124,7 +131,19 @@ mod tests {
         );
         h.broker_connected.store(true, Ordering::Relaxed);
         h.database_ok.store(true, Ordering::Relaxed);
+        assert_eq!(
+            route("GET /readyz HTTP/1.1", &h).0,
+            "503 Service Unavailable",
+            "not ready before the schema is checked"
+        );
+        h.schema_ok.store(true, Ordering::Relaxed);
         assert_eq!(route("GET /readyz HTTP/1.1", &h).0, "200 OK");
+        h.database_ok.store(false, Ordering::Relaxed);
+        assert_eq!(
+            route("GET /readyz HTTP/1.1", &h).0,
+            "503 Service Unavailable"
+        );
+        h.database_ok.store(true, Ordering::Relaxed);
         crate::metrics::BATCHES.inc();
         let (s, _, body) = route("GET /metrics HTTP/1.1", &h);
         assert_eq!(s, "200 OK");

@@ -4,10 +4,11 @@
 //! pulsar consumer ─► pipeline (batch, convert, store) ─► acknowledger ─► acks back to the consumer
 //! ```
 //!
-//! Before consuming, the Lookout schema generation is read from the catalog
-//! (a database this binary cannot write stops it there, before anything is
-//! received). A message is acknowledged only after every row it produced is
-//! committed (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
+//! Before consuming, the Lookout schema generation is read from the catalog;
+//! on a database this binary cannot write (not migrated) it waits there, not
+//! ready and subscribed to nothing, until the schema is migrated. A message
+//! is acknowledged only after every row it produced is committed
+//! (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
 //! pipeline commits what is in flight, the acks are sent, and the process
 //! exits; if that takes longer than the grace period, it exits anyway and
 //! the unacknowledged messages are redelivered to the next consumer.
@@ -24,7 +25,7 @@ use crate::convert::Converter;
 use crate::deadletter::DeadLetters;
 use crate::http::{self, Health};
 use crate::source::pulsar::{self, Ack};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::{ack, pipeline, telemetry};
 
 /// Stops a background task when `run` returns, however it returns.
@@ -43,7 +44,10 @@ pub const SPOOL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 
 /// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
-pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // `run` waits for the database however long it takes (retryFor is for
+    // one-shot commands).
+    config.store.retry_for = None;
     // Every series exists from the first scrape.
     telemetry::register();
     let health = Arc::new(Health::default());
@@ -63,13 +67,26 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     // The store stops retrying only when shutdown is forced (grace expired).
     let (force_tx, force_rx) = watch::channel(false);
     let store = Arc::new(Store::new(pool.clone(), config.store).with_shutdown(force_rx));
-    probe_database(&pool, &health).await;
-    // Which generation to write for, before consuming anything; a database
-    // this binary cannot write stops it here. Retried while Postgres is
-    // unreachable, unless asked to stop meanwhile.
+    crate::deadletter::check_spool(&config.service.dead_letter_spool)?;
+    probe_database(&pool, &health, true).await;
+    // Readiness follows Postgres: a probe every few seconds.
+    let _prober = AbortOnDrop({
+        let (pool, health) = (pool.clone(), health.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DATABASE_PROBE_INTERVAL);
+            loop {
+                tick.tick().await;
+                probe_database(&pool, &health, false).await;
+            }
+        })
+    });
+    // Which generation to write for, before consuming anything. A database
+    // this binary cannot write (not migrated, unknown columns) keeps `run`
+    // not ready and consuming nothing until it is migrated. Retried while
+    // Postgres is unreachable, unless asked to stop meanwhile.
     let mut stop_wait = stop.clone();
     tokio::select! {
-        r = store.detect() => { r?; }
+        r = wait_for_schema(&store, &health) => r?,
         _ = async {
             // A dropped sender never stops us.
             if stop_wait.wait_for(|v| *v).await.is_err() {
@@ -192,13 +209,62 @@ async fn stages_join_after_stop(
     }
 }
 
-async fn probe_database(pool: &deadpool_postgres::Pool, health: &Health) {
-    match pool.get().await {
-        Ok(c) => match c.simple_query("SELECT 1").await {
-            Ok(_) => health.database_ok.store(true, Ordering::Relaxed),
-            Err(e) => tracing::warn!("Postgres is not answering yet: {e}; writes will retry"),
-        },
-        Err(e) => tracing::warn!("Postgres is not reachable yet: {e}; writes will retry"),
+/// How often `run` checks Postgres for `/readyz`.
+pub const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often `run` checks again a database it cannot write yet.
+pub const SCHEMA_RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Until the schema is one this binary can write: logs once what to do
+/// and checks again every [`SCHEMA_RECHECK_INTERVAL`], not ready meanwhile.
+async fn wait_for_schema(store: &Store, health: &Health) -> anyhow::Result<()> {
+    let mut told = false;
+    loop {
+        match store.detect().await {
+            Ok(_) => {
+                if told {
+                    tracing::info!("the Lookout schema can be written now; consuming");
+                }
+                health.schema_ok.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(StoreError::Schema(e)) => {
+                health.schema_ok.store(false, Ordering::Relaxed);
+                if !told {
+                    tracing::error!(
+                        "not consuming: {e}; waiting (not ready), checking again every {}s",
+                        SCHEMA_RECHECK_INTERVAL.as_secs()
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(SCHEMA_RECHECK_INTERVAL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sets `database_ok` from a `SELECT 1`; logs when Postgres goes away (and
+/// on the `first` probe if it is not there).
+async fn probe_database(pool: &deadpool_postgres::Pool, health: &Health, first: bool) {
+    let probe = async {
+        let c = pool.get().await.map_err(|e| crate::pg::error_chain(&e))?;
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| crate::pg::error_chain(&e))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(_)) => health.database_ok.store(true, Ordering::Relaxed),
+        Ok(Err(e)) => {
+            if health.database_ok.swap(false, Ordering::Relaxed) || first {
+                tracing::warn!("Postgres is not reachable: {e}; not ready, writes will retry");
+            }
+        }
+        Err(_) => {
+            if health.database_ok.swap(false, Ordering::Relaxed) || first {
+                tracing::warn!("Postgres did not answer within 5s; not ready, writes will retry");
+            }
+        }
     }
 }
 

@@ -730,20 +730,62 @@ impl deadpool_postgres::Connect for PgConnect {
     }
 }
 
-/// An error and its causes on one line (tokio-postgres' `Display` shows only
-/// the kind, e.g. "db error"; the server's message is in the source).
+/// An error and its causes on one line, each said once: tokio-postgres'
+/// `Display` shows only the kind ("db error") and repeats its cause, and the
+/// pool wraps it in "Error occurred while creating a new object". A server
+/// error ends the line with the server's own message (`database "x" does
+/// not exist`), its detail and hint.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
     while let Some(c) = cur {
-        // OpenSSL's errors repeat their cause in their own text.
+        let db = c
+            .downcast_ref::<tokio_postgres::error::DbError>()
+            .or_else(|| {
+                c.downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.as_db_error())
+            });
+        if let Some(db) = db {
+            parts.push(server_message(db));
+            break;
+        }
         let text = c.to_string();
-        if !s.contains(&text) {
-            let _ = write!(s, ": {text}");
+        // A wrapper's text often ends with its cause's: keep its own part.
+        let own = match c.source().map(|s| s.to_string()) {
+            Some(next) if text.ends_with(&format!(": {next}")) => {
+                text[..text.len() - next.len() - 2].to_string()
+            }
+            Some(next) if text == next => String::new(),
+            _ => text,
+        };
+        let own = match own.as_str() {
+            "db error" | "" => None,
+            "Error occurred while creating a new object" => {
+                Some("cannot connect to Postgres".to_string())
+            }
+            _ => Some(own),
+        };
+        if let Some(own) = own {
+            // OpenSSL's errors repeat their cause in their own text.
+            if !parts.iter().any(|p| p.contains(&own)) {
+                parts.push(own);
+            }
         }
         cur = c.source();
     }
-    s.replace('\n', "; ")
+    parts.join(": ").replace('\n', "; ")
+}
+
+/// The server's message, its detail and hint, as the server said them.
+pub fn server_message(db: &tokio_postgres::error::DbError) -> String {
+    let mut s = db.message().to_string();
+    if let Some(d) = db.detail() {
+        let _ = write!(s, " (detail: {d})");
+    }
+    if let Some(h) = db.hint() {
+        let _ = write!(s, " (hint: {h})");
+    }
+    s
 }
 
 /// One client, its connection driven on a task. Errors name the target
@@ -759,6 +801,45 @@ pub async fn connect(settings: &PgSettings) -> anyhow::Result<Client> {
             "cannot connect to Postgres at {target}: {}",
             error_chain(&e)
         )),
+    }
+}
+
+/// [`connect`], retrying what the environment may fix (a server still
+/// starting, a database being restored, credentials being rolled out) for
+/// up to `retry_for`, then failing with the last error.
+pub async fn connect_retrying(
+    settings: &PgSettings,
+    retry_for: Duration,
+) -> anyhow::Result<Client> {
+    let target = settings.target();
+    let c = settings
+        .connector()
+        .with_context(|| format!("cannot connect to Postgres at {target}"))?;
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let e = match c.connect_once().await {
+            Ok((client, _task)) => return Ok(client),
+            Err(e) => e,
+        };
+        let text = error_chain(&e);
+        let left = retry_for.saturating_sub(started.elapsed());
+        let retryable = crate::store::retry::classify(&e, &[]).is_retryable();
+        if !retryable || left.is_zero() {
+            let after = if retryable {
+                format!(" (gave up after {}s, retryFor)", retry_for.as_secs_f64())
+            } else {
+                String::new()
+            };
+            bail!("cannot connect to Postgres at {target}{after}: {text}");
+        }
+        let w = wait.min(left);
+        tracing::warn!(
+            "cannot connect to Postgres at {target}: {text}; retrying in {}s",
+            w.as_secs_f64()
+        );
+        tokio::time::sleep(w).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -131,6 +131,8 @@ async fn run_bounded(args: &[String], env: &[(String, String)], dir: &Path) -> O
     cmd.args(args)
         .current_dir(dir)
         .env("RUST_LOG", "debug")
+        // One-shot commands give up on the unreachable server within the limit.
+        .env("ARMADA_RETRYFOR", "1s")
         .env_remove("LOOKOUT_DATABASE_URL")
         .env_remove("PGPASSWORD")
         .stdout(Stdio::piped())

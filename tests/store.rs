@@ -29,6 +29,7 @@ fn fast() -> StoreSettings {
     StoreSettings {
         max_backoff: Duration::from_millis(10),
         max_retries: Some(50),
+        retry_for: None,
         fatal_errors: vec![],
     }
 }

@@ -374,7 +374,9 @@ async fn status_as_app(
         .env_remove("PGPASSWORD")
         .env_remove("PGPASSFILE")
         // No ~/.pgpass of the machine's user interferes.
-        .env("HOME", certs.dir.path());
+        .env("HOME", certs.dir.path())
+        // A refused connection ends the command at once.
+        .env("ARMADA_RETRYFOR", "0s");
     for (k, v) in env {
         c.env(k, v);
     }

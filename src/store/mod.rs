@@ -57,6 +57,14 @@ use std::time::{Duration, Instant};
 use step::Step;
 use tokio::sync::watch;
 
+/// `retryFor`: a Go-style duration, always set (`run` clears it).
+fn retry_for<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::values::duration(d).map(Some)
+}
+
+/// Default of `retryFor`.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Retry behaviour of the store, with upstream's keys and defaults.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default)]
@@ -70,6 +78,12 @@ pub struct StoreSettings {
     /// configurable. Default: None
     #[serde(skip)]
     pub max_retries: Option<u32>,
+    /// How long a one-shot command (`replay`, `migrate`, `dead-letters`)
+    /// keeps retrying an unreachable or refusing database before it gives
+    /// up; `None` retries for ever, as `run` does whatever this says.
+    /// Default: 5m
+    #[serde(rename = "retryFor", deserialize_with = "retry_for")]
+    pub retry_for: Option<Duration>,
     /// Errors whose text matches any of these regexes are never retried;
     /// matched against `ERROR: message (SQLSTATE xxxxx)` as pgx formats it.
     /// Default: none
@@ -85,6 +99,7 @@ impl Default for StoreSettings {
         StoreSettings {
             max_backoff: Duration::from_secs(60),
             max_retries: None,
+            retry_for: Some(DEFAULT_RETRY_FOR),
             fatal_errors: Vec::new(),
         }
     }
@@ -195,6 +210,9 @@ impl WriteReport {
 pub enum StoreError {
     #[error("database write failed after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: String },
+    /// Retrying a retryable error took `retryFor`.
+    #[error("gave up after {}s of retries (retryFor): {last}", after.as_secs_f64())]
+    GaveUp { after: Duration, last: String },
     #[error("shutdown requested while retrying: {last}")]
     Shutdown { last: String },
     #[error("connection pool unusable: {0}")]
@@ -309,6 +327,7 @@ impl Store {
         let policy = RetryPolicy {
             max_backoff: settings.max_backoff,
             max_retries: settings.max_retries,
+            retry_for: settings.retry_for,
         };
         Store {
             pool,
@@ -378,7 +397,15 @@ impl Store {
                 attempts: 1,
                 last: e.text(),
             },
-            RetryError::Exhausted { attempts, last } => StoreError::RetriesExhausted {
+            RetryError::Exhausted {
+                after: Some(after),
+                last,
+                ..
+            } => StoreError::GaveUp {
+                after,
+                last: last.text(),
+            },
+            RetryError::Exhausted { attempts, last, .. } => StoreError::RetriesExhausted {
                 attempts,
                 last: last.text(),
             },
@@ -492,33 +519,83 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Checked<T>, DbFailure>>,
     {
-        let result = retry::retry(
-            &self.policy,
-            &self.settings.fatal_errors,
-            self.shutdown.as_ref(),
-            what,
-            op,
-        )
-        .await;
+        let mut op = op;
+        let started = Instant::now();
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_secs(1).min(self.settings.max_backoff),
+            self.settings.max_backoff,
+        );
         let changed = |to: Generation| StoreError::SchemaChanged {
             from: generation,
             to,
         };
-        match result {
-            Ok((Checked::Written(v), retries)) => {
-                report.retries = report.retries.saturating_add(retries);
-                Ok(Attempt::Done(v))
-            }
-            Ok((Checked::Changed(now), _)) => Err(changed(now.generation)),
-            Err(RetryError::Fatal(DbFailure::Op(e))) if caused_by_schema_change(&e) => {
-                let now = self.detect().await?;
-                if now.generation != generation {
-                    return Err(changed(now.generation));
+        loop {
+            let result = retry::retry(
+                &self.policy,
+                &self.settings.fatal_errors,
+                self.shutdown.as_ref(),
+                what,
+                &mut op,
+            )
+            .await;
+            match result {
+                Ok((Checked::Written(v), retries)) => {
+                    report.retries = report.retries.saturating_add(retries);
+                    return Ok(Attempt::Done(v));
                 }
-                Ok(Attempt::Fatal(e.text()))
+                Ok((Checked::Changed(now), _)) => return Err(changed(now.generation)),
+                Err(RetryError::Fatal(DbFailure::Op(e))) if caused_by_schema_change(&e) => {
+                    let now = self.detect().await?;
+                    if now.generation != generation {
+                        return Err(changed(now.generation));
+                    }
+                    if !missing_relation_or_column(&e) {
+                        return Ok(Attempt::Fatal(e.text()));
+                    }
+                    // A table or column the generation has is missing: the
+                    // environment's fault (a half-restored or hand-edited
+                    // database), never the rows'. Wait, as for an outage.
+                    let last = e.text();
+                    if let Some(limit) = self.settings.retry_for {
+                        if started.elapsed() >= limit {
+                            return Err(StoreError::GaveUp { after: limit, last });
+                        }
+                    }
+                    report.retries = report.retries.saturating_add(1);
+                    let mut wait = backoff.next_wait();
+                    if let Some(limit) = self.settings.retry_for {
+                        wait = wait.min(limit.saturating_sub(started.elapsed()));
+                    }
+                    tracing::warn!(
+                        what,
+                        wait_ms = wait.as_millis() as u64,
+                        error = %last,
+                        "a table or column of the Lookout schema is missing; nothing is \
+                         dead-lettered, will retry (run `lookout-ingester migrate`?)"
+                    );
+                    match &self.shutdown {
+                        Some(rx) => {
+                            if *rx.borrow() {
+                                return Err(StoreError::Shutdown { last });
+                            }
+                            let mut rx = rx.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                stopped = async { rx.wait_for(|v| *v).await.is_ok() } => if stopped {
+                                    return Err(StoreError::Shutdown { last });
+                                } else {
+                                    tokio::time::sleep(wait).await
+                                },
+                            }
+                        }
+                        None => tokio::time::sleep(wait).await,
+                    }
+                }
+                Err(RetryError::Fatal(e @ DbFailure::Op(_))) => {
+                    return Ok(Attempt::Fatal(e.text()))
+                }
+                Err(e) => return Err(self.give_up(e)),
             }
-            Err(RetryError::Fatal(e @ DbFailure::Op(_))) => Ok(Attempt::Fatal(e.text())),
-            Err(e) => Err(self.give_up(e)),
         }
     }
 
@@ -642,6 +719,13 @@ impl Store {
 }
 
 /// Whether `e` is an error that a schema change under the writer can cause.
+/// undefined_table or undefined_column.
+fn missing_relation_or_column(e: &OpError) -> bool {
+    e.err
+        .code()
+        .is_some_and(|c| ["42P01", "42703"].contains(&c.code()))
+}
+
 fn caused_by_schema_change(e: &OpError) -> bool {
     e.err
         .code()

@@ -121,14 +121,7 @@ pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
         }
         return s;
     }
-    let mut s = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
+    crate::pg::error_chain(err)
 }
 
 fn matches_fatal(text: &str, fatal: &[Regex]) -> bool {
@@ -194,8 +187,13 @@ pub(crate) fn classify_pool(err: &deadpool_postgres::PoolError, fatal: &[Regex])
 /// Full text of a pool error (see [`describe`]).
 pub(crate) fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
     match err {
-        deadpool_postgres::PoolError::Backend(e) => format!("pool: {}", describe(e)),
-        other => format!("pool: {other}"),
+        deadpool_postgres::PoolError::Backend(e) => {
+            format!("cannot connect to Postgres: {}", describe(e))
+        }
+        other => format!(
+            "Postgres connection pool: {}",
+            crate::pg::error_chain(other)
+        ),
     }
 }
 
@@ -210,6 +208,9 @@ pub(crate) struct RetryPolicy {
     pub(crate) max_backoff: Duration,
     /// Retries after the first attempt; `None` retries forever (upstream's default).
     pub(crate) max_retries: Option<u32>,
+    /// Give up once retrying has taken this long (`retryFor`); `None`
+    /// retries for ever (`run`).
+    pub(crate) retry_for: Option<Duration>,
 }
 
 /// An error the retry loop can reason about.
@@ -226,8 +227,13 @@ pub(crate) trait RetryableError {
 pub(crate) enum RetryError<E> {
     /// Not retryable: the caller decides (fallback or report).
     Fatal(E),
-    /// Retryable, but `max_retries` retries failed too.
-    Exhausted { attempts: u32, last: E },
+    /// Retryable, but `max_retries` retries failed too, or retrying took
+    /// `retry_for` (then `after` is that time).
+    Exhausted {
+        attempts: u32,
+        last: E,
+        after: Option<Duration>,
+    },
     /// Shutdown was requested while waiting to retry.
     Shutdown { last: E },
 }
@@ -260,6 +266,7 @@ where
 {
     let mut backoff = store_backoff(policy.max_backoff);
     let mut retries: u32 = 0;
+    let started = std::time::Instant::now();
     loop {
         let err = match op().await {
             Ok(v) => return Ok((v, retries)),
@@ -276,10 +283,23 @@ where
             return Err(RetryError::Exhausted {
                 attempts: retries.saturating_add(1),
                 last: err,
+                after: None,
             });
         }
+        let mut wait = backoff.next_wait();
+        if let Some(limit) = policy.retry_for {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(RetryError::Exhausted {
+                    attempts: retries.saturating_add(1),
+                    last: err,
+                    after: Some(limit),
+                });
+            }
+            // The last attempt comes at the deadline, not after it.
+            wait = wait.min(left);
+        }
         retries = retries.saturating_add(1);
-        let wait = backoff.next_wait();
         tracing::warn!(
             what,
             retry = retries,
@@ -406,6 +426,7 @@ mod tests {
         RetryPolicy {
             max_backoff: Duration::from_millis(1),
             max_retries,
+            retry_for: None,
         }
     }
 
@@ -477,11 +498,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retry_for_bounds_the_time() {
+        let p = RetryPolicy {
+            max_backoff: Duration::from_secs(3600),
+            max_retries: None,
+            retry_for: Some(Duration::from_millis(300)),
+        };
+        let started = std::time::Instant::now();
+        let r: Result<((), u32), _> = retry(&p, &[], None, "test", || async {
+            Err::<(), _>(Fake(ErrorClass::Retryable, "refused"))
+        })
+        .await;
+        assert!(
+            matches!(r, Err(RetryError::Exhausted { after: Some(_), .. })),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
     async fn shutdown_stops_waiting() {
         let (tx, rx) = watch::channel(false);
         let slow = RetryPolicy {
             max_backoff: Duration::from_secs(3600),
             max_retries: None,
+            retry_for: None,
         };
         let started = std::time::Instant::now();
         let stopper = tokio::spawn(async move {
