@@ -99,6 +99,9 @@ pub struct RecordArgs {
     /// Gzip the file.
     #[arg(long)]
     gzip: bool,
+    /// Replace --out if it exists (it is kept otherwise).
+    #[arg(long)]
+    force: bool,
     /// Skip messages published before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
     #[arg(long)]
     since: Option<String>,
@@ -551,6 +554,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         idle,
         max_messages: args.max_messages,
         gzip: args.gzip,
+        force: args.force,
     };
     let r = record::record(&cfg.pulsar, &args.out, &opts).await?;
     println!("{}", r.summary(&cfg.pulsar.topic, &args.out));
