@@ -285,7 +285,9 @@ pub async fn run(
                 }
                 batch = acks.recv() => match batch {
                     None => {
-                        let _ = consumer.close().await;
+                        // Closing asks the broker; a broker that does not
+                        // answer must not hold the exit up.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
                         return Ok(());
                     }
                     Some(batch) => {
@@ -306,9 +308,14 @@ pub async fn run(
                         }
                     }
                 },
-                msg = consumer.next(), if receiving => match msg {
+                // Polled after a stop too: during a catch-up the client's
+                // engine blocks delivering into a full queue, and processes
+                // no acknowledgements until it is read. What is read after
+                // the stop is dropped unacknowledged (redelivered later).
+                msg = consumer.next() => match msg {
                     None => break "the consumer stream ended".to_string(),
                     Some(Err(e)) => break format!("receive failed: {e}"),
+                    Some(Ok(_)) if !receiving => {}
                     Some(Ok(m)) => {
                         let topic = topics.entry(m.topic.clone()).or_insert_with(|| Arc::from(m.topic.as_str())).clone();
                         let raw = m.message_id();
