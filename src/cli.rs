@@ -43,7 +43,8 @@ pub enum Command {
     /// Publish recorded event files to the topic, one message per record (demos, tests).
     Publish {
         #[command(flatten)]
-        settings: SettingArgs<ALL>,
+        settings: SettingArgs<PULSAR, DATABASE>,
+        /// Recorded event files (plain or gzip), published in order, one message per record.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -73,7 +74,7 @@ pub enum Command {
     #[command(name = "dead-letters")]
     DeadLetters {
         #[command(flatten)]
-        settings: SettingArgs<DEAD_LETTERS>,
+        settings: SettingArgs<{ DEAD_LETTERS | GLOBAL }>,
         #[command(subcommand)]
         action: DeadLetterAction,
     },
@@ -92,7 +93,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RecordArgs {
     #[command(flatten)]
-    settings: SettingArgs<ALL>,
+    settings: SettingArgs<PULSAR, DATABASE>,
     /// File to write.
     #[arg(long)]
     out: PathBuf,
@@ -133,6 +134,7 @@ pub struct SampleArgs {
 pub enum DeadLetterAction {
     /// One line per dead letter (oldest first); --json prints one JSON object per line.
     List {
+        /// One JSON object per line instead of one summary line per dead letter.
         #[arg(long)]
         json: bool,
         /// At most this many.
@@ -140,7 +142,10 @@ pub enum DeadLetterAction {
         limit: i64,
     },
     /// Everything about one dead letter, with what its payload decodes to.
-    Show { id: i64 },
+    Show {
+        /// The dead letter's id (the first column of `list`).
+        id: i64,
+    },
     /// Send dead letters through the normal path again; those that now apply are removed.
     Retry {
         /// The dead letter to retry.
@@ -150,9 +155,10 @@ pub enum DeadLetterAction {
         #[arg(long)]
         all: bool,
     },
-    /// Delete dead letters older than a duration (e.g. 720h).
+    /// Delete dead letters older than a duration (e.g. 30d or 720h).
     Purge {
-        #[arg(long)]
+        /// Age of the dead letters to delete: a duration such as 30d, 12h or 90m.
+        #[arg(long, value_name = "DURATION")]
         older_than: String,
     },
     /// Move dead letters from the local spool file into the table.
@@ -161,23 +167,27 @@ pub enum DeadLetterAction {
 
 // What a setting flag is about; each command takes the groups it uses, so
 // that no command accepts a flag it would ignore.
-const DATABASE: u8 = 1;
-const PULSAR: u8 = 2;
-const BATCH: u8 = 4;
-const CONVERT: u8 = 8;
-const STORE: u8 = 16;
-const SPOOL: u8 = 32;
-const METRICS: u8 = 64;
-const ALL: u8 = u8::MAX;
-const REPLAY: u8 = DATABASE | BATCH | CONVERT | STORE | SPOOL;
-const DEAD_LETTERS: u8 = DATABASE | CONVERT | STORE | SPOOL;
+const DATABASE: u16 = 1;
+const PULSAR: u16 = 2;
+const BATCH: u16 = 4;
+const CONVERT: u16 = 8;
+const STORE: u16 = 16;
+const SPOOL: u16 = 32;
+const METRICS: u16 = 64;
+const SUBSCRIPTION: u16 = 128;
+const ALL: u16 = 255;
+/// Not a group: the command's setting flags are accepted after its
+/// subcommand too (`dead-letters list --database-url URL`).
+const GLOBAL: u16 = 256;
+const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL;
+const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
     pub long: &'static str,
     /// The key it sets (see [`config`]).
     pub key: &'static str,
-    group: u8,
+    group: u16,
     help: &'static str,
     /// Repeatable and comma-separated: the values form a list.
     list: bool,
@@ -188,7 +198,7 @@ pub struct Flag {
     env: Option<&'static str>,
 }
 
-const fn flag(long: &'static str, key: &'static str, group: u8, help: &'static str) -> Flag {
+const fn flag(long: &'static str, key: &'static str, group: u16, help: &'static str) -> Flag {
     Flag {
         long,
         key,
@@ -218,13 +228,13 @@ pub const FLAGS: &[Flag] = &[
     flag(
         "subscription",
         "subscriptionName",
-        PULSAR,
+        SUBSCRIPTION,
         "Subscription name",
     ),
     flag(
         "subscription-type",
         "subscriptionType",
-        PULSAR,
+        SUBSCRIPTION,
         "Failover (default), Exclusive, Shared or KeyShared",
     ),
     flag("batch-size", "batchSize", BATCH, "Events per batch"),
@@ -295,16 +305,18 @@ pub const FLAGS: &[Flag] = &[
 ];
 
 /// `--config` files and the setting flags of the groups in `G`, as the
-/// `(key, value)` pairs they set.
+/// `(key, value)` pairs they set. The flags of the groups in `H` are
+/// accepted but not shown in help (a shared `--database-url` on a command
+/// that does not use it).
 #[derive(Debug, Clone, Default)]
-pub struct SettingArgs<const G: u8> {
+pub struct SettingArgs<const G: u16, const H: u16 = 0> {
     pub config: Vec<PathBuf>,
     pub flags: Vec<(&'static str, Value)>,
 }
 
-impl<const G: u8> SettingArgs<G> {
+impl<const G: u16, const H: u16> SettingArgs<G, H> {
     fn flags() -> impl Iterator<Item = &'static Flag> {
-        FLAGS.iter().filter(|f| f.group & G != 0)
+        FLAGS.iter().filter(|f| f.group & (G | H) & ALL != 0)
     }
 
     /// Loads the configuration, logging what was odd about it.
@@ -320,7 +332,7 @@ impl<const G: u8> SettingArgs<G> {
     }
 }
 
-impl<const G: u8> FromArgMatches for SettingArgs<G> {
+impl<const G: u16, const H: u16> FromArgMatches for SettingArgs<G, H> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let config = m
             .get_many::<PathBuf>("config")
@@ -348,19 +360,21 @@ impl<const G: u8> FromArgMatches for SettingArgs<G> {
     }
 }
 
-impl<const G: u8> Args for SettingArgs<G> {
+impl<const G: u16, const H: u16> Args for SettingArgs<G, H> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         let config = Arg::new("config")
             .long("config")
             .value_name("FILE")
             .action(ArgAction::Append)
             .value_parser(clap::value_parser!(PathBuf))
-            .help("Upstream lookoutingester YAML; repeatable, later files override earlier ones");
+            .help("Upstream lookoutingester YAML; repeatable, later files override earlier ones")
+            .global(G & GLOBAL != 0);
         Self::flags().fold(cmd.arg(config), |cmd, f| {
             let mut arg = Arg::new(f.long)
                 .long(f.long)
                 .help(format!("{} [key: {}]", f.help, f.key))
-                .hide(f.hidden);
+                .hide(f.hidden || f.group & G == 0)
+                .global(G & GLOBAL != 0);
             // Two flags for one key (a unit alias) cannot both be given.
             for other in Self::flags().filter(|o| o.key == f.key && o.long != f.long) {
                 arg = arg.conflicts_with(other.long);
@@ -562,7 +576,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `publish`: send recorded files to the topic.
-async fn publish(settings: &SettingArgs<ALL>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+async fn publish(
+    settings: &SettingArgs<PULSAR, DATABASE>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let n = record::publish(&cfg.pulsar, files).await?;
     println!("published {n} messages to {}", cfg.pulsar.topic);
@@ -620,7 +637,7 @@ async fn replay(settings: &SettingArgs<REPLAY>, files: Vec<PathBuf>) -> anyhow::
 
 /// `dead-letters`: inspect, retry, purge or flush dead letters.
 async fn dead_letters(
-    settings: &SettingArgs<DEAD_LETTERS>,
+    settings: &SettingArgs<{ DEAD_LETTERS | GLOBAL }>,
     action: DeadLetterAction,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
@@ -628,7 +645,16 @@ async fn dead_letters(
     let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
     match action {
         DeadLetterAction::List { json, limit } => {
-            for d in dead.list(limit).await? {
+            let list = dead.list(limit).await?;
+            if list.is_empty() {
+                // Not on stdout with --json: that stays one object per line.
+                if json {
+                    eprintln!("no dead letters");
+                } else {
+                    println!("no dead letters");
+                }
+            }
+            for d in list {
                 if json {
                     println!("{}", serde_json::to_string(&d)?);
                 } else {

@@ -107,3 +107,170 @@ async fn record_keeps_an_existing_file_and_refuses_a_missing_topic() {
     assert!(partial_files(dir.path()).is_empty());
     broker.stop().await;
 }
+
+/// `--help` of a subcommand path, exit 0.
+async fn help(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.push("--help");
+    let out = cli(all).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out.stdout
+}
+
+/// Every option and argument in a help text has a description.
+fn assert_all_described(help: &str) {
+    for line in help.lines() {
+        let t = line.trim_start();
+        let is_item = (t.starts_with("--") || t.starts_with("-h") || t.starts_with('<'))
+            && line.starts_with("  ");
+        if !is_item {
+            continue;
+        }
+        // Described on the same line (two spaces after the name) or the next.
+        let same_line = t.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+        let next = help.lines().skip_while(|l| *l != line).nth(1).unwrap_or("");
+        let next_line = next.starts_with("          ") && !next.trim().is_empty();
+        assert!(
+            same_line || next_line,
+            "no description for {t:?} in\n{help}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn help_describes_every_option_and_lists_only_real_ones() {
+    for path in [
+        &["record"][..],
+        &["publish"],
+        &["replay"],
+        &["run"],
+        &["migrate"],
+        &["sample"],
+        &["dead-letters"],
+        &["dead-letters", "list"],
+        &["dead-letters", "purge"],
+        &["dead-letters", "retry"],
+        &["dead-letters", "show"],
+        &["dead-letters", "flush"],
+    ] {
+        assert_all_described(&help(path).await);
+    }
+    // record and publish read the topic, nothing else.
+    for cmd in ["record", "publish"] {
+        let h = help(&[cmd]).await;
+        for ignored in [
+            "--database-url",
+            "--batch-size",
+            "--batch-duration",
+            "--metrics-port",
+            "--dead-letter-spool",
+            "--subscription",
+            "--max-backoff",
+            "--annotation-blocklist",
+        ] {
+            assert!(!h.contains(ignored), "{cmd} lists {ignored}:\n{h}");
+        }
+        assert!(h.contains("--pulsar-url") && h.contains("--topic"), "{h}");
+    }
+    // One duration syntax: replay documents --batch-duration, not the ms alias.
+    let h = help(&["replay"]).await;
+    assert!(h.contains("--batch-duration <"), "{h}");
+    assert!(!h.contains("--batch-duration-ms"), "{h}");
+    // A flag record ignores is refused.
+    let out = cli(["record", "--batch-size", "5", "--out", "/nonexistent/x"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn dead_letters_take_settings_after_the_action_and_say_when_there_are_none() {
+    let db = common::TestDb::migrated().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool.jsonl").display().to_string();
+    let url = db.url.clone();
+    // Settings before and after the action.
+    for args in [
+        vec![
+            "dead-letters",
+            "--database-url",
+            &url,
+            "--dead-letter-spool",
+            &spool,
+            "list",
+        ],
+        vec![
+            "dead-letters",
+            "list",
+            "--database-url",
+            &url,
+            "--dead-letter-spool",
+            &spool,
+        ],
+    ] {
+        let out = cli(&args).await;
+        assert_eq!(out.code, Some(0), "{args:?}\n{}", out.stderr);
+        assert_eq!(out.stdout, "no dead letters\n", "{args:?}");
+    }
+    // --json keeps stdout for objects; the remark goes to stderr.
+    let out = cli([
+        "dead-letters",
+        "list",
+        "--json",
+        "--database-url",
+        &url,
+        "--dead-letter-spool",
+        &spool,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("no dead letters"), "{}", out.stderr);
+    // One duration syntax everywhere: days too.
+    let out = cli([
+        "dead-letters",
+        "purge",
+        "--older-than",
+        "30d",
+        "--database-url",
+        &url,
+        "--dead-letter-spool",
+        &spool,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("purged 0 dead letter(s)"),
+        "{}",
+        out.stdout
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn replay_takes_the_duration_syntax_of_run_and_refuses_a_zero_batch_size() {
+    let out = cli([
+        "replay",
+        "--batch-size",
+        "0",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/none",
+        "/dev/null",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("batchSize: must be at least 1"),
+        "{}",
+        out.stderr
+    );
+    let out = cli([
+        "replay",
+        "--batch-duration",
+        "soon",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/none",
+        "/dev/null",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("batchDuration"), "{}", out.stderr);
+}
