@@ -312,6 +312,8 @@ pub const FLAGS: &[Flag] = &[
 pub struct SettingArgs<const G: u16, const H: u16 = 0> {
     pub config: Vec<PathBuf>,
     pub flags: Vec<(&'static str, Value)>,
+    /// Where the database setting came from, when a flag or its variable set it.
+    pub database_source: Option<&'static str>,
 }
 
 impl<const G: u16, const H: u16> SettingArgs<G, H> {
@@ -328,6 +330,14 @@ impl<const G: u16, const H: u16> SettingArgs<G, H> {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        // --database-url (or its variable LOOKOUT_DATABASE_URL) replaces
+        // postgres.connection from files and ARMADA_*: say which one won.
+        if let Some(source) = self.database_source {
+            tracing::info!(
+                "Postgres connection from {source}, which overrides postgres.connection \
+                 in config files and ARMADA_POSTGRES_CONNECTION*"
+            );
+        }
         Ok(loaded.config)
     }
 }
@@ -339,10 +349,17 @@ impl<const G: u16, const H: u16> FromArgMatches for SettingArgs<G, H> {
             .map(|v| v.cloned().collect())
             .unwrap_or_default();
         let mut flags = Vec::new();
+        let mut database_source = None;
         for f in Self::flags() {
             let Some(values) = m.get_many::<String>(f.long) else {
                 continue;
             };
+            if f.key == "postgres.connection" {
+                database_source = Some(match (m.value_source(f.long), f.env) {
+                    (Some(clap::parser::ValueSource::EnvVariable), Some(env)) => env,
+                    _ => "--database-url",
+                });
+            }
             let mut values = values.map(|v| Value::String(format!("{v}{}", f.suffix)));
             let value = if f.list {
                 Value::Sequence(values.collect())
@@ -351,7 +368,11 @@ impl<const G: u16, const H: u16> FromArgMatches for SettingArgs<G, H> {
             };
             flags.push((f.key, value));
         }
-        Ok(SettingArgs { config, flags })
+        Ok(SettingArgs {
+            config,
+            flags,
+            database_source,
+        })
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {

@@ -604,8 +604,28 @@ pub fn load(
     for (key, value) in flags {
         keys.set(key.to_lowercase(), value.clone());
     }
+    // ARMADA_* variables no key reads: most likely misspelt.
+    for name in env.keys().filter(|n| n.starts_with("ARMADA_")) {
+        let read = known.iter().any(|k| {
+            let var = env_name(&k.path);
+            *name == var || (k.map && name.starts_with(&format!("{var}_")))
+        }) || DEPRECATED.iter().any(|(old, _)| *name == env_name(old));
+        if !read {
+            warnings.push(format!(
+                "environment variable {name} matches no configuration key; ignored (misspelt?)"
+            ));
+        }
+    }
     resolve_deprecated(&mut keys);
     let config = build(&keys)?;
+    if let Connection::Params(params) = &config.postgres.connection {
+        for k in params.keys().filter(|k| !crate::pg::known_keyword(k)) {
+            warnings.push(format!(
+                "postgres.connection: {k:?} is not a connection keyword (misspelt?); \
+                 connecting will fail"
+            ));
+        }
+    }
     if let Some(p) = connection_password(&config.postgres.connection) {
         register_secret(&p);
     }
@@ -1011,7 +1031,6 @@ maxBackoff: 60
             ("ARMADA_POSTGRES_CONNECTION_HOST", "envhost"),
             ("ARMADA_POSTGRES_CONNECTION_CONNECT_TIMEOUT", "5"),
             ("ARMADA_FATALINSERTIONERRORS", "a,b"),
-            ("ARMADA_UNRELATED", "x"),
         ];
         let l = load_str(&["batchSize: 3"], &env, &[]).expect("load");
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
@@ -1252,5 +1271,24 @@ maxBackoff: 60
                 Some((key, spans(cells.last()?)))
             })
             .collect()
+    }
+
+    #[test]
+    fn misspelt_environment_variables_and_connection_keys_are_warned_about() {
+        let l = load_str(
+            &["postgres:\n  connection:\n    pasword: hunter2\n"],
+            &[
+                ("ARMADA_BATCHSIZ", "7"),
+                ("ARMADA_POSTGRES_CONNECTION_HOST", "h"),
+                ("ARMADA_USERANNOTATIONPREFIX", "p/"),
+                ("OTHER_BATCHSIZ", "7"),
+            ],
+            &[],
+        )
+        .expect("load");
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("ARMADA_BATCHSIZ matches no configuration key"));
+        assert!(l.warnings[1].contains("\"pasword\" is not a connection keyword"));
+        assert!(!l.warnings.iter().any(|w| w.contains("hunter2")));
     }
 }

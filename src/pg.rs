@@ -173,6 +173,16 @@ const PASSTHROUGH_KEYS: &[&str] = &[
 /// the client encoding is always UTF8).
 const IGNORED_KEYS: &[&str] = &["sslcompression", "krbsrvname", "gsslib", "gssdelegation"];
 
+/// Whether `key` is a connection keyword [`PgSettings::from_config`]
+/// accepts (for the configuration loader's early warning).
+pub fn known_keyword(key: &str) -> bool {
+    OWN_KEYS.contains(&key)
+        || PASSTHROUGH_KEYS.contains(&key)
+        || IGNORED_KEYS.contains(&key)
+        || key == "client_encoding"
+        || key == "gssencmode"
+}
+
 impl PgSettings {
     /// Settings from the configuration: the `postgres.connection` map or
     /// string, then `postgres.passwordFile`, with the process environment.

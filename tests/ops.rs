@@ -274,3 +274,42 @@ async fn replay_takes_the_duration_syntax_of_run_and_refuses_a_zero_batch_size()
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("batchDuration"), "{}", out.stderr);
 }
+
+/// Finding 13: the database setting's source is named; misspellings are warned about.
+#[tokio::test]
+async fn database_url_variable_is_named_and_misspellings_are_warned_about() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args(["config", "--show"])
+        .env("LOOKOUT_DATABASE_URL", "postgres://u:s3cretpw@dbhost/db")
+        .env("ARMADA_POSTGRES_CONNECTION_HOST", "other")
+        .env("ARMADA_BATCHSIZ", "5")
+        .env("ARMADA_POSTGRES_CONNECTION_PASWORD", "x")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Postgres connection from LOOKOUT_DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ARMADA_BATCHSIZ matches no configuration key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cretpw") && !stdout.contains("s3cretpw"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args(["config", "--show"])
+        .env_remove("LOOKOUT_DATABASE_URL")
+        .env("ARMADA_POSTGRES_CONNECTION_PASWORD", "x")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"pasword\" is not a connection keyword"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Postgres connection from"), "{stderr}");
+}
