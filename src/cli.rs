@@ -261,6 +261,12 @@ pub const FLAGS: &[Flag] = &[
         "Port of /metrics, /healthz and /readyz (0 = off)",
     ),
     flag(
+        "bind",
+        "metricsBind",
+        METRICS,
+        "Address the HTTP server listens on, e.g. 127.0.0.1 (default 0.0.0.0)",
+    ),
+    flag(
         "dead-letter-spool",
         "deadLetterSpool",
         SPOOL,

@@ -437,6 +437,16 @@ impl<'de> Deserialize<'de> for Connection {
     }
 }
 
+/// An IP address (`127.0.0.1`, `::`).
+fn ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        de::Error::custom(format!(
+            "expected an IP address such as 127.0.0.1 or ::, got {s:?}"
+        ))
+    })
+}
+
 /// Settings of this process's surroundings.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(default)]
@@ -444,6 +454,10 @@ pub struct Service {
     /// Port of /metrics, /healthz and /readyz; 0 turns them off. Default: 9002
     #[serde(rename = "metricsPort")]
     pub metrics_port: u16,
+    /// Address the HTTP server listens on. Default: 0.0.0.0 (every IPv4
+    /// interface, as upstream); 127.0.0.1 keeps it on loopback
+    #[serde(rename = "metricsBind", deserialize_with = "ip_addr")]
+    pub metrics_bind: std::net::IpAddr,
     /// Local append-only file for dead letters Postgres refuses; empty means
     /// the default. Default: lookout-ingester-dead-letters.jsonl (relative to
     /// the working directory)
@@ -455,6 +469,7 @@ impl Default for Service {
     fn default() -> Self {
         Service {
             metrics_port: 9002,
+            metrics_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             dead_letter_spool: PathBuf::from("lookout-ingester-dead-letters.jsonl"),
         }
     }
@@ -682,6 +697,10 @@ pub fn show(cfg: &Config) -> String {
     let shown: Vec<(&str, Value)> = vec![
         ("postgres.connection", connection),
         ("metricsPort", num(cfg.service.metrics_port.into())),
+        (
+            "metricsBind",
+            Value::String(cfg.service.metrics_bind.to_string()),
+        ),
         (
             "deadLetterSpool",
             text(&cfg.service.dead_letter_spool.display().to_string()),

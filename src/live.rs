@@ -52,9 +52,9 @@ pub async fn run(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<
     let _metrics_task = match config.service.metrics_port {
         0 => None,
         port => {
-            let addr = SocketAddr::from(([0, 0, 0, 0], port));
+            let addr = SocketAddr::from((config.service.metrics_bind, port));
             let task = http::serve(addr, health.clone()).await.map_err(|e| {
-                anyhow::anyhow!("cannot serve metrics on {addr} (metricsPort): {e}")
+                anyhow::anyhow!("cannot serve metrics on {addr} (metricsBind, metricsPort): {e}")
             })?;
             Some(AbortOnDrop(task))
         }

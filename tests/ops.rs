@@ -313,3 +313,75 @@ async fn database_url_variable_is_named_and_misspellings_are_warned_about() {
     );
     assert!(!stderr.contains("Postgres connection from"), "{stderr}");
 }
+
+/// Finding 15: Postgres notices (`… already exists, skipping` on every
+/// `migrate`) are logged at debug, not info.
+#[tokio::test]
+async fn migrate_logs_postgres_notices_at_debug_only() {
+    let db = common::TestDb::empty().await;
+    let first = common::migrate_cli(&db.url, &[]).await;
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let again = common::migrate_cli(&db.url, &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(!again.stderr.contains("NOTICE"), "{}", again.stderr);
+    assert!(!again.stderr.contains("skipping"), "{}", again.stderr);
+    let debug = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
+        .args(["migrate", "--database-url", &db.url])
+        .env_remove("LOOKOUT_DATABASE_URL")
+        .env("RUST_LOG", "debug")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&debug.stderr);
+    assert!(
+        stderr.contains("postgres NOTICE"),
+        "{}",
+        common::tail(&stderr, 20)
+    );
+    db.drop_db().await;
+}
+
+/// Finding 15: `--bind` chooses the HTTP server's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_chooses_the_http_servers_address() {
+    let port = common::broker::free_port();
+    let port_arg = port.to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("run.log");
+    let mut ing = common::broker::Ingester::spawn_args(
+        &[
+            "run",
+            "--bind",
+            "127.0.0.2",
+            "--metrics-port",
+            &port_arg,
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/none",
+            "--pulsar-url",
+            "pulsar://127.0.0.1:1",
+        ],
+        log,
+    );
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.2", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            ing.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "listening beyond --bind"
+    );
+    let _ = ing.child.kill().await;
+    let out = cli(["config", "--show", "--bind", "nowhere"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("metricsBind"), "{}", out.stderr);
+}
