@@ -207,26 +207,50 @@ pub async fn record(
     Ok(r)
 }
 
-/// Publishes every record of `files` as one message each, in order.
+/// Publishes every record of `files` as one message each, in order. The
+/// files are read as they are sent (one record and the producer's queue in
+/// memory, not whole files); a file that cannot be read stops it with the
+/// records before it sent.
 pub async fn publish(cfg: &PulsarConfig, files: &[std::path::PathBuf]) -> anyhow::Result<u64> {
-    let mut payloads = Vec::new();
+    // Every file is opened first: a missing one sends nothing.
+    let mut readers = Vec::with_capacity(files.len());
     for path in files {
-        let mut reader = file::open(path, Default::default())
+        let reader = file::open(path, Default::default())
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        while let Some(rec) = reader
-            .next_record()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        {
-            payloads.push(rec);
-        }
+        readers.push((path, reader));
     }
-    publish_payloads(cfg, payloads).await
+    let records = readers.into_iter().flat_map(|(path, mut reader)| {
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            match reader.next_record() {
+                Ok(Some(rec)) => Some(Ok(rec)),
+                Ok(None) => None,
+                Err(e) => {
+                    failed = true;
+                    Some(Err(anyhow::anyhow!("{}: {e}", path.display())))
+                }
+            }
+        })
+    });
+    publish_stream(cfg, records).await
 }
 
 /// Publishes payloads as one message each, in order, waiting for every receipt.
 pub async fn publish_payloads(
     cfg: &PulsarConfig,
     payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> anyhow::Result<u64> {
+    publish_stream(cfg, payloads.into_iter().map(Ok)).await
+}
+
+/// Publishes payloads as they come; the first error stops it once what was
+/// sent before it is confirmed.
+async fn publish_stream(
+    cfg: &PulsarConfig,
+    payloads: impl Iterator<Item = anyhow::Result<Vec<u8>>>,
 ) -> anyhow::Result<u64> {
     let pulsar = client(cfg).await?;
     let mut producer = pulsar
@@ -236,7 +260,15 @@ pub async fn publish_payloads(
         .await?;
     let mut sent = 0u64;
     let mut pending: Vec<SendFuture> = Vec::new();
+    let mut failure = None;
     for rec in payloads {
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
         pending.push(producer.send_non_blocking(rec).await?);
         sent += 1;
         // pulsar-rs refuses (SlowDown) past its 100-message outbound queue.
@@ -250,7 +282,10 @@ pub async fn publish_payloads(
         f.await?;
     }
     let _ = producer.close().await;
-    Ok(sent)
+    match failure {
+        Some(e) => Err(e.context(format!("after {sent} messages published"))),
+        None => Ok(sent),
+    }
 }
 
 #[cfg(test)]
