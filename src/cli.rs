@@ -47,7 +47,8 @@ pub enum Command {
     /// Publish recorded event files to the topic, one message per record (demos, tests).
     Publish {
         #[command(flatten)]
-        settings: SettingArgs<ALL>,
+        settings: SettingArgs<PULSAR, DATABASE>,
+        /// Recorded event files (plain or gzip), published in order, one message per record.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -81,7 +82,7 @@ pub enum Command {
     #[command(name = "dead-letters")]
     DeadLetters {
         #[command(flatten)]
-        settings: SettingArgs<DEAD_LETTERS>,
+        settings: SettingArgs<{ DEAD_LETTERS | GLOBAL }>,
         #[command(subcommand)]
         action: DeadLetterAction,
     },
@@ -100,13 +101,16 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RecordArgs {
     #[command(flatten)]
-    settings: SettingArgs<ALL>,
+    settings: SettingArgs<PULSAR, DATABASE>,
     /// File to write.
     #[arg(long)]
     out: PathBuf,
     /// Gzip the file.
     #[arg(long)]
     gzip: bool,
+    /// Replace --out if it exists (it is kept otherwise).
+    #[arg(long)]
+    force: bool,
     /// Skip messages published before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
     #[arg(long)]
     since: Option<String>,
@@ -138,6 +142,7 @@ pub struct SampleArgs {
 pub enum DeadLetterAction {
     /// One line per dead letter (oldest first); --json prints one JSON object per line.
     List {
+        /// One JSON object per line instead of one summary line per dead letter.
         #[arg(long)]
         json: bool,
         /// At most this many.
@@ -145,7 +150,10 @@ pub enum DeadLetterAction {
         limit: i64,
     },
     /// Everything about one dead letter, with what its payload decodes to.
-    Show { id: i64 },
+    Show {
+        /// The dead letter's id (the first column of `list`).
+        id: i64,
+    },
     /// Send dead letters through the normal path again; those that now apply are removed.
     Retry {
         /// The dead letter to retry.
@@ -155,9 +163,10 @@ pub enum DeadLetterAction {
         #[arg(long)]
         all: bool,
     },
-    /// Delete dead letters older than a duration (e.g. 720h).
+    /// Delete dead letters older than a duration (e.g. 30d or 720h).
     Purge {
-        #[arg(long)]
+        /// Age of the dead letters to delete: a duration such as 30d, 12h or 90m.
+        #[arg(long, value_name = "DURATION")]
         older_than: String,
     },
     /// Move dead letters from the local spool file into the table.
@@ -166,27 +175,31 @@ pub enum DeadLetterAction {
 
 // What a setting flag is about; each command takes the groups it uses, so
 // that no command accepts a flag it would ignore.
-const DATABASE: u8 = 1;
-const PULSAR: u8 = 2;
-const BATCH: u8 = 4;
-const CONVERT: u8 = 8;
-const STORE: u8 = 16;
-const SPOOL: u8 = 32;
-const METRICS: u8 = 64;
+const DATABASE: u16 = 1;
+const PULSAR: u16 = 2;
+const BATCH: u16 = 4;
+const CONVERT: u16 = 8;
+const STORE: u16 = 16;
+const SPOOL: u16 = 32;
+const METRICS: u16 = 64;
+const SUBSCRIPTION: u16 = 128;
 /// `--retry-for`: one-shot commands only (`run` retries for ever).
-const RETRY: u8 = 128;
-const ALL: u8 = u8::MAX;
-const RUN: u8 = ALL & !RETRY;
-const MIGRATE: u8 = DATABASE | RETRY;
-const REPLAY: u8 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY;
-const DEAD_LETTERS: u8 = DATABASE | CONVERT | STORE | SPOOL | RETRY;
+const RETRY: u16 = 256;
+const ALL: u16 = 511;
+/// Not a group: the command's setting flags are accepted after its
+/// subcommand too (`dead-letters list --database-url URL`).
+const GLOBAL: u16 = 512;
+const RUN: u16 = ALL & !RETRY;
+const MIGRATE: u16 = DATABASE | RETRY;
+const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY;
+const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
     pub long: &'static str,
     /// The key it sets (see [`config`]).
     pub key: &'static str,
-    group: u8,
+    group: u16,
     help: &'static str,
     /// Repeatable and comma-separated: the values form a list.
     list: bool,
@@ -197,7 +210,7 @@ pub struct Flag {
     env: Option<&'static str>,
 }
 
-const fn flag(long: &'static str, key: &'static str, group: u8, help: &'static str) -> Flag {
+const fn flag(long: &'static str, key: &'static str, group: u16, help: &'static str) -> Flag {
     Flag {
         long,
         key,
@@ -227,13 +240,13 @@ pub const FLAGS: &[Flag] = &[
     flag(
         "subscription",
         "subscriptionName",
-        PULSAR,
+        SUBSCRIPTION,
         "Subscription name",
     ),
     flag(
         "subscription-type",
         "subscriptionType",
-        PULSAR,
+        SUBSCRIPTION,
         "Failover (default), Exclusive, Shared or KeyShared",
     ),
     flag("batch-size", "batchSize", BATCH, "Events per batch"),
@@ -258,6 +271,12 @@ pub const FLAGS: &[Flag] = &[
         "metricsPort",
         METRICS,
         "Port of /metrics, /healthz and /readyz (0 = off)",
+    ),
+    flag(
+        "bind",
+        "metricsBind",
+        METRICS,
+        "Address the HTTP server listens on, e.g. 127.0.0.1 (default 0.0.0.0)",
     ),
     flag(
         "dead-letter-spool",
@@ -310,16 +329,20 @@ pub const FLAGS: &[Flag] = &[
 ];
 
 /// `--config` files and the setting flags of the groups in `G`, as the
-/// `(key, value)` pairs they set.
+/// `(key, value)` pairs they set. The flags of the groups in `H` are
+/// accepted but not shown in help (a shared `--database-url` on a command
+/// that does not use it).
 #[derive(Debug, Clone, Default)]
-pub struct SettingArgs<const G: u8> {
+pub struct SettingArgs<const G: u16, const H: u16 = 0> {
     pub config: Vec<PathBuf>,
     pub flags: Vec<(&'static str, Value)>,
+    /// Where the database setting came from, when a flag or its variable set it.
+    pub database_source: Option<&'static str>,
 }
 
-impl<const G: u8> SettingArgs<G> {
+impl<const G: u16, const H: u16> SettingArgs<G, H> {
     fn flags() -> impl Iterator<Item = &'static Flag> {
-        FLAGS.iter().filter(|f| f.group & G != 0)
+        FLAGS.iter().filter(|f| f.group & (G | H) & ALL != 0)
     }
 
     /// Loads the configuration, logging what was odd about it.
@@ -331,21 +354,36 @@ impl<const G: u8> SettingArgs<G> {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        // --database-url (or its variable LOOKOUT_DATABASE_URL) replaces
+        // postgres.connection from files and ARMADA_*: say which one won.
+        if let Some(source) = self.database_source {
+            tracing::info!(
+                "Postgres connection from {source}, which overrides postgres.connection \
+                 in config files and ARMADA_POSTGRES_CONNECTION*"
+            );
+        }
         Ok(loaded.config)
     }
 }
 
-impl<const G: u8> FromArgMatches for SettingArgs<G> {
+impl<const G: u16, const H: u16> FromArgMatches for SettingArgs<G, H> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let config = m
             .get_many::<PathBuf>("config")
             .map(|v| v.cloned().collect())
             .unwrap_or_default();
         let mut flags = Vec::new();
+        let mut database_source = None;
         for f in Self::flags() {
             let Some(values) = m.get_many::<String>(f.long) else {
                 continue;
             };
+            if f.key == "postgres.connection" {
+                database_source = Some(match (m.value_source(f.long), f.env) {
+                    (Some(clap::parser::ValueSource::EnvVariable), Some(env)) => env,
+                    _ => "--database-url",
+                });
+            }
             let mut values = values.map(|v| Value::String(format!("{v}{}", f.suffix)));
             let value = if f.list {
                 Value::Sequence(values.collect())
@@ -354,7 +392,11 @@ impl<const G: u8> FromArgMatches for SettingArgs<G> {
             };
             flags.push((f.key, value));
         }
-        Ok(SettingArgs { config, flags })
+        Ok(SettingArgs {
+            config,
+            flags,
+            database_source,
+        })
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
@@ -363,19 +405,21 @@ impl<const G: u8> FromArgMatches for SettingArgs<G> {
     }
 }
 
-impl<const G: u8> Args for SettingArgs<G> {
+impl<const G: u16, const H: u16> Args for SettingArgs<G, H> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         let config = Arg::new("config")
             .long("config")
             .value_name("FILE")
             .action(ArgAction::Append)
             .value_parser(clap::value_parser!(PathBuf))
-            .help("Upstream lookoutingester YAML; repeatable, later files override earlier ones");
+            .help("Upstream lookoutingester YAML; repeatable, later files override earlier ones")
+            .global(G & GLOBAL != 0);
         Self::flags().fold(cmd.arg(config), |cmd, f| {
             let mut arg = Arg::new(f.long)
                 .long(f.long)
                 .help(format!("{} [key: {}]", f.help, f.key))
-                .hide(f.hidden);
+                .hide(f.hidden || f.group & G == 0)
+                .global(G & GLOBAL != 0);
             // Two flags for one key (a unit alias) cannot both be given.
             for other in Self::flags().filter(|o| o.key == f.key && o.long != f.long) {
                 arg = arg.conflicts_with(other.long);
@@ -574,6 +618,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         idle,
         max_messages: args.max_messages,
         gzip: args.gzip,
+        force: args.force,
     };
     let r = record::record(&cfg.pulsar, &args.out, &opts).await?;
     println!("{}", r.summary(&cfg.pulsar.topic, &args.out));
@@ -581,7 +626,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `publish`: send recorded files to the topic.
-async fn publish(settings: &SettingArgs<ALL>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+async fn publish(
+    settings: &SettingArgs<PULSAR, DATABASE>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let n = record::publish(&cfg.pulsar, files).await?;
     println!("published {n} messages to {}", cfg.pulsar.topic);
@@ -654,7 +702,7 @@ async fn replay(
 
 /// `dead-letters`: inspect, retry, purge or flush dead letters.
 async fn dead_letters(
-    settings: &SettingArgs<DEAD_LETTERS>,
+    settings: &SettingArgs<{ DEAD_LETTERS | GLOBAL }>,
     action: DeadLetterAction,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
@@ -662,7 +710,16 @@ async fn dead_letters(
     let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
     match action {
         DeadLetterAction::List { json, limit } => {
-            for d in dead.list(limit).await? {
+            let list = dead.list(limit).await?;
+            if list.is_empty() {
+                // Not on stdout with --json: that stays one object per line.
+                if json {
+                    eprintln!("no dead letters");
+                } else {
+                    println!("no dead letters");
+                }
+            }
+            for d in list {
                 if json {
                     println!("{}", serde_json::to_string(&d)?);
                 } else {

@@ -437,6 +437,16 @@ impl<'de> Deserialize<'de> for Connection {
     }
 }
 
+/// An IP address (`127.0.0.1`, `::`).
+fn ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        de::Error::custom(format!(
+            "expected an IP address such as 127.0.0.1 or ::, got {s:?}"
+        ))
+    })
+}
+
 /// Settings of this process's surroundings.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(default)]
@@ -444,6 +454,10 @@ pub struct Service {
     /// Port of /metrics, /healthz and /readyz; 0 turns them off. Default: 9002
     #[serde(rename = "metricsPort")]
     pub metrics_port: u16,
+    /// Address the HTTP server listens on. Default: 0.0.0.0 (every IPv4
+    /// interface, as upstream); 127.0.0.1 keeps it on loopback
+    #[serde(rename = "metricsBind", deserialize_with = "ip_addr")]
+    pub metrics_bind: std::net::IpAddr,
     /// Local append-only file for dead letters Postgres refuses; empty means
     /// the default. Default: lookout-ingester-dead-letters.jsonl (relative to
     /// the working directory)
@@ -455,6 +469,7 @@ impl Default for Service {
     fn default() -> Self {
         Service {
             metrics_port: 9002,
+            metrics_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             dead_letter_spool: PathBuf::from("lookout-ingester-dead-letters.jsonl"),
         }
     }
@@ -604,8 +619,28 @@ pub fn load(
     for (key, value) in flags {
         keys.set(key.to_lowercase(), value.clone());
     }
+    // ARMADA_* variables no key reads: most likely misspelt.
+    for name in env.keys().filter(|n| n.starts_with("ARMADA_")) {
+        let read = known.iter().any(|k| {
+            let var = env_name(&k.path);
+            *name == var || (k.map && name.starts_with(&format!("{var}_")))
+        }) || DEPRECATED.iter().any(|(old, _)| *name == env_name(old));
+        if !read {
+            warnings.push(format!(
+                "environment variable {name} matches no configuration key; ignored (misspelt?)"
+            ));
+        }
+    }
     resolve_deprecated(&mut keys);
     let config = build(&keys)?;
+    if let Connection::Params(params) = &config.postgres.connection {
+        for k in params.keys().filter(|k| !crate::pg::known_keyword(k)) {
+            warnings.push(format!(
+                "postgres.connection: {k:?} is not a connection keyword (misspelt?); \
+                 connecting will fail"
+            ));
+        }
+    }
     if let Some(p) = connection_password(&config.postgres.connection) {
         register_secret(&p);
     }
@@ -662,6 +697,10 @@ pub fn show(cfg: &Config) -> String {
     let shown: Vec<(&str, Value)> = vec![
         ("postgres.connection", connection),
         ("metricsPort", num(cfg.service.metrics_port.into())),
+        (
+            "metricsBind",
+            Value::String(cfg.service.metrics_bind.to_string()),
+        ),
         (
             "deadLetterSpool",
             text(&cfg.service.dead_letter_spool.display().to_string()),
@@ -1025,7 +1064,6 @@ maxBackoff: 60
             ("ARMADA_POSTGRES_CONNECTION_HOST", "envhost"),
             ("ARMADA_POSTGRES_CONNECTION_CONNECT_TIMEOUT", "5"),
             ("ARMADA_FATALINSERTIONERRORS", "a,b"),
-            ("ARMADA_UNRELATED", "x"),
         ];
         let l = load_str(&["batchSize: 3"], &env, &[]).expect("load");
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
@@ -1266,5 +1304,24 @@ maxBackoff: 60
                 Some((key, spans(cells.last()?)))
             })
             .collect()
+    }
+
+    #[test]
+    fn misspelt_environment_variables_and_connection_keys_are_warned_about() {
+        let l = load_str(
+            &["postgres:\n  connection:\n    pasword: hunter2\n"],
+            &[
+                ("ARMADA_BATCHSIZ", "7"),
+                ("ARMADA_POSTGRES_CONNECTION_HOST", "h"),
+                ("ARMADA_USERANNOTATIONPREFIX", "p/"),
+                ("OTHER_BATCHSIZ", "7"),
+            ],
+            &[],
+        )
+        .expect("load");
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("ARMADA_BATCHSIZ matches no configuration key"));
+        assert!(l.warnings[1].contains("\"pasword\" is not a connection keyword"));
+        assert!(!l.warnings.iter().any(|w| w.contains("hunter2")));
     }
 }

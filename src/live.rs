@@ -10,8 +10,9 @@
 //! is acknowledged only after every row it produced is committed
 //! (at-least-once). On SIGTERM or SIGINT the consumer stops receiving, the
 //! pipeline commits what is in flight, the acks are sent, and the process
-//! exits; if that takes longer than the grace period, it exits anyway and
-//! the unacknowledged messages are redelivered to the next consumer.
+//! exits as soon as that is done; if it takes longer than the grace period,
+//! it exits anyway, non-zero, and the unacknowledged messages are
+//! redelivered to the next consumer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -55,9 +56,9 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     let _metrics_task = match config.service.metrics_port {
         0 => None,
         port => {
-            let addr = SocketAddr::from(([0, 0, 0, 0], port));
+            let addr = SocketAddr::from((config.service.metrics_bind, port));
             let task = http::serve(addr, health.clone()).await.map_err(|e| {
-                anyhow::anyhow!("cannot serve metrics on {addr} (metricsPort): {e}")
+                anyhow::anyhow!("cannot serve metrics on {addr} (metricsBind, metricsPort): {e}")
             })?;
             Some(AbortOnDrop(task))
         }
@@ -176,8 +177,9 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
 }
 
 /// After a stop, gives the pipeline the grace period to commit and
-/// acknowledge what is in flight; past it, stops the store's retries and
-/// leaves the rest to redelivery.
+/// acknowledge what is in flight, returning as soon as that is done; past
+/// it, stops the store's retries, leaves the rest to redelivery and fails
+/// (the process exits non-zero).
 async fn drain_after_stop(
     source: tokio::task::JoinHandle<anyhow::Result<()>>,
     acknowledger: tokio::task::JoinHandle<()>,
@@ -187,10 +189,10 @@ async fn drain_after_stop(
         Ok(r) => r,
         Err(_) => {
             let _ = force.send(true);
-            tracing::warn!(
-                "shutdown grace period expired; unacknowledged messages will be redelivered"
-            );
-            Ok(())
+            anyhow::bail!(
+                "shutdown grace period ({SHUTDOWN_GRACE:?}) expired before the in-flight batches \
+                 were committed and acknowledged; the unacknowledged messages will be redelivered"
+            )
         }
     }
 }

@@ -173,6 +173,16 @@ const PASSTHROUGH_KEYS: &[&str] = &[
 /// the client encoding is always UTF8).
 const IGNORED_KEYS: &[&str] = &["sslcompression", "krbsrvname", "gsslib", "gssdelegation"];
 
+/// Whether `key` is a connection keyword [`PgSettings::from_config`]
+/// accepts (for the configuration loader's early warning).
+pub fn known_keyword(key: &str) -> bool {
+    OWN_KEYS.contains(&key)
+        || PASSTHROUGH_KEYS.contains(&key)
+        || IGNORED_KEYS.contains(&key)
+        || key == "client_encoding"
+        || key == "gssencmode"
+}
+
 impl PgSettings {
     /// Settings from the configuration: the `postgres.connection` map or
     /// string, then `postgres.passwordFile`, with the process environment.
@@ -690,7 +700,7 @@ impl PgConnect {
             match c.connect(self.tls.clone()).await {
                 Ok((client, conn)) => {
                     let task = tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        if let Err(e) = drive(conn).await {
                             tracing::warn!("postgres connection ended: {}", error_chain(&e));
                         }
                     });
@@ -713,12 +723,32 @@ impl PgConnect {
                     (
                         c,
                         tokio::spawn(async move {
-                            let _ = conn.await;
+                            let _ = drive(conn).await;
                         }),
                     )
                 }),
         }
     }
+}
+
+/// Runs a connection until it ends. The server's notices (`NOTICE:
+/// relation "x" already exists, skipping` on every `migrate`) are logged at
+/// debug; tokio-postgres would log them at info.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        if let tokio_postgres::AsyncMessage::Notice(n) = m? {
+            tracing::debug!("postgres {}: {}", n.severity(), n.message());
+        }
+    }
+    Ok(())
 }
 
 impl deadpool_postgres::Connect for PgConnect {

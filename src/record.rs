@@ -19,7 +19,7 @@ use pulsar::producer::SendFuture;
 use crate::config::PulsarConfig;
 use crate::proto::armadaevents::EventSequence;
 use crate::source::file::{self, RecordWriter};
-use crate::source::pulsar::{client, publish_timestamp};
+use crate::source::pulsar::{client, publish_timestamp, qualify_topic, target, topic_exists};
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct RecordOptions {
     /// Stop after this many messages.
     pub max_messages: Option<u64>,
     pub gzip: bool,
+    /// Replace an existing output file (otherwise it is refused).
+    pub force: bool,
 }
 
 /// Counts of a recording.
@@ -76,12 +78,56 @@ pub fn fill_created(payload: Vec<u8>, publish: Timestamp) -> (Vec<u8>, u64, bool
     (seq.encode_to_vec(), filled, true)
 }
 
+/// The temporary file `record` writes before renaming it to `out`: in
+/// `out`'s directory, so the rename stays on one file system.
+fn temporary_path(out: &Path) -> std::path::PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recording".into());
+    out.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// Removes the temporary file unless the recording was completed.
+struct Partial {
+    path: std::path::PathBuf,
+    done: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Records the topic into `out`. The messages go to a temporary file next to
+/// `out`, renamed to `out` once complete, so a failed or interrupted
+/// recording never leaves a truncated file, and an existing `out` is kept
+/// unless `opts.force`. A topic that does not exist is an error, found out
+/// before reading where the broker lists its namespace's topics (a reader
+/// would create it); a recording of no messages is an error too, and writes
+/// nothing.
 pub async fn record(
     cfg: &PulsarConfig,
     out: &Path,
     opts: &RecordOptions,
 ) -> anyhow::Result<Recorded> {
+    if !opts.force && out.exists() {
+        anyhow::bail!(
+            "{} exists; choose another --out or pass --force to replace it",
+            out.display()
+        );
+    }
     let pulsar = client(cfg).await?;
+    if topic_exists(&pulsar, &cfg.topic).await == Some(false) {
+        anyhow::bail!(
+            "topic {} does not exist on {} (not created; check the name)",
+            qualify_topic(&cfg.topic).0,
+            target(&cfg.url)
+        );
+    }
     let mut reader = pulsar
         .reader()
         .with_topic(cfg.topic.clone())
@@ -93,8 +139,12 @@ pub async fn record(
         )
         .into_reader::<Vec<u8>>()
         .await?;
-    let mut w = RecordWriter::create(out, opts.gzip)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let mut partial = Partial {
+        path: temporary_path(out),
+        done: false,
+    };
+    let mut w = RecordWriter::create(&partial.path, opts.gzip)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", partial.path.display()))?;
     let mut r = Recorded::default();
     loop {
         if opts.max_messages.is_some_and(|m| r.messages >= m) {
@@ -124,30 +174,83 @@ pub async fn record(
         w.write_record(&payload)?;
         r.messages += 1;
     }
-    w.finish()?;
+    w.finish()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.path.display()))?;
+    if r.messages == 0 {
+        // Most likely a misspelled topic (on a broker that could not say).
+        anyhow::bail!(
+            "no messages on topic {} within --idle {:?}{} (is the name right?); {} not written",
+            qualify_topic(&cfg.topic).0,
+            opts.idle,
+            if r.skipped_before_since > 0 {
+                " after --since"
+            } else {
+                ""
+            },
+            out.display()
+        );
+    }
+    if !opts.force && out.exists() {
+        anyhow::bail!(
+            "{} appeared while recording; kept it (pass --force to replace it)",
+            out.display()
+        );
+    }
+    std::fs::rename(&partial.path, out).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot rename {} to {}: {e}",
+            partial.path.display(),
+            out.display()
+        )
+    })?;
+    partial.done = true;
     Ok(r)
 }
 
-/// Publishes every record of `files` as one message each, in order.
+/// Publishes every record of `files` as one message each, in order. The
+/// files are read as they are sent (one record and the producer's queue in
+/// memory, not whole files); a file that cannot be read stops it with the
+/// records before it sent.
 pub async fn publish(cfg: &PulsarConfig, files: &[std::path::PathBuf]) -> anyhow::Result<u64> {
-    let mut payloads = Vec::new();
+    // Every file is opened first: a missing one sends nothing.
+    let mut readers = Vec::with_capacity(files.len());
     for path in files {
-        let mut reader = file::open(path, Default::default())
+        let reader = file::open(path, Default::default())
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        while let Some(rec) = reader
-            .next_record()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        {
-            payloads.push(rec);
-        }
+        readers.push((path, reader));
     }
-    publish_payloads(cfg, payloads).await
+    let records = readers.into_iter().flat_map(|(path, mut reader)| {
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            match reader.next_record() {
+                Ok(Some(rec)) => Some(Ok(rec)),
+                Ok(None) => None,
+                Err(e) => {
+                    failed = true;
+                    Some(Err(anyhow::anyhow!("{}: {e}", path.display())))
+                }
+            }
+        })
+    });
+    publish_stream(cfg, records).await
 }
 
 /// Publishes payloads as one message each, in order, waiting for every receipt.
 pub async fn publish_payloads(
     cfg: &PulsarConfig,
     payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> anyhow::Result<u64> {
+    publish_stream(cfg, payloads.into_iter().map(Ok)).await
+}
+
+/// Publishes payloads as they come; the first error stops it once what was
+/// sent before it is confirmed.
+async fn publish_stream(
+    cfg: &PulsarConfig,
+    payloads: impl Iterator<Item = anyhow::Result<Vec<u8>>>,
 ) -> anyhow::Result<u64> {
     let pulsar = client(cfg).await?;
     let mut producer = pulsar
@@ -157,7 +260,15 @@ pub async fn publish_payloads(
         .await?;
     let mut sent = 0u64;
     let mut pending: Vec<SendFuture> = Vec::new();
+    let mut failure = None;
     for rec in payloads {
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
         pending.push(producer.send_non_blocking(rec).await?);
         sent += 1;
         // pulsar-rs refuses (SlowDown) past its 100-message outbound queue.
@@ -171,7 +282,10 @@ pub async fn publish_payloads(
         f.await?;
     }
     let _ = producer.close().await;
-    Ok(sent)
+    match failure {
+        Some(e) => Err(e.context(format!("after {sent} messages published"))),
+        None => Ok(sent),
+    }
 }
 
 #[cfg(test)]

@@ -424,9 +424,18 @@ pub fn write_file(out: &Path, seed: u64, jobs: usize, gzip: bool) -> anyhow::Res
     let mut w = RecordWriter::create(out, gzip)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
     let mut events = 0usize;
-    for seq in generate(seed, jobs) {
-        events += seq.events.len();
-        w.write_record(&seq.encode_to_vec())?;
+    // Encoded as generated: the records in memory, not the event structs.
+    let (records, _) = build(seed, jobs, |steps| {
+        steps
+            .into_iter()
+            .map(|seq| {
+                events += seq.events.len();
+                seq.encode_to_vec()
+            })
+            .collect()
+    });
+    for rec in records {
+        w.write_record(&rec)?;
     }
     let records = w.records;
     w.finish()?;
@@ -452,10 +461,22 @@ pub struct GeneratedJob {
 
 /// Like [`generate`], with the expected outcome of every job.
 pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
+    let (sequences, jobs) = build(seed, jobs, |steps| steps);
+    Generated { sequences, jobs }
+}
+
+/// The generator: each job's steps go through `keep` as soon as they are
+/// made (`write_file` encodes them, which takes a fraction of the memory),
+/// then the kept steps are interleaved.
+fn build<T>(
+    seed: u64,
+    jobs: usize,
+    mut keep: impl FnMut(Vec<ev::EventSequence>) -> Vec<T>,
+) -> (Vec<T>, Vec<GeneratedJob>) {
     let mut expected = Vec::with_capacity(jobs);
     let mut rng = Rng::new(seed);
     let queues = ["analytics", "research", "batch-prod"];
-    let mut per_job: Vec<Vec<ev::EventSequence>> = Vec::with_capacity(jobs);
+    let mut per_job: Vec<Vec<T>> = Vec::with_capacity(jobs);
     for j in 0..jobs {
         let queue = queues[j % queues.len()];
         let jobset = format!("{queue}-set-{}", j % 7);
@@ -510,7 +531,7 @@ pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
                     )],
                 ),
             ));
-            per_job.push(steps);
+            per_job.push(keep(steps));
             expected.push(GeneratedJob {
                 job_id,
                 run_id,
@@ -570,7 +591,7 @@ pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
             }
             Fate::StillRunning | Fate::Rejected => {}
         }
-        per_job.push(steps);
+        per_job.push(keep(steps));
         expected.push(GeneratedJob {
             job_id,
             run_id,
@@ -581,8 +602,7 @@ pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
     // Interleave: take steps round-robin across jobs, as a live topic would
     // carry many job sets at once; each job's own steps stay in order.
     let mut out = Vec::new();
-    let mut cursors: Vec<std::vec::IntoIter<ev::EventSequence>> =
-        per_job.into_iter().map(Vec::into_iter).collect();
+    let mut cursors: Vec<std::vec::IntoIter<T>> = per_job.into_iter().map(Vec::into_iter).collect();
     loop {
         let mut any = false;
         for c in cursors.iter_mut() {
@@ -595,8 +615,25 @@ pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
             break;
         }
     }
-    Generated {
-        sequences: out,
-        jobs: expected,
+    (out, expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_file_writes_what_generate_makes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("s.bin");
+        let w = write_file(&out, 3, 200, false).expect("write");
+        let seqs = generate(3, 200);
+        assert_eq!(w.records, seqs.len() as u64);
+        assert_eq!(w.events, seqs.iter().map(|s| s.events.len()).sum::<usize>());
+        let mut r = crate::source::file::open(&out, Default::default()).expect("open");
+        for seq in &seqs {
+            assert_eq!(r.next_record().expect("read"), Some(seq.encode_to_vec()));
+        }
+        assert_eq!(r.next_record().expect("read"), None);
     }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 use regex::Regex;
 use serde::de::{Deserialize, Deserializer, Error};
 
-/// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `2h`, `1.5s`, `250us`.
+/// Parses a Go-style duration: `500ms`, `1s`, `1m30s`, `2h`, `1.5s`, `250us`;
+/// also `d` for days (`30d`), which Go does not have.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let bad = || format!("expected a duration such as 500ms, 1s or 1m30s, got {s:?}");
+    let bad = || format!("expected a duration such as 500ms, 1s, 1m30s or 30d, got {s:?}");
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {
@@ -40,6 +41,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" => 86400.0,
             _ => return Err(bad()),
         };
         total += n * scale;
@@ -97,6 +99,8 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(36 * 3600)));
         for bad in ["", "s", "5", "1x", "-1s", "1s2"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

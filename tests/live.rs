@@ -466,3 +466,83 @@ async fn migrating_031_to_035_under_the_running_ingester() {
     db.drop_db().await;
     broker.stop().await;
 }
+
+/// Finding 6: SIGTERM during catch-up returns once the in-flight batches are
+/// committed and acknowledged, well inside the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_catch_up_returns_when_the_work_is_done() {
+    let (broker, expected, db) = published(31, 1500).await;
+    let args = ["--batch-size", "50", "--batch-duration", "50ms"];
+    for round in 0..3 {
+        let mut ing = ingest(&db, &broker, &format!("ing{round}.log"), &args);
+        let before = job_count(&db).await;
+        let start = Instant::now();
+        while job_count(&db).await <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                ing.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stopped = Instant::now();
+        ing.terminate(Duration::from_secs(20)).await;
+        let took = stopped.elapsed();
+        let log = ing.log_text();
+        assert!(
+            !log.contains("grace period expired"),
+            "{}",
+            ing.log_tail(30)
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "round {round}: SIGTERM took {took:?}\n{}",
+            ing.log_tail(30)
+        );
+    }
+    // What was committed was acknowledged: the rest arrives and the tables
+    // converge (idempotent either way); no stop left a gap.
+    let ing = ingest(&db, &broker, "last.log", &args);
+    wait_equal(&db.url, &expected, Duration::from_secs(120), Some(&ing)).await;
+    ing.sigkill().await;
+    db.drop_db().await;
+    broker.stop().await;
+}
+
+/// Finding 6: a stop that cannot finish (writes blocked by a lock) runs out
+/// the grace period, says so and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stalled_database_runs_out_the_grace_period_and_fails() {
+    let (broker, _expected, db) = published(32, 100).await;
+    // Writes block (reads, such as the schema check, do not).
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.expect("begin");
+    tx.batch_execute("LOCK TABLE job IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let mut ing = ingest(&db, &broker, "ing.log", &["--batch-duration", "50ms"]);
+    let start = Instant::now();
+    while !ing.log_text().contains("subscribed to events") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            ing.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = Instant::now();
+    ing.signal(libc::SIGTERM);
+    let code = ing.wait_exit(Duration::from_secs(30)).await;
+    let took = stopped.elapsed();
+    assert_ne!(code, Some(0), "{}", ing.log_tail(20));
+    assert!(
+        ing.log_text().contains("shutdown grace period"),
+        "{}",
+        ing.log_tail(20)
+    );
+    assert!(took >= Duration::from_secs(8), "{took:?}");
+    tx.rollback().await.expect("rollback");
+    db.drop_db().await;
+    broker.stop().await;
+}

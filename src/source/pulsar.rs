@@ -83,6 +83,60 @@ pub fn target(url: &str) -> String {
     }
 }
 
+/// The fully qualified name of `topic` (`events` is
+/// `persistent://public/default/events`) and its namespace.
+pub fn qualify_topic(topic: &str) -> (String, String) {
+    let (scheme, rest) = match topic.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("persistent", topic),
+    };
+    let rest = match rest.matches('/').count() {
+        0 => format!("public/default/{rest}"),
+        _ => rest.to_string(),
+    };
+    let namespace = rest.rsplit_once('/').map(|(ns, _)| ns).unwrap_or("");
+    (format!("{scheme}://{rest}"), namespace.to_string())
+}
+
+/// Whether `topic` exists, asked without creating it: the topics of its
+/// namespace (a partitioned topic lists as `<topic>-partition-N`). `None`
+/// when the broker does not answer that question within a few seconds
+/// (pulsar-lite does not; a lookup cannot tell, as brokers create topics on
+/// demand). Used by `record`, whose reader would create a misspelled topic.
+pub async fn topic_exists(pulsar: &Pulsar<TokioExecutor>, topic: &str) -> Option<bool> {
+    use pulsar::message::proto::command_get_topics_of_namespace::Mode;
+    let (full, namespace) = qualify_topic(topic);
+    let mode = if full.starts_with("non-persistent://") {
+        Mode::NonPersistent
+    } else {
+        Mode::Persistent
+    };
+    let listed = tokio::time::timeout(
+        Duration::from_secs(5),
+        pulsar.get_topics_of_namespace(namespace.clone(), mode),
+    )
+    .await;
+    let topics = match listed {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "cannot list the topics of namespace {namespace} to check that {full} exists: {e}"
+            );
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!("the broker did not list the topics of namespace {namespace}; cannot check that {full} exists before reading it");
+            return None;
+        }
+    };
+    let partition = format!("{full}-partition-");
+    Some(
+        topics
+            .iter()
+            .any(|t| *t == full || t.starts_with(&partition)),
+    )
+}
+
 /// Builds a client with the configured TLS and authentication; `run`,
 /// `record` and `publish` all come through here. Its own connection retries
 /// are kept short: our loop does the backing off, so a broker outage is
@@ -231,7 +285,9 @@ pub async fn run(
                 }
                 batch = acks.recv() => match batch {
                     None => {
-                        let _ = consumer.close().await;
+                        // Closing asks the broker; a broker that does not
+                        // answer must not hold the exit up.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
                         return Ok(());
                     }
                     Some(batch) => {
@@ -252,9 +308,14 @@ pub async fn run(
                         }
                     }
                 },
-                msg = consumer.next(), if receiving => match msg {
+                // Polled after a stop too: during a catch-up the client's
+                // engine blocks delivering into a full queue, and processes
+                // no acknowledgements until it is read. What is read after
+                // the stop is dropped unacknowledged (redelivered later).
+                msg = consumer.next() => match msg {
                     None => break "the consumer stream ended".to_string(),
                     Some(Err(e)) => break format!("receive failed: {e}"),
+                    Some(Ok(_)) if !receiving => {}
                     Some(Ok(m)) => {
                         let topic = topics.entry(m.topic.clone()).or_insert_with(|| Arc::from(m.topic.as_str())).clone();
                         let raw = m.message_id();
