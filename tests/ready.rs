@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use lookout_ingester::sample;
 
 /// Logs written to a pipe carry no colour codes.
 #[tokio::test]
@@ -88,16 +89,11 @@ async fn database_errors_are_one_line_with_their_cause() {
 #[tokio::test]
 async fn replay_gives_up_after_retry_for() {
     let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("sample.bin");
-    let out = cli([
-        "sample".as_ref(),
-        "--jobs".as_ref(),
-        "3".as_ref(),
-        "--out".as_ref(),
-        file.as_os_str(),
-    ])
-    .await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let file = write_recording(
+        dir.path().join("sample.bin"),
+        &payloads(&sample::generate(1, 3)),
+        false,
+    );
     let admin = admin_url();
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
     let spool = dir.path().join("spool.jsonl");
@@ -187,16 +183,11 @@ async fn unwritable_spool_is_refused_at_start() {
 #[tokio::test]
 async fn missing_table_mid_stream_is_retried_not_dead_lettered() {
     let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("sample.bin");
-    let out = cli([
-        "sample".as_ref(),
-        "--jobs".as_ref(),
-        "50".as_ref(),
-        "--out".as_ref(),
-        file.as_os_str(),
-    ])
-    .await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let file = write_recording(
+        dir.path().join("sample.bin"),
+        &payloads(&sample::generate(1, 50)),
+        false,
+    );
     let db = TestDb::migrated().await;
     let client = db.client().await;
     client
