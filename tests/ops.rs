@@ -278,18 +278,18 @@ async fn replay_takes_the_duration_syntax_of_run_and_refuses_a_zero_batch_size()
 /// Finding 13: the database setting's source is named; misspellings are warned about.
 #[tokio::test]
 async fn database_url_variable_is_named_and_misspellings_are_warned_about() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["config", "--show"])
-        .env("LOOKOUT_DATABASE_URL", "postgres://u:s3cretpw@dbhost/db")
-        .env("ARMADA_POSTGRES_CONNECTION_HOST", "other")
-        .env("ARMADA_BATCHSIZ", "5")
-        .env("ARMADA_POSTGRES_CONNECTION_PASWORD", "x")
-        .output()
-        .await
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let out = common::cli_with_env(
+        ["config", "--show"],
+        &[
+            ("LOOKOUT_DATABASE_URL", "postgres://u:s3cretpw@dbhost/db"),
+            ("ARMADA_POSTGRES_CONNECTION_HOST", "other"),
+            ("ARMADA_BATCHSIZ", "5"),
+            ("ARMADA_POSTGRES_CONNECTION_PASWORD", "x"),
+        ],
+    )
+    .await;
+    let (stderr, stdout) = (&out.stderr, &out.stdout);
+    assert_eq!(out.code, Some(0), "{stderr}");
     assert!(
         stderr.contains("Postgres connection from LOOKOUT_DATABASE_URL"),
         "{stderr}"
@@ -299,14 +299,12 @@ async fn database_url_variable_is_named_and_misspellings_are_warned_about() {
         "{stderr}"
     );
     assert!(!stderr.contains("s3cretpw") && !stdout.contains("s3cretpw"));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["config", "--show"])
-        .env_remove("LOOKOUT_DATABASE_URL")
-        .env("ARMADA_POSTGRES_CONNECTION_PASWORD", "x")
-        .output()
-        .await
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::cli_with_env(
+        ["config", "--show"],
+        &[("ARMADA_POSTGRES_CONNECTION_PASWORD", "x")],
+    )
+    .await;
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("\"pasword\" is not a connection keyword"),
         "{stderr}"
@@ -325,18 +323,16 @@ async fn migrate_logs_postgres_notices_at_debug_only() {
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert!(!again.stderr.contains("NOTICE"), "{}", again.stderr);
     assert!(!again.stderr.contains("skipping"), "{}", again.stderr);
-    let debug = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
-        .args(["migrate", "--database-url", &db.url])
-        .env_remove("LOOKOUT_DATABASE_URL")
-        .env("RUST_LOG", "debug")
-        .output()
-        .await
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&debug.stderr);
+    let debug = common::cli_with_env(
+        ["migrate", "--database-url", &db.url],
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let stderr = &debug.stderr;
     assert!(
         stderr.contains("postgres NOTICE"),
         "{}",
-        common::tail(&stderr, 20)
+        common::tail(stderr, 20)
     );
     db.drop_db().await;
 }

@@ -371,9 +371,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    cli_with_env(args, &[]).await
+}
+
+/// [`cli`] with extra environment variables (`LOOKOUT_DATABASE_URL` is
+/// unset unless `env` sets it).
+pub async fn cli_with_env<I, S>(args: I, env: &[(&str, &str)]) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
         .args(args)
         .env_remove("LOOKOUT_DATABASE_URL")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run lookout-ingester: {e}"));
