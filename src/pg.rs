@@ -846,7 +846,7 @@ pub async fn connect_retrying(
         .connector()
         .with_context(|| format!("cannot connect to Postgres at {target}"))?;
     let started = std::time::Instant::now();
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let e = match c.connect_once().await {
             Ok((client, _task)) => return Ok(client),
@@ -863,13 +863,12 @@ pub async fn connect_retrying(
             };
             bail!("cannot connect to Postgres at {target}{after}: {text}");
         }
-        let w = wait.min(left);
+        let w = backoff.next_wait().min(left);
         tracing::warn!(
             "cannot connect to Postgres at {target}: {text}; retrying in {}s",
             w.as_secs_f64()
         );
         tokio::time::sleep(w).await;
-        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 
