@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what the ingester's build, tests and demo need on a
 # fresh Debian machine: protoc (for prost-build), promtool (alert rule
-# tests), a running PostgreSQL on 127.0.0.1:5432 with trust auth, and
-# pulsar-lite (a single-binary Pulsar broker for local runs and broker
-# tests). Safe to run again.
+# tests), kubernetes-validate (manifest schemas), a running PostgreSQL on
+# 127.0.0.1:5432 with trust auth, and pulsar-lite (a single-binary Pulsar
+# broker for local runs and broker tests). Safe to run again.
 set -euo pipefail
 
 log() { echo "setup: $*" >&2; }
@@ -41,6 +41,15 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing prometheus (for promtool)"
   apt_install --no-install-recommends prometheus
+fi
+
+# tests/deploy.rs validates the Kubernetes manifests against the API's
+# schemas (strictly: a misspelt field fails) with kubernetes-validate, which
+# ships them.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  log "installing kubernetes-validate"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0 >/dev/null 2>&1 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate==1.37.0 >/dev/null
 fi
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then

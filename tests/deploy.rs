@@ -268,6 +268,47 @@ async fn manifests_parse_and_fit_together() {
     assert!(volume(deployment, "spool")["emptyDir"].is_mapping());
 }
 
+/// The built-in objects (not the Prometheus Operator's or kustomize's
+/// kinds, which it has no schema for) validate strictly against the
+/// Kubernetes API schemas of the oldest and newest versions
+/// kubernetes-validate knows: a misspelt or misplaced field fails.
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let objects = objects();
+    let core: Vec<&(String, Value)> = objects
+        .iter()
+        .filter(|(_, o)| {
+            !s(&o["apiVersion"]).contains(".coreos.com")
+                && !s(&o["apiVersion"]).contains("kustomize")
+        })
+        .collect();
+    let files: BTreeSet<&str> = core.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(files.contains("deployment.yaml"), "{files:?}");
+    for version in ["1.25.0", "1.37.0"] {
+        let out = std::process::Command::new("python3")
+            .current_dir(deploy_dir())
+            .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+            .args(&files)
+            .output()
+            .expect("python3");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains("No module named"),
+            "kubernetes-validate is missing: scripts/setup.sh installs it"
+        );
+        assert!(out.status.success(), "Kubernetes {version}:\n{text}");
+        let passed = text
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
+        assert_eq!(passed, core.len(), "Kubernetes {version}:\n{text}");
+    }
+}
+
 /// `GET path` with HTTP/1.0 (so the body is not chunked): status and body;
 /// status 0 if nothing answers.
 async fn http_get(port: u16, path: &str) -> (u16, String) {
