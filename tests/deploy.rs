@@ -655,8 +655,9 @@ fn metric_names_are_read_from_promql() {
 
 /// The mounted config as it is (plus a second file for the two paths that
 /// exist only in the pod) runs against a real database and broker: no
-/// warning about it, ingests, serves /healthz and /readyz, and exposes every
-/// metric the dashboard and the alert rules use.
+/// warning about it, ingests, answers 200 on the paths the Deployment's
+/// probes ask for, and exposes every metric the dashboard and the alert
+/// rules use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounted_config_runs_and_exposes_every_metric_dashboard_and_rules_use() {
     let objects = objects();
@@ -703,15 +704,22 @@ async fn mounted_config_runs_and_exposes_every_metric_dashboard_and_rules_use() 
     let mut ing = Ingester::spawn_args(&args, dir.join("ingester.log"));
 
     let started = Instant::now();
-    while http_get(port, "/readyz").await.0 != 200 {
+    // The paths the Deployment's probes ask for, readiness first.
+    let c = container(object(&objects, "Deployment"));
+    let probe_path = |probe: &str| s(&c[probe]["httpGet"]["path"]).to_string();
+    let ready_path = probe_path("readinessProbe");
+    while http_get(port, &ready_path).await.0 != 200 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "never ready\n{}",
+            "{ready_path} never answered 200\n{}",
             ing.log_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    for probe in ["startupProbe", "livenessProbe"] {
+        let path = probe_path(probe);
+        assert_eq!(http_get(port, &path).await.0, 200, "{probe} {path}");
+    }
     wait_equal(&db.url, &expected, Duration::from_secs(60), Some(&ing)).await;
     let (status, exposition) = http_get(port, "/metrics").await;
     assert_eq!(status, 200);
