@@ -57,7 +57,11 @@ pub fn check_level(level: &str) -> Result<(), String> {
     EnvFilter::builder()
         .parse(level.trim())
         .map(|_| ())
-        .map_err(|e| format!("not a log level or filter ({e}), e.g. info, debug or info,lookout_ingester=debug"))
+        .map_err(|e| {
+            format!(
+                "not a log level or filter ({e}), e.g. info, debug or info,lookout_ingester=debug"
+            )
+        })
 }
 
 static JSON: AtomicBool = AtomicBool::new(false);
@@ -69,7 +73,9 @@ fn json() -> bool {
 
 /// `RUST_LOG`, when set and not empty.
 fn rust_log() -> Option<String> {
-    std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty())
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
 }
 
 /// The format the command line asks for (`--log-format X` or

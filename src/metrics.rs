@@ -406,7 +406,9 @@ pub const QUEUE_STAGES: [&str; 4] = ["received", "batched", "converted", "commit
 
 /// Registers every metric into `registry`; fails on a name registered twice.
 fn register_into(registry: &Registry) -> prometheus::Result<()> {
-    collectors().into_iter().try_for_each(|c| registry.register(c))
+    collectors()
+        .into_iter()
+        .try_for_each(|c| registry.register(c))
 }
 
 /// Registers every metric in [`REGISTRY`], once per process; later calls do
@@ -447,7 +449,11 @@ pub fn render() -> String {
         .filter(|mf| !present.contains(mf.get_name()))
         .map(|mf| {
             let help = mf.get_help().replace('\\', "\\\\").replace('\n', "\\n");
-            (mf.get_name().to_string(), help, type_name(mf.get_field_type()))
+            (
+                mf.get_name().to_string(),
+                help,
+                type_name(mf.get_field_type()),
+            )
         })
         .collect();
     empty.sort();
@@ -550,7 +556,10 @@ mod tests {
     #[test]
     fn readme_lists_every_metric_with_its_type() {
         let table = readme_table();
-        assert!(!table.is_empty(), "no metrics table in README's Metrics section");
+        assert!(
+            !table.is_empty(),
+            "no metrics table in README's Metrics section"
+        );
         let documented: std::collections::BTreeSet<(String, String)> =
             table.iter().cloned().collect();
         assert_eq!(documented.len(), table.len(), "a metric is listed twice");

@@ -151,7 +151,9 @@ pub fn input_problem(at: &dyn Display, problem: &Problem, unapplied: bool) {
     let reason = problem.reason.as_str();
     metrics::INPUT_ERRORS.with_label_values(&[reason]).inc();
     if let Some(e) = upstream::message_error(problem.reason) {
-        upstream::PULSAR_MESSAGE_ERRORS.with_label_values(&[e]).inc();
+        upstream::PULSAR_MESSAGE_ERRORS
+            .with_label_values(&[e])
+            .inc();
     }
     if unapplied {
         log(
@@ -385,7 +387,9 @@ pub fn store_written(
         *states.entry(s).or_insert(0) += 1;
     }
     for (state, n) in states {
-        upstream::STATE_UPDATES.with_label_values(&[state]).inc_by(n);
+        upstream::STATE_UPDATES
+            .with_label_values(&[state])
+            .inc_by(n);
     }
 }
 
@@ -409,10 +413,10 @@ pub fn batch_committed(b: &BatchCommitted) {
     metrics::BATCH_MESSAGES.observe(b.messages as f64);
     metrics::BATCH_EVENTS.observe(b.events as f64);
     metrics::LAST_COMMIT_TIMESTAMP.set(now as f64 / 1000.0);
-    let lag_s = b
-        .oldest_publish
-        .as_ref()
-        .map(|t| now.saturating_sub(timestamp_ms(t)).max(0) as f64 / 1000.0);
+    // Seconds since the batch's oldest message was published (0 without publish times).
+    let lag_s = b.oldest_publish.as_ref().map_or(0.0, |t| {
+        now.saturating_sub(timestamp_ms(t)).max(0) as f64 / 1000.0
+    });
     let w = b.write;
     tracing::info!(
         messages = b.messages,
@@ -427,7 +431,7 @@ pub fn batch_committed(b: &BatchCommitted) {
         failed_rows = w.failed.len(),
         dead_letters = b.dead_letters,
         duration_ms = b.took.as_millis() as u64,
-        lag_s = lag_s.map(|l| format!("{l:.3}")).unwrap_or_default(),
+        lag_s,
         "batch committed"
     );
 }

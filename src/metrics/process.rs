@@ -27,7 +27,9 @@ impl Extra {
     pub(super) fn new() -> Extra {
         let descs = [MAX_VSIZE, RECEIVED, SENT]
             .iter()
-            .filter_map(|(n, h)| Desc::new(n.to_string(), h.to_string(), vec![], Default::default()).ok())
+            .filter_map(|(n, h)| {
+                Desc::new(n.to_string(), h.to_string(), vec![], Default::default()).ok()
+            })
             .collect();
         Extra { descs }
     }
@@ -56,8 +58,12 @@ fn family(name: &str, help: &str, value: f64, counter: bool) -> MetricFamily {
 /// The soft limit of `Max address space` in `/proc/self/limits` text;
 /// unlimited is 2^64-1, as Go's procfs reads it.
 pub(super) fn address_space_limit(limits: &str) -> Option<f64> {
-    let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
-    let soft = line["Max address space".len()..].split_whitespace().next()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let soft = line["Max address space".len()..]
+        .split_whitespace()
+        .next()?;
     if soft == "unlimited" {
         return Some(u64::MAX as f64);
     }
@@ -113,7 +119,8 @@ mod tests {
         assert_eq!(address_space_limit(limits), Some(u64::MAX as f64));
         let limited = limits.replace("unlimited            unlimited", "1000 2000");
         assert_eq!(address_space_limit(&limited), Some(1000.0));
-        let netstat = "TcpExt: A B\nTcpExt: 1 2\nIpExt: InNoRoutes InOctets OutOctets\nIpExt: 0 123 456\n";
+        let netstat =
+            "TcpExt: A B\nTcpExt: 1 2\nIpExt: InNoRoutes InOctets OutOctets\nIpExt: 0 123 456\n";
         assert_eq!(octets(netstat), Some((123.0, 456.0)));
         assert_eq!(octets("nothing"), None);
     }

@@ -344,8 +344,10 @@ mod tests {
             let name = msg_type(kind);
             assert_eq!(name == "Unknown", kind == "unknown", "{kind} -> {name}");
         }
-        let names: std::collections::BTreeSet<&str> =
-            crate::convert::EVENT_KINDS.iter().map(|k| msg_type(k)).collect();
+        let names: std::collections::BTreeSet<&str> = crate::convert::EVENT_KINDS
+            .iter()
+            .map(|k| msg_type(k))
+            .collect();
         assert_eq!(names.len(), crate::convert::EVENT_KINDS.len());
     }
 
