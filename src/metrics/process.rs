@@ -51,7 +51,7 @@ fn family(name: &str, help: &str, value: f64, counter: bool) -> MetricFamily {
     }
     f.set_name(name.to_string());
     f.set_help(help.to_string());
-    f.set_metric(vec![m].into());
+    f.set_metric(vec![m]);
     f
 }
 
