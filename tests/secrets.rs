@@ -101,7 +101,6 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
                 "json",
             ],
         ),
-        c("replay json", &["replay", "S", "--log-format=json", &rec]),
         c(
             "record",
             &["record", "S", "P", "--out", &out, "--idle", "1s"],
