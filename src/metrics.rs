@@ -182,6 +182,14 @@ pub static SCHEMA_HOT_COLD: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// 1 while `/readyz` says ready, else 0.
+pub static READY: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("ready", "1 while /readyz says ready, else 0"));
+
+/// 1 while `/healthz` says healthy, else 0.
+pub static HEALTHY: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("healthy", "1 while /healthz says healthy, else 0"));
+
 /// Every metric, in exposition order: the one list [`register`] uses.
 fn all() -> Vec<Box<dyn Collector>> {
     vec![
@@ -204,6 +212,8 @@ fn all() -> Vec<Box<dyn Collector>> {
         Box::new(IN_FLIGHT.clone()),
         Box::new(SCHEMA_GENERATION.clone()),
         Box::new(SCHEMA_HOT_COLD.clone()),
+        Box::new(READY.clone()),
+        Box::new(HEALTHY.clone()),
     ]
 }
 
@@ -250,7 +260,7 @@ mod tests {
     #[test]
     fn each_name_is_registered_exactly_once() {
         let names = names();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 21);
         let unique: std::collections::BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         // A fresh registry takes every metric once and refuses a second copy.
