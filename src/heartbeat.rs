@@ -251,8 +251,8 @@ impl Heartbeat {
                         Ok(()) => {}
                         Err(e) if !failing => {
                             tracing::warn!(
-                                "heartbeat not written: {e}; ingestion goes on (is the \
-                                 database migrated? `lookout-ingester migrate`)"
+                                "heartbeat not written: {e}; ingestion goes on (`migrate` \
+                                 creates the table)"
                             );
                             failing = true;
                         }
