@@ -155,6 +155,9 @@ const SWEEP: &str =
 /// How long one heartbeat statement may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the final beat may hold up the exit.
+const FINAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often `run` deletes old rows.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -165,6 +168,7 @@ async fn write(
     id: &Identity,
     beat: &Beat,
     stop: Option<Option<&str>>,
+    limit: Duration,
 ) -> Result<(), String> {
     let run = async {
         let c = pool.get().await.map_err(|e| crate::pg::error_chain(&e))?;
@@ -193,11 +197,11 @@ async fn write(
         .await
         .map_err(|e| crate::pg::error_chain(&e))
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, run).await {
+    match tokio::time::timeout(limit, run).await {
         Ok(r) => r.map(|_| ()),
         Err(_) => Err(format!(
             "Postgres did not answer within {}s",
-            WRITE_TIMEOUT.as_secs()
+            limit.as_secs()
         )),
     }
 }
@@ -243,7 +247,7 @@ impl Heartbeat {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    match write(&pool, &id, &Beat::now(&health), None).await {
+                    match write(&pool, &id, &Beat::now(&health), None, WRITE_TIMEOUT).await {
                         Ok(()) if failing => {
                             tracing::info!("heartbeat written again");
                             failing = false;
@@ -290,7 +294,15 @@ impl Heartbeat {
             .err()
             .map(|e| crate::config::scrub(&crate::pg::error_chain(e.as_ref())).into_owned());
         let beat = Beat::now(&self.health);
-        if let Err(e) = write(&self.pool, &self.id, &beat, Some(error.as_deref())).await {
+        if let Err(e) = write(
+            &self.pool,
+            &self.id,
+            &beat,
+            Some(error.as_deref()),
+            FINAL_TIMEOUT,
+        )
+        .await
+        {
             tracing::warn!("final heartbeat not written: {e}");
         }
     }

@@ -2,16 +2,21 @@
 //! text format), `/healthz` (the pipeline makes progress) and `/readyz`
 //! (subscribed, Postgres answering, a schema this binary can write). What
 //! they say is decided in [`crate::health`]; this module only serves it,
-//! with axum (HTTP/1.1, keep-alive, methods other than GET refused).
+//! with axum's router on hyper's HTTP/1.1 server (keep-alive, methods other
+//! than GET refused), each connection bounded in time and in number.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
 pub use crate::health::Health;
 
@@ -57,6 +62,13 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     }
 }
 
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long one connection may stay open: a client that sends nothing (or
+/// trickles) cannot hold a socket for ever. Scrapers reconnect.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Binds `addr` and serves until the task is dropped or aborted.
 pub async fn serve(
     addr: SocketAddr,
@@ -67,9 +79,28 @@ pub async fn serve(
         "serving /metrics, /healthz and /readyz on http://{}",
         listener.local_addr()?
     );
+    let app = router(health);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(health)).await {
-            tracing::error!("metrics endpoint stopped: {e}");
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                drop(slot);
+            });
         }
     }))
 }
