@@ -42,6 +42,7 @@ async fn wait_for(port: u16, path: &str, want: u16, limit: Duration, ing: &Inges
     loop {
         let (code, body) = get(port, path).await;
         if code == want {
+            eprintln!("{path} answered {want} after {:?}", start.elapsed());
             return body;
         }
         assert!(
