@@ -15,7 +15,7 @@ use serde_yaml::Value;
 use crate::convert::Converter;
 use crate::deadletter::{self, DeadLetters};
 use crate::values::parse_duration;
-use crate::{config, live, migrate, record, replay, sample, store};
+use crate::{config, live, migrate, record, replay, sample, status, store};
 
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
@@ -85,6 +85,14 @@ pub enum Command {
         settings: SettingArgs<{ DEAD_LETTERS | GLOBAL }>,
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// The fleet of `run` replicas from their heartbeats: alive, crashed, failed or stopped cleanly, with progress and lag.
+    Status {
+        #[command(flatten)]
+        settings: SettingArgs<STATUS>,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample(SampleArgs),
@@ -187,11 +195,16 @@ const SUBSCRIPTION: u16 = 128;
 const RETRY: u16 = 256;
 /// `--log-format`, `--log-level`: every command that loads settings.
 const LOG: u16 = 1024;
-const ALL: u16 = 511 | LOG;
 /// Not a group: the command's setting flags are accepted after its
 /// subcommand too (`dead-letters list --database-url URL`).
 const GLOBAL: u16 = 512;
-const RUN: u16 = ALL & !RETRY;
+/// `/healthz` and the heartbeat of `run`.
+const HEALTH: u16 = 2048;
+/// How `status` judges heartbeats.
+const FLEET: u16 = 4096;
+const ALL: u16 = 511 | LOG | HEALTH | FLEET;
+const RUN: u16 = ALL & !RETRY & !FLEET;
+const STATUS: u16 = DATABASE | RETRY | FLEET | LOG;
 const MIGRATE: u16 = DATABASE | RETRY | LOG;
 const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY | LOG;
 const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY | LOG;
@@ -339,6 +352,36 @@ pub const FLAGS: &[Flag] = &[
         "minJobSpecCompressionSize",
         CONVERT,
         "Job specs and error texts longer than this many bytes are compressed",
+    ),
+    flag(
+        "stall-timeout",
+        "health.stallTimeout",
+        HEALTH,
+        "/healthz fails once messages waited this long with nothing committed, e.g. 3m",
+    ),
+    flag(
+        "replica-id",
+        "heartbeat.replicaId",
+        HEALTH,
+        "This replica's id in ingester_heartbeat (default <hostname>-<pid>)",
+    ),
+    flag(
+        "heartbeat-interval",
+        "heartbeat.interval",
+        HEALTH,
+        "How often the heartbeat is written, e.g. 10s",
+    ),
+    flag(
+        "heartbeat-retention",
+        "heartbeat.retention",
+        HEALTH,
+        "Heartbeat rows not written for this long are deleted, e.g. 7d",
+    ),
+    flag(
+        "stale-after",
+        "heartbeat.staleAfter",
+        FLEET,
+        "A replica without a heartbeat for this long is stale (crashed unless it stopped), e.g. 1m",
     ),
 ];
 
@@ -585,6 +628,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
         } => replay(&settings, force, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
+        Command::Status { settings, json } => fleet_status(&settings, json).await,
         Command::Sample(args) => write_sample(&args),
         Command::Config { settings, .. } => {
             print!("{}", config::show(&settings.load()?));
@@ -780,6 +824,24 @@ async fn dead_letters(
                 dead.spool_path().display()
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: the replicas' heartbeats, as text or JSON. Gives up on an
+/// unreachable database after `retryFor`.
+async fn fleet_status(settings: &SettingArgs<STATUS>, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    let client = match cfg.store.retry_for {
+        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
+        None => crate::pg::connect(&pg).await?,
+    };
+    let fleet = status::fleet(&client, cfg.heartbeat.stale_after).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+    } else {
+        print!("{}", status::render(&fleet));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_yaml::Value;
 
 use crate::store::StoreSettings;
-use crate::{convert, pipeline, values};
+use crate::{convert, health, heartbeat, pipeline, values};
 
 mod keymap;
 use keymap::{keys_of, KeyMap};
@@ -508,6 +508,8 @@ pub struct Config {
     pub pipeline: pipeline::Settings,
     /// Holds the compiled `fatalInsertionErrors`.
     pub store: StoreSettings,
+    pub health: health::Settings,
+    pub heartbeat: heartbeat::Settings,
 }
 
 /// A loaded configuration and what was odd about its sources.
@@ -574,6 +576,8 @@ pub fn known_keys() -> Vec<Key> {
     keys_of::<convert::Settings>(&mut keys);
     keys_of::<pipeline::Settings>(&mut keys);
     keys_of::<StoreSettings>(&mut keys);
+    keys_of::<health::Settings>(&mut keys);
+    keys_of::<heartbeat::Settings>(&mut keys);
     keys
 }
 
@@ -830,6 +834,23 @@ pub fn show(cfg: &Config) -> String {
                     .collect(),
             ),
         ),
+        (
+            "health.stallTimeout",
+            text(&format!("{:?}", cfg.health.stall_timeout)),
+        ),
+        ("heartbeat.replicaId", text(&cfg.heartbeat.replica_id)),
+        (
+            "heartbeat.interval",
+            text(&format!("{:?}", cfg.heartbeat.interval)),
+        ),
+        (
+            "heartbeat.staleAfter",
+            text(&format!("{:?}", cfg.heartbeat.stale_after)),
+        ),
+        (
+            "heartbeat.retention",
+            text(&format!("{:?}", cfg.heartbeat.retention)),
+        ),
     ];
     let mut root = serde_yaml::Mapping::new();
     for key in known_keys() {
@@ -927,6 +948,8 @@ fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
     let convert: convert::Settings = keys.get()?;
     let pipeline: pipeline::Settings = keys.get()?;
     let store: StoreSettings = keys.get()?;
+    let health: health::Settings = keys.get()?;
+    let heartbeat: heartbeat::Settings = keys.get()?;
     pulsar.max_backoff = store.max_backoff;
     pulsar.receiver_queue_size = pulsar.receiver_queue_size.max(1);
     let set = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
@@ -970,6 +993,8 @@ fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
         convert,
         pipeline,
         store,
+        health,
+        heartbeat,
     })
 }
 

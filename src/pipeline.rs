@@ -121,6 +121,8 @@ pub struct Committed {
     pub write: WriteReport,
     /// Messages kept as dead letters (in the table or the spool).
     pub dead_letters: usize,
+    /// The newest publish time of the batch's messages (for the lag).
+    pub last_publish: Option<Timestamp>,
 }
 
 /// Decodes one message. A valid protobuf of another type may decode too (all
@@ -239,6 +241,13 @@ async fn write_planned(
                     messages = c.judged.len(),
                     "batch converted for schema generation {from} is converted again for {to}"
                 );
+                let converter = converter.clone().with_generation(to);
+                c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
+            }
+            // Tables or columns gone mid-stream: `run` waits for them
+            // (nothing acknowledged), then writes the batch for what is there.
+            Err(StoreError::Schema(_)) if store.waits_for_schema() => {
+                let to = store.detect_waiting().await?.generation;
                 let converter = converter.clone().with_generation(to);
                 c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
             }
@@ -783,7 +792,13 @@ async fn storing(
         });
         let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
+        let mut last_publish: Option<Timestamp> = None;
         for m in messages {
+            if let Some(t) = m.publish_time {
+                if last_publish.is_none_or(|l| (t.seconds, t.nanos) > (l.seconds, l.nanos)) {
+                    last_publish = Some(t);
+                }
+            }
             let Some(origin) = m.origin else { continue };
             problems.extend(m.problems.into_iter().map(|problem| Located {
                 origin: origin.clone(),
@@ -797,6 +812,7 @@ async fn storing(
             problems,
             write,
             dead_letters: letters.len(),
+            last_publish,
         };
         if out.send(done).await.is_err() {
             anyhow::bail!("acknowledger stopped");

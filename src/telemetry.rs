@@ -508,18 +508,6 @@ pub fn watch_queue<T: Send + 'static>(stage: &'static str, tx: &mpsc::Sender<T>)
     });
 }
 
-/// Mirrors `/readyz` and `/healthz` as the `ready` and `healthy` gauges,
-/// read at each scrape.
-pub fn watch_health(
-    ready: impl Fn() -> bool + Send + Sync + 'static,
-    healthy: impl Fn() -> bool + Send + Sync + 'static,
-) {
-    metrics::on_scrape("health", move || {
-        metrics::READY.set(i64::from(ready()));
-        metrics::HEALTHY.set(i64::from(healthy()));
-    });
-}
-
 /// Registers every metric and creates each label value known in advance,
 /// so that every series is on `/metrics` (at 0) from the first scrape.
 /// Idempotent; call it at start-up.

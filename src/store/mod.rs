@@ -41,9 +41,11 @@ mod copy;
 pub mod retry;
 pub mod schema;
 mod step;
+mod wait;
 
 pub(crate) use step::STEPS;
 pub use step::{Operation, Table};
+pub use wait::{SchemaReport, SCHEMA_RECHECK_INTERVAL};
 
 use crate::model::{Generation, InstructionSet};
 use crate::{metrics, telemetry};
@@ -342,6 +344,8 @@ pub struct Store {
     shutdown: Option<watch::Receiver<bool>>,
     /// What the catalog said last ([`Store::detect`] or a write).
     detected: Mutex<Option<Detected>>,
+    /// Wait for a writable schema instead of failing (`run`, see `wait.rs`).
+    schema_wait: Option<SchemaReport>,
 }
 
 impl Store {
@@ -357,6 +361,7 @@ impl Store {
             policy,
             shutdown: None,
             detected: Mutex::new(None),
+            schema_wait: None,
         }
     }
 
