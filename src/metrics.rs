@@ -293,11 +293,11 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// 1 while `/readyz` answers 200, else 0 (set by the health monitor every second).
+/// 1 while `/readyz` answers 200, else 0 (read at scrape time).
 pub static READY: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("ready", "1 while /readyz answers 200, else 0"));
 
-/// 1 while `/healthz` answers 200, else 0 (set by the health monitor every second).
+/// 1 while `/healthz` answers 200, else 0 (read at scrape time).
 pub static HEALTHY: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("healthy", "1 while /healthz answers 200, else 0"));
 
