@@ -5,6 +5,7 @@
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
+//! `report` reads what was written back (`report failures`).
 //! `migrate`, `metrics` (with `telemetry`, which counts and logs each
 //! failure once) and `cli` sit at the edges.
 
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod sample;
 pub mod source;
 pub mod store;
