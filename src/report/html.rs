@@ -231,7 +231,8 @@ fn chart(h: &mut String, r: &Report) {
             h,
             "<text x=\"{x:.1}\" y=\"{:.1}\">{}</text>",
             TOP + plot_h + 16.0,
-            escape(&start.replace('T', " ").replace('Z', ""))
+            // `MM-DD HH:MM` of the RFC 3339 start.
+            escape(&start.get(5..16).unwrap_or(start).replace('T', " "))
         );
     }
     h.push_str("</svg>\n<p class=\"legend\">");

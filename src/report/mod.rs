@@ -329,7 +329,10 @@ impl Aggregator {
         let current = finished >= self.period.from();
         self.total.add(current);
         let queue = label(&run.queue);
-        let subcategory = run.subcategory.as_deref().and_then(|s| clean_text(s, LABEL_CHARS));
+        let subcategory = run
+            .subcategory
+            .as_deref()
+            .and_then(|s| clean_text(s, LABEL_CHARS));
         let mut categories: Vec<String> = run
             .categories
             .iter()
@@ -397,8 +400,13 @@ impl Aggregator {
             })
             .collect();
         by_category.sort_by(|a, b| {
-            order(&a.counts, &b.counts)
-                .then_with(|| (&a.queue, &a.category, &a.subcategory).cmp(&(&b.queue, &b.category, &b.subcategory)))
+            order(&a.counts, &b.counts).then_with(|| {
+                (&a.queue, &a.category, &a.subcategory).cmp(&(
+                    &b.queue,
+                    &b.category,
+                    &b.subcategory,
+                ))
+            })
         });
         let mut by_exit_code: Vec<ExitCodeRow> = self
             .exit_codes
@@ -421,12 +429,8 @@ impl Aggregator {
             .map(|(message, runs)| MessageRow { message, runs })
             .collect();
         messages.sort_by(|a, b| b.runs.cmp(&a.runs).then_with(|| a.message.cmp(&b.message)));
-        let other_runs = self.other_messages
-            + messages
-                .iter()
-                .skip(self.top)
-                .map(|m| m.runs)
-                .sum::<u64>();
+        let other_runs =
+            self.other_messages + messages.iter().skip(self.top).map(|m| m.runs).sum::<u64>();
         messages.truncate(self.top);
         Report {
             generation: generation.to_string(),
@@ -460,7 +464,9 @@ impl Aggregator {
 
 /// Counts descending: this period's runs, then the previous period's.
 fn order(a: &Change, b: &Change) -> std::cmp::Ordering {
-    b.runs.cmp(&a.runs).then_with(|| b.previous.cmp(&a.previous))
+    b.runs
+        .cmp(&a.runs)
+        .then_with(|| b.previous.cmp(&a.previous))
 }
 
 fn time(t: DateTime<Utc>) -> String {

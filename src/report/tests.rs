@@ -3,7 +3,9 @@ use crate::convert::compress::zlib;
 use chrono::TimeZone;
 
 fn until() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0)
+        .single()
+        .expect("time")
 }
 
 fn day() -> Period {
@@ -11,7 +13,13 @@ fn day() -> Period {
 }
 
 /// A failed run `hours_ago` before the end of the period.
-fn run(queue: &str, hours_ago: i64, categories: &[&str], exit: Option<i32>, msg: &str) -> FailedRun {
+fn run(
+    queue: &str,
+    hours_ago: i64,
+    categories: &[&str],
+    exit: Option<i32>,
+    msg: &str,
+) -> FailedRun {
     FailedRun {
         queue: queue.into(),
         finished: (until() - TimeDelta::hours(hours_ago) + TimeDelta::minutes(1)).naive_utc(),
@@ -25,9 +33,18 @@ fn run(queue: &str, hours_ago: i64, categories: &[&str], exit: Option<i32>, msg:
 #[test]
 fn buckets_follow_the_period() {
     let p = |secs: u64| Period::new(until(), std::time::Duration::from_secs(secs)).expect("p");
-    assert_eq!((p(3600).bucket().num_seconds(), p(3600).buckets()), (60, 60));
+    assert_eq!(
+        (p(3600).bucket().num_seconds(), p(3600).buckets()),
+        (60, 60)
+    );
     assert_eq!((day().bucket().num_seconds(), day().buckets()), (1800, 48));
-    assert_eq!((p(7 * 86_400).bucket().num_seconds(), p(7 * 86_400).buckets()), (3 * 3600, 56));
+    assert_eq!(
+        (
+            p(7 * 86_400).bucket().num_seconds(),
+            p(7 * 86_400).buckets()
+        ),
+        (3 * 3600, 56)
+    );
     assert_eq!(p(30 * 86_400).buckets(), 60);
     assert_eq!(p(90).buckets(), 2);
     assert!(Period::new(until(), std::time::Duration::ZERO).is_err());
@@ -57,7 +74,10 @@ fn text_is_cleaned_for_terminals() {
     assert_eq!(clean_text("ééé", 3).as_deref(), Some("ééé"));
     for s in ["\u{9b}2J", "a\u{85}b", "\u{feff}x"] {
         let c = clean_text(s, 100).unwrap_or_default();
-        assert!(!c.chars().any(|c| c.is_control() || c == '\u{feff}'), "{c:?}");
+        assert!(
+            !c.chars().any(|c| c.is_control() || c == '\u{feff}'),
+            "{c:?}"
+        );
     }
     assert_eq!(label(""), NONE);
 }
@@ -66,11 +86,16 @@ fn text_is_cleaned_for_terminals() {
 fn messages_come_from_failure_info_then_the_error_text() {
     let z = zlib(b"pod failed\n", 1024).expect("zlib");
     assert_eq!(message(Some("OOM"), Some(&z)), Message::Text("OOM".into()));
-    assert_eq!(message(Some(" "), Some(&z)), Message::Text("pod failed".into()));
+    assert_eq!(
+        message(Some(" "), Some(&z)),
+        Message::Text("pod failed".into())
+    );
     assert_eq!(message(None, None), Message::Missing);
     assert_eq!(message(None, Some(b"not zlib")), Message::Unreadable);
     // A compressed text cut short still yields its start.
-    let long: String = (0..20_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let long: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
     let z = zlib(long.as_bytes(), 10).expect("zlib");
     let cut = &z[..z.len() / 2];
     let Message::Text(t) = message(None, Some(cut)) else {
@@ -81,6 +106,9 @@ fn messages_come_from_failure_info_then_the_error_text() {
     let bomb = zlib(&vec![b'x'; 50_000_000], 10).expect("zlib");
     assert_eq!(inflate_prefix(&bomb, 4096).map(|v| v.len()), Some(4096));
 }
+
+/// Queue, category, runs, previous, change, change in percent.
+type GroupRow<'a> = (&'a str, &'a str, u64, u64, i64, Option<i64>);
 
 #[test]
 fn groups_counts_change_and_order() {
@@ -112,7 +140,7 @@ fn groups_counts_change_and_order() {
             change_percent: Some(25)
         }
     );
-    let rows: Vec<(&str, &str, u64, u64, i64, Option<i64>)> = r
+    let rows: Vec<GroupRow> = r
         .by_category
         .rows
         .iter()
@@ -182,8 +210,14 @@ fn groups_counts_change_and_order() {
     assert_eq!(oom.counts[46], 1);
     assert_eq!(r.timeline.series[0].category, "oom");
     let text = r.to_string();
-    assert!(text.contains("5 failed run(s); previous period 4; change +1 (+25%)"), "{text}");
-    assert!(text.contains("qa     oom       -            3     1         +2 (+200%)"), "{text}");
+    assert!(
+        text.contains("5 failed run(s); previous period 4; change +1 (+25%)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qa     oom       -            3     1         +2 (+200%)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -216,7 +250,9 @@ fn html_escapes_and_is_self_contained() {
     let page = html::render(&a.finish(Generation::G035, Some("<b>q</b>")));
     assert!(page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"));
     assert!(page.contains("&lt;b&gt;q&lt;/b&gt;"));
-    for bad in ["<script", "<b>q", "<i>c", "src=", "href=", "url(", "@import", "http://", "https://"] {
+    for bad in [
+        "<script", "<b>q", "<i>c", "src=", "href=", "url(", "@import", "http://", "https://",
+    ] {
         assert!(!page.contains(bad), "{bad} in page");
     }
     assert!(page.contains("<svg") && page.contains("<rect"));
@@ -226,7 +262,10 @@ fn html_escapes_and_is_self_contained() {
 fn an_empty_report_says_so() {
     let r = Aggregator::new(day(), 10).finish(Generation::G033, Some("q"));
     let text = r.to_string();
-    assert!(text.contains("0 failed run(s); previous period 0; change 0"), "{text}");
+    assert!(
+        text.contains("0 failed run(s); previous period 0; change 0"),
+        "{text}"
+    );
     assert!(!text.contains("By exit code"));
     assert!(html::render(&r).contains("No failed runs in this period."));
 }
