@@ -108,6 +108,10 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
             &["dead-letters", "S", "purge", "--older-than", "1h"],
         ),
         c("dead-letters flush", &["dead-letters", "S", "flush"]),
+        c(
+            "report failures",
+            &["report", "S", "failures", "--json", "--html", &out],
+        ),
         c("config --show", &["config", "S", "P", "--show"]),
         c("run --help", &["run", "S", "--help"]),
         c("--help", &["--help", "S"]),
