@@ -5,9 +5,9 @@
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
-//! `report` reads what was written back (`report failures`).
-//! `migrate`, `metrics` (with `telemetry`, which counts and logs each
-//! failure once) and `cli` sit at the edges.
+//! `migrate`, `report` (reads the tables back: `report failures`),
+//! `metrics` (with `telemetry`, which counts and logs each failure once)
+//! and `cli` sit at the edges.
 
 pub mod ack;
 mod backoff;
