@@ -228,7 +228,7 @@ fn rows(v: &Value, section: &str) -> Value {
 }
 
 #[tokio::test]
-async fn report_at_031_reads_failure_info() {
+async fn report_at_031_then_032_reads_failure_info() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = database(31, dir.path()).await;
     let r = report_json(&db, &[]).await;
@@ -258,6 +258,53 @@ async fn report_at_031_reads_failure_info() {
             ],
             "other_runs": 0, "missing": 0, "unreadable": 0
         })
+    );
+
+    // Migrated to 032, with one more OOM written at 032: rows written at
+    // 031 keep their FailureInfo categories, the new one has
+    // failure_category and a subcategory, and its message is the run's
+    // error text (032 writes no FailureInfo).
+    let out = migrate_cli(&db.url, &["--to", "32"]).await;
+    assert_eq!(out.code, Some(0), "migrate --to 32: {}", out.stderr);
+    let file = write_recording(
+        dir.path().join("at-032.bin"),
+        &payloads(&life(100, "qa", 90, OOM)),
+        false,
+    );
+    let out = replay_cli(&db.url, &dir.path().join("spool-032.jsonl"), &file).await;
+    assert_eq!(out.code, Some(0), "replay at 032: {}", out.stderr);
+    let r = report_json(&db, &[]).await;
+    assert_eq!(r["generation"], "032");
+    assert_eq!(r["total"], counts(8, 3, 5, Some(167)));
+    let groups: Vec<(String, String, Value, u64)> = rows(&r, "by_category")
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            let s = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+            (
+                s("queue"),
+                s("category"),
+                row["subcategory"].clone(),
+                row["runs"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("qa".into(), "oom".into(), Value::Null, 3),
+            ("qb".into(), "oom".into(), Value::Null, 2),
+            ("qa".into(), "app".into(), Value::Null, 1),
+            ("qa".into(), "oom".into(), json!("memory"), 1),
+            ("qb".into(), "(none)".into(), Value::Null, 1),
+            ("qb".into(), "app".into(), Value::Null, 0),
+        ]
+    );
+    // After OOM_INFO (5 runs) and the hostile message, by name.
+    assert_eq!(
+        r["messages"]["top"][2],
+        json!({"message": OOM_POD, "runs": 1})
     );
     db.drop_db().await;
 }
