@@ -53,7 +53,12 @@ impl Period {
     /// The `length` up to `until`; refused when empty or so long that its
     /// previous period would leave chrono's range.
     pub fn new(until: DateTime<Utc>, length: std::time::Duration) -> Result<Period, String> {
-        let bad = || format!("--since: a period of {length:?} cannot be reported on");
+        let bad = || {
+            format!(
+                "--since: the period must be from 1s to 36500d and start after year 0, got {}s",
+                length.as_secs()
+            )
+        };
         let length = TimeDelta::from_std(length).map_err(|_| bad())?;
         if length < TimeDelta::seconds(1) || length > TimeDelta::days(36_500) {
             return Err(bad());
