@@ -48,7 +48,7 @@ pub enum Command {
     /// Publish recorded event files to the topic, one message per record (demos, tests).
     Publish {
         #[command(flatten)]
-        settings: SettingArgs<PULSAR, DATABASE>,
+        settings: SettingArgs<{ PULSAR | LOG }, DATABASE>,
         /// Recorded event files (plain or gzip), published in order, one message per record.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -109,7 +109,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RecordArgs {
     #[command(flatten)]
-    settings: SettingArgs<PULSAR, DATABASE>,
+    settings: SettingArgs<{ PULSAR | LOG }, DATABASE>,
     /// File to write.
     #[arg(long)]
     out: PathBuf,
@@ -222,15 +222,17 @@ const METRICS: u16 = 64;
 const SUBSCRIPTION: u16 = 128;
 /// `--retry-for`: one-shot commands only (`run` retries for ever).
 const RETRY: u16 = 256;
-const ALL: u16 = 511;
+/// `--log-format`, `--log-level`: every command that loads settings.
+const LOG: u16 = 1024;
+const ALL: u16 = 511 | LOG;
 /// Not a group: the command's setting flags are accepted after its
 /// subcommand too (`dead-letters list --database-url URL`).
 const GLOBAL: u16 = 512;
 const RUN: u16 = ALL & !RETRY;
-const MIGRATE: u16 = DATABASE | RETRY;
-const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY;
-const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY;
-const REPORT: u16 = DATABASE | RETRY;
+const MIGRATE: u16 = DATABASE | RETRY | LOG;
+const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY | LOG;
+const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY | LOG;
+const REPORT: u16 = DATABASE | RETRY | LOG;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
@@ -317,6 +319,18 @@ pub const FLAGS: &[Flag] = &[
         "Address the HTTP server listens on, e.g. 127.0.0.1 (default 0.0.0.0)",
     ),
     flag(
+        "log-format",
+        "logFormat",
+        LOG,
+        "Log lines as text (default) or json, one object per line",
+    ),
+    flag(
+        "log-level",
+        "logLevel",
+        LOG,
+        "Log level or filter, e.g. debug (RUST_LOG wins when set; default info)",
+    ),
+    flag(
         "dead-letter-spool",
         "deadLetterSpool",
         SPOOL,
@@ -389,6 +403,10 @@ impl<const G: u16, const H: u16> SettingArgs<G, H> {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         let loaded = config::load(&self.config, env, &self.flags)?;
+        crate::logging::apply(
+            loaded.config.service.log_format,
+            &loaded.config.service.log_level,
+        );
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
@@ -480,9 +498,12 @@ impl<const G: u16, const H: u16> Args for SettingArgs<G, H> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    init_logging();
-    install_panic_hook();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    crate::logging::init(
+        || ScrubbingStderr,
+        crate::logging::format_from_args(&args).unwrap_or_default(),
+    );
+    install_panic_hook();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -514,7 +535,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // One line, whatever the error chain holds, each cause once.
             let text = config::scrub(&crate::pg::error_chain(e.as_ref())).replace('\n', " ");
-            eprintln!("error: {text}");
+            eprintln!("{}", crate::logging::fatal_line(&text));
             ExitCode::FAILURE
         }
     }
@@ -565,17 +586,6 @@ fn install_panic_hook() {
             .unwrap_or_default();
         eprintln!("panic at {at}: {}", config::scrub(&msg).replace('\n', " "));
     }));
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only where a person reads them, not in files or pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| ScrubbingStderr)
-        .try_init();
 }
 
 /// Stderr with every registered secret scrubbed ([`config::scrub`]): the
@@ -669,7 +679,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 
 /// `publish`: send recorded files to the topic.
 async fn publish(
-    settings: &SettingArgs<PULSAR, DATABASE>,
+    settings: &SettingArgs<{ PULSAR | LOG }, DATABASE>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;

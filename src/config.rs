@@ -295,6 +295,11 @@ pub fn register_secret(s: &str) {
         return;
     }
     let mut forms = vec![s.to_string(), percent_encode(s)];
+    // As a JSON log line spells it (`--log-format json`).
+    if let Ok(quoted) = serde_json::to_string(s) {
+        forms.push(quoted.trim_matches('"').to_string());
+    }
+    forms.sort();
     forms.dedup();
     let mut known = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
     for form in forms {
@@ -463,6 +468,22 @@ pub struct Service {
     /// the working directory)
     #[serde(rename = "deadLetterSpool")]
     pub dead_letter_spool: PathBuf,
+    /// How log lines are written: `text`, or `json` (one object per line
+    /// with `timestamp`, `level`, `message` and the line's fields). Colour
+    /// only in text on a terminal. Default: text
+    #[serde(rename = "logFormat")]
+    pub log_format: crate::logging::LogFormat,
+    /// Log level, or tracing filter directives such as
+    /// `info,lookout_ingester=debug`; `RUST_LOG`, when set, wins. Default: info
+    #[serde(rename = "logLevel", deserialize_with = "log_level")]
+    pub log_level: String,
+}
+
+/// A log level or filter directives that parse.
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::logging::check_level(&s).map_err(de::Error::custom)?;
+    Ok(s.trim().to_string())
 }
 
 impl Default for Service {
@@ -471,6 +492,8 @@ impl Default for Service {
             metrics_port: 9002,
             metrics_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             dead_letter_spool: PathBuf::from("lookout-ingester-dead-letters.jsonl"),
+            log_format: crate::logging::LogFormat::Text,
+            log_level: "info".to_string(),
         }
     }
 }
@@ -705,6 +728,8 @@ pub fn show(cfg: &Config) -> String {
             "deadLetterSpool",
             text(&cfg.service.dead_letter_spool.display().to_string()),
         ),
+        ("logFormat", text(cfg.service.log_format.as_str())),
+        ("logLevel", text(&cfg.service.log_level)),
         ("pulsar.URL", text(&p.url)),
         ("pulsar.jobsetEventsTopic", text(&p.topic)),
         ("subscriptionName", text(&p.subscription)),

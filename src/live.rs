@@ -52,6 +52,14 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     // Every series exists from the first scrape.
     telemetry::register();
     let health = Arc::new(Health::default());
+    telemetry::watch_health(
+        {
+            let health = health.clone();
+            move || health.ready()
+        },
+        // /healthz answers 200 while the process serves it.
+        || true,
+    );
     // Stopped whichever way `run` returns.
     let _metrics_task = match config.service.metrics_port {
         0 => None,
@@ -119,6 +127,7 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     });
 
     let (msg_tx, msg_rx) = mpsc::channel(config.pulsar.receiver_queue_size.max(1) as usize);
+    telemetry::watch_queue("received", &msg_tx);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Ack>>();
     let source = tokio::spawn(pulsar::run(
         config.pulsar.clone(),

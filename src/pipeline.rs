@@ -279,6 +279,8 @@ pub struct Judged {
     pub instructions: InstructionSet,
     pub events_by_kind: BTreeMap<&'static str, u64>,
     pub sanitised: BTreeMap<Action, u64>,
+    /// What the metrics need from its events.
+    pub observed: telemetry::Observed,
 }
 
 /// Converts one decoded message and collects its problems (an undecodable
@@ -304,6 +306,7 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
         }),
         Ok(seq) => {
             let seq = select(seq, j.message.only.as_deref());
+            j.observed = telemetry::Observed::of(&seq, m.publish_time.as_ref());
             let c = converter.convert(&seq, m.publish_time.as_ref());
             j.message.problems = c.problems;
             // Problems name events by their index in the whole message.
@@ -627,6 +630,9 @@ pub fn spawn(
     let (batch_tx, batch_rx) = mpsc::channel(depth);
     let (conv_tx, conv_rx) = mpsc::channel(depth);
     let (done_tx, done_rx) = mpsc::channel(depth);
+    telemetry::watch_queue("batched", &batch_tx);
+    telemetry::watch_queue("converted", &conv_tx);
+    telemetry::watch_queue("committed", &done_tx);
     let tasks = vec![
         tokio::spawn(batcher(source, batch_tx, settings)),
         tokio::spawn(converting(
@@ -741,12 +747,17 @@ async fn storing(
 ) -> anyhow::Result<()> {
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
+        let started = std::time::Instant::now();
         let (c, write) = write_planned(&store, &converter, c).await?;
+        let committed_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let c_generation = c.generation;
         let mut events_by_kind = BTreeMap::new();
         let mut messages = Vec::with_capacity(c.judged.len());
         for j in c.judged {
             count_judged(&j);
+            telemetry::events_committed(&j.observed, committed_ms);
             for (k, n) in j.events_by_kind {
                 *events_by_kind.entry(k).or_insert(0) += n;
             }
@@ -759,6 +770,17 @@ async fn storing(
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
         metrics::IN_FLIGHT.sub(messages.len() as i64);
+        telemetry::batch_committed(&telemetry::BatchCommitted {
+            messages: messages.len(),
+            events: events_by_kind.values().sum(),
+            write: &write,
+            dead_letters: letters.len(),
+            took: started.elapsed(),
+            oldest_publish: messages
+                .iter()
+                .filter_map(|m| m.publish_time)
+                .min_by_key(|t| (t.seconds, t.nanos)),
+        });
         let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
         for m in messages {

@@ -90,6 +90,18 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
     vec![
         c("run", &["run", "S", "P", "--metrics-port", "0"]),
         c(
+            "run json",
+            &[
+                "run",
+                "S",
+                "P",
+                "--metrics-port",
+                "0",
+                "--log-format",
+                "json",
+            ],
+        ),
+        c(
             "record",
             &["record", "S", "P", "--out", &out, "--idle", "1s"],
         ),

@@ -276,6 +276,7 @@ where
         crate::metrics::DB_ERRORS
             .with_label_values(&[class.label(), err.operation()])
             .inc();
+        crate::metrics::upstream::db_error(err.operation());
         if !class.is_retryable() {
             return Err(RetryError::Fatal(err));
         }
