@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use serde_yaml::Value;
 
@@ -94,6 +95,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reports on what the Lookout tables hold.
+    Report {
+        #[command(flatten)]
+        settings: SettingArgs<{ REPORT | GLOBAL }>,
+        #[command(subcommand)]
+        kind: ReportKind,
+    },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample(SampleArgs),
     /// Print the effective configuration (files, then environment, then flags) with secrets redacted.
@@ -144,6 +152,35 @@ pub struct SampleArgs {
     /// Gzip the file.
     #[arg(long)]
     gzip: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportKind {
+    /// Failed runs of a period by queue and category, by exit code, their most
+    /// common messages, and the change against the period before.
+    Failures(FailuresArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FailuresArgs {
+    /// Length of the period, ending at --until: e.g. 24h, 7d, 90m.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    since: String,
+    /// End of the period (RFC 3339, e.g. 2026-11-23T10:00:00Z); default now.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with a chart to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// How many of the most common messages to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +245,7 @@ const STATUS: u16 = DATABASE | RETRY | FLEET | LOG;
 const MIGRATE: u16 = DATABASE | RETRY | LOG;
 const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY | LOG;
 const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY | LOG;
+const REPORT: u16 = DATABASE | RETRY | LOG;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
@@ -629,6 +667,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => replay(&settings, force, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Status { settings, json } => fleet_status(&settings, json).await,
+        Command::Report {
+            settings,
+            kind: ReportKind::Failures(args),
+        } => report_failures(&settings, &args).await,
         Command::Sample(args) => write_sample(&args),
         Command::Config { settings, .. } => {
             print!("{}", config::show(&settings.load()?));
@@ -842,6 +884,43 @@ async fn fleet_status(settings: &SettingArgs<STATUS>, json: bool) -> anyhow::Res
         println!("{}", serde_json::to_string_pretty(&fleet)?);
     } else {
         print!("{}", status::render(&fleet));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report failures`: the failed runs of a period, as text or JSON, and
+/// optionally as an HTML page.
+async fn report_failures(
+    settings: &SettingArgs<{ REPORT | GLOBAL }>,
+    args: &FailuresArgs,
+) -> anyhow::Result<ExitCode> {
+    let length = parse_duration(&args.since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let until = match &args.until {
+        None => chrono::Utc::now(),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| anyhow::anyhow!("--until {s:?} is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+    };
+    let period = crate::report::Period::new(until, length).map_err(anyhow::Error::msg)?;
+    let cfg = settings.load()?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    let mut client = match cfg.store.retry_for {
+        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
+        None => crate::pg::connect(&pg).await?,
+    };
+    let report =
+        crate::report::failures(&mut client, period, args.queue.as_deref(), args.top).await?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, crate::report::html::render(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if let Some(path) = &args.html {
+        eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

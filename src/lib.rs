@@ -5,8 +5,9 @@
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
-//! `migrate`, `metrics` (with `telemetry`, which counts and logs each
-//! failure once) and `cli` sit at the edges.
+//! `migrate`, `report` (reads the tables back: `report failures`),
+//! `metrics` (with `telemetry`, which counts and logs each failure once)
+//! and `cli` sit at the edges.
 
 pub mod ack;
 mod backoff;
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod proto;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod sample;
 pub mod source;
 pub mod status;

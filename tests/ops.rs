@@ -152,6 +152,8 @@ async fn help_describes_every_option_and_lists_only_real_ones() {
         &["dead-letters", "retry"],
         &["dead-letters", "show"],
         &["dead-letters", "flush"],
+        &["report"],
+        &["report", "failures"],
     ] {
         assert_all_described(&help(path).await);
     }

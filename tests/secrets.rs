@@ -121,6 +121,10 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
         ),
         c("dead-letters flush", &["dead-letters", "S", "flush"]),
         c("status", &["status", "S", "--json"]),
+        c(
+            "report failures",
+            &["report", "S", "failures", "--json", "--html", &out],
+        ),
         c("config --show", &["config", "S", "P", "--show"]),
         c("run --help", &["run", "S", "--help"]),
         c("--help", &["--help", "S"]),
