@@ -10,6 +10,7 @@
 
 pub mod ack;
 mod backoff;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
@@ -29,3 +30,4 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod values;
+pub mod workload;
