@@ -408,7 +408,6 @@ async fn copy_ceiling(
     one.batch_execute(&format!("TRUNCATE {}", TABLES.join(", ")))
         .await
         .context("cannot empty the ceiling tables")?;
-    one.batch_execute("VACUUM").await.context("cannot vacuum")?;
     let mut clients = Vec::new();
     for _ in TABLES {
         clients.push(env.connect(&db).await?);
@@ -580,9 +579,15 @@ impl Env {
 
     /// Waits for a child: its exit code and peak RSS (KiB).
     async fn wait(&self, pid: i32) -> anyhow::Result<(Option<i32>, i64)> {
-        let r = tokio::task::spawn_blocking(move || wait4(pid)).await?;
-        lock(&self.owned).children.remove(&pid);
-        r
+        let owned = self.owned.clone();
+        // Forgotten as soon as it is reaped (also when this future is
+        // dropped), so the cleanup never signals a reused process id.
+        tokio::task::spawn_blocking(move || {
+            let r = wait4(pid);
+            lock(&owned).children.remove(&pid);
+            r
+        })
+        .await?
     }
 
     /// Asks a child to stop (SIGTERM), SIGKILL after `grace`.
@@ -1034,7 +1039,7 @@ async fn latency(
     let seen = tokio::time::timeout(Duration::from_secs(120), poller)
         .await
         .map_err(|_| anyhow!("run on {topic} did not commit every job within 120s"))???;
-    let _ = producer.close().await;
+    drop(producer);
     env.stop(pid, Duration::from_secs(15)).await?;
     let mut ms: Vec<f64> = sent
         .iter()

@@ -351,7 +351,10 @@ impl Workload {
         );
         put_bytes(&mut container_bytes, 3, b"/opt/runner/bin/run-stage.sh");
         for a in 0..(4 + rng.below(16)) {
-            let arg = format!("--stage-{a}={:016x}{:016x}", rng.next_u64(), rng.next_u64());
+            let arg = format!(
+                "--input-{a}=s3://datasets/{}/features/part-{a:05}/shard-{number:08}.parquet",
+                self.names.tag
+            );
             put_bytes(&mut container_bytes, 4, arg.as_bytes());
         }
         let mut pod = Vec::with_capacity(container_bytes.len() + 64);
@@ -395,11 +398,11 @@ impl Workload {
             ("team.example/owner", "data-platform".into()),
         ];
         Kind::SubmitJob(ev::SubmitJob {
-            job_id: job.job_id.clone().into_bytes().into(),
-            deduplication_id: format!("dedup-{}", job.job_id).into_bytes().into(),
+            job_id: job.job_id.clone().into_bytes(),
+            deduplication_id: format!("dedup-{}", job.job_id).into_bytes(),
             priority: (number % 4) as u32,
             object_meta: Some(ev::ObjectMeta {
-                namespace: b"default".to_vec().into(),
+                namespace: b"default".to_vec(),
                 annotations: annotations
                     .iter()
                     .map(|(k, v)| sample::entry(k, v))
@@ -411,7 +414,7 @@ impl Workload {
                 object_meta: None,
                 object: Some(ev::kubernetes_main_object::Object::PodSpec(
                     ev::PodSpecWithAvoidList {
-                        pod_spec: Some(pod.into()),
+                        pod_spec: Some(pod),
                         node_avoidlist: vec![],
                     },
                 )),
@@ -520,7 +523,7 @@ impl Workload {
                     vec![sample::error(
                         true,
                         ev::error::Reason::JobRejected(ev::JobRejected {
-                            message: b"job does not fit on any node of the pool".to_vec().into(),
+                            message: b"job does not fit on any node of the pool".to_vec(),
                         }),
                         None,
                     )],
@@ -672,7 +675,7 @@ mod tests {
         let p = w.produced();
         assert_eq!(p.events, events);
         assert_eq!(p.events, w.planned_events());
-        assert!(events >= 5_000 && events < 5_000 + 40, "{events}");
+        assert!((5_000..5_000 + 40).contains(&events), "{events}");
         assert_eq!(p.rows.job, submits);
         assert_eq!(w.jobs_in_flight(), 0);
     }
