@@ -22,8 +22,13 @@ async fn bench_databases() -> Vec<String> {
         .collect()
 }
 
+/// The tests of this file one at a time, so that one's databases are not
+/// taken for another's leftovers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `bench` with `args`; its JSON line, after checking the run.
 async fn bench(args: &[&str]) -> Value {
+    let _one_at_a_time = SERIAL.lock().await;
     let before = bench_databases().await;
     let url = common::admin_url();
     let mut all = vec!["bench", "--database-url", url.as_str()];
