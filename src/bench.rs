@@ -952,7 +952,8 @@ async fn scrape(port: u16) -> Option<Scrape> {
 /// is committed when `job` holds every job submitted up to it (messages
 /// commit in topic order, in whole batches), seen by counting `job` every
 /// 10 ms; its latency is that moment minus when it was handed to the
-/// producer. Messages without submissions are published but not timed.
+/// producer. Messages without submissions (most: jobs are submitted in
+/// batches) are published but not timed.
 /// Returns p50, p95 and p99 in ms.
 async fn latency(
     env: &Env,
