@@ -104,6 +104,8 @@ pub enum Command {
     },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample(SampleArgs),
+    /// Measure replay, live ingestion and latency against their ceilings on databases it creates and drops.
+    Bench(BenchArgs),
     /// Print the effective configuration (files, then environment, then flags) with secrets redacted.
     Config {
         #[command(flatten)]
@@ -136,6 +138,39 @@ pub struct RecordArgs {
     /// Stop after this many messages.
     #[arg(long)]
     max_messages: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    settings: SettingArgs<DATABASE>,
+    /// Size of the generated workload, in events.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Seed of the workload generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of jobs whose run fails (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    failure_ratio: f64,
+    /// Failures carry no FailureInfo (to measure its cost).
+    #[arg(long)]
+    no_failure_info: bool,
+    /// Jobs in flight at once in the generated topic.
+    #[arg(long, default_value_t = 5_000)]
+    in_flight: u32,
+    /// Seconds over which each job's events are spread, at most.
+    #[arg(long, default_value_t = 600)]
+    window: u32,
+    /// Skip the live catch-up and latency measurements (no broker needed).
+    #[arg(long)]
+    no_live: bool,
+    /// Use this broker instead of starting pulsar-lite and the proxy.
+    #[arg(long)]
+    pulsar_url: Option<String>,
+    /// Seconds of publishing at each latency rate.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -672,6 +707,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kind: ReportKind::Failures(args),
         } => report_failures(&settings, &args).await,
         Command::Sample(args) => write_sample(&args),
+        Command::Bench(args) => bench(args).await,
         Command::Config { settings, .. } => {
             print!("{}", config::show(&settings.load()?));
             Ok(ExitCode::SUCCESS)
@@ -922,6 +958,36 @@ async fn report_failures(
     if let Some(path) = &args.html {
         eprintln!("wrote {}", path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench`: the figures as a table, then one JSON line.
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.settings.load()?;
+    if !(0.0..=1.0).contains(&args.failure_ratio) {
+        anyhow::bail!(
+            "--failure-ratio: expected a number from 0 to 1, got {}",
+            args.failure_ratio
+        );
+    }
+    let opts = crate::bench::Options {
+        workload: crate::workload::Options {
+            seed: args.seed,
+            events: args.events,
+            failure_ratio: args.failure_ratio,
+            failure_info: !args.no_failure_info,
+            in_flight: args.in_flight,
+            window_secs: args.window,
+            ..Default::default()
+        },
+        live: !args.no_live,
+        pulsar_url: args.pulsar_url,
+        latency_secs: args.latency_secs,
+        config_files: args.settings.config.clone(),
+    };
+    let figures = crate::bench::run(cfg, opts).await?;
+    print!("{}", figures.table());
+    println!("{}", serde_json::to_string(&figures)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,7 @@
 
 pub mod ack;
 mod backoff;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
@@ -36,3 +37,4 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod values;
+pub mod workload;

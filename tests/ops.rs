@@ -146,6 +146,7 @@ async fn help_describes_every_option_and_lists_only_real_ones() {
         &["run"],
         &["migrate"],
         &["sample"],
+        &["bench"],
         &["dead-letters"],
         &["dead-letters", "list"],
         &["dead-letters", "purge"],
