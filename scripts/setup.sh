@@ -33,6 +33,12 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt_install openssl
 fi
 
+# tests/ops.rs measures a child's peak RSS with it.
+if ! [ -x /usr/bin/time ]; then
+  log "installing time"
+  apt_install time
+fi
+
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   log "installing postgresql"
   apt_install postgresql

@@ -246,6 +246,40 @@ pub async fn publish_payloads(
     publish_stream(cfg, payloads.into_iter().map(Ok)).await
 }
 
+/// Sends awaiting the broker's receipt at most: pulsar-rs refuses
+/// (SlowDown) past its 100-message outbound queue.
+const MAX_PENDING_SENDS: usize = 64;
+/// Payload bytes awaiting receipts at most. Each one is held by the client
+/// (and copied into its frame buffer) until its receipt arrives, so this,
+/// not the file's size, bounds publish's memory.
+const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
+
+/// Sends in flight, oldest first, and their payload bytes.
+#[derive(Default)]
+struct Window {
+    sends: std::collections::VecDeque<(SendFuture, usize)>,
+    bytes: usize,
+}
+
+impl Window {
+    /// Whether a send of `len` bytes must wait for the oldest receipt. An
+    /// empty window always takes one, however large.
+    fn full_for(&self, len: usize) -> bool {
+        !self.sends.is_empty()
+            && (self.sends.len() >= MAX_PENDING_SENDS
+                || self.bytes.saturating_add(len) > MAX_PENDING_BYTES)
+    }
+
+    /// Awaits the oldest receipt.
+    async fn settle_oldest(&mut self) -> anyhow::Result<()> {
+        if let Some((f, len)) = self.sends.pop_front() {
+            self.bytes -= len;
+            f.await?;
+        }
+        Ok(())
+    }
+}
+
 /// Publishes payloads as they come; the first error stops it once what was
 /// sent before it is confirmed.
 async fn publish_stream(
@@ -259,7 +293,7 @@ async fn publish_stream(
         .build()
         .await?;
     let mut sent = 0u64;
-    let mut pending: Vec<SendFuture> = Vec::new();
+    let mut window = Window::default();
     let mut failure = None;
     for rec in payloads {
         let rec = match rec {
@@ -269,17 +303,18 @@ async fn publish_stream(
                 break;
             }
         };
-        pending.push(producer.send_non_blocking(rec).await?);
-        sent += 1;
-        // pulsar-rs refuses (SlowDown) past its 100-message outbound queue.
-        if pending.len() >= 64 {
-            for f in pending.drain(..) {
-                f.await?;
-            }
+        let len = rec.len();
+        while window.full_for(len) {
+            window.settle_oldest().await?;
         }
+        window
+            .sends
+            .push_back((producer.send_non_blocking(rec).await?, len));
+        window.bytes += len;
+        sent += 1;
     }
-    for f in pending {
-        f.await?;
+    while !window.sends.is_empty() {
+        window.settle_oldest().await?;
     }
     let _ = producer.close().await;
     match failure {
