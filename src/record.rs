@@ -121,7 +121,8 @@ pub async fn record(
         );
     }
     let pulsar = client(cfg).await?;
-    if topic_exists(&pulsar, &cfg.topic).await == Some(false) {
+    let exists = topic_exists(&pulsar, &cfg.topic).await;
+    if exists == Some(false) {
         anyhow::bail!(
             "topic {} does not exist on {} (not created; check the name)",
             qualify_topic(&cfg.topic).0,
@@ -177,18 +178,31 @@ pub async fn record(
     w.finish()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.path.display()))?;
     if r.messages == 0 {
-        // Most likely a misspelled topic (on a broker that could not say).
-        anyhow::bail!(
-            "no messages on topic {} within --idle {:?}{} (is the name right?); {} not written",
-            qualify_topic(&cfg.topic).0,
-            opts.idle,
-            if r.skipped_before_since > 0 {
-                " after --since"
-            } else {
-                ""
-            },
-            out.display()
-        );
+        let topic = qualify_topic(&cfg.topic).0;
+        let since = if r.skipped_before_since > 0 {
+            " after --since"
+        } else {
+            ""
+        };
+        let why = if exists.is_some() {
+            format!(
+                "topic {topic} exists but had no messages{since} within --idle {:?}",
+                opts.idle
+            )
+        } else {
+            // The Pulsar protocol has no other way to ask without creating
+            // (a lookup or partition-metadata request answers alike for a
+            // topic that does not exist); a misspelled name is the likely cause.
+            format!(
+                "no messages on topic {topic}{since} within --idle {:?}; {} did not list the \
+                 topics of its namespace, so whether {topic} existed could not be checked: \
+                 it is empty, or it did not exist and the broker created it when it was \
+                 read (check the name)",
+                opts.idle,
+                target(&cfg.url)
+            )
+        };
+        anyhow::bail!("{why}; {} not written", out.display());
     }
     if !opts.force && out.exists() {
         anyhow::bail!(
@@ -280,6 +294,28 @@ impl Window {
     }
 }
 
+/// The part of an EventSequence that names its job set (other fields are
+/// skipped undecoded).
+#[derive(Clone, PartialEq, prost::Message)]
+struct JobSetOnly {
+    #[prost(bytes = "vec", tag = "2")]
+    job_set_name: Vec<u8>,
+}
+
+/// A message as Armada's publisher makes it: keyed by its job set, so on a
+/// partitioned topic all of a job set's events (and so each job's) land on
+/// one partition, in order. A payload that does not decode goes unkeyed.
+fn keyed(payload: Vec<u8>) -> pulsar::producer::Message {
+    let key = JobSetOnly::decode(payload.as_slice())
+        .ok()
+        .map(|k| String::from_utf8_lossy(&k.job_set_name).into_owned());
+    pulsar::producer::Message {
+        payload,
+        partition_key: key,
+        ..Default::default()
+    }
+}
+
 /// Publishes payloads as they come; the first error stops it once what was
 /// sent before it is confirmed.
 async fn publish_stream(
@@ -290,6 +326,11 @@ async fn publish_stream(
     let mut producer = pulsar
         .producer()
         .with_topic(cfg.topic.clone())
+        // Routes a keyed message by its key's hash (round robin otherwise).
+        .with_options(pulsar::producer::ProducerOptions {
+            routing_policy: Some(pulsar::routing_policy::RoutingPolicy::RoundRobin),
+            ..Default::default()
+        })
         .build()
         .await?;
     let mut sent = 0u64;
@@ -309,7 +350,7 @@ async fn publish_stream(
         }
         window
             .sends
-            .push_back((producer.send_non_blocking(rec).await?, len));
+            .push_back((producer.send_non_blocking(keyed(rec)).await?, len));
         window.bytes += len;
         sent += 1;
     }

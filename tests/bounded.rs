@@ -131,7 +131,7 @@ async fn many_empty_records_replay_in_bounded_memory_and_few_log_lines() {
 }
 
 /// Read the empty records as records (not as a corrupt region).
-const FORCE: [&str; 1] = ["--force"];
+const FORCE: [&str; 1] = ["--read-past-corrupt"];
 
 /// Writes `start` then `zeros` zero bytes to `out`, gzip-compressed.
 fn gzip_zeros(start: &[u8], zeros: usize, out: &Path) {

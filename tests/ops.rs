@@ -58,6 +58,16 @@ async fn record_keeps_an_existing_file_and_refuses_a_missing_topic() {
         "{}",
         r.stderr
     );
+    // It says exactly what happened: the check could not be made, and the
+    // broker may have created the topic.
+    for what in [
+        "did not list the topics of its namespace",
+        "could not be checked",
+        "did not exist and the broker created it",
+        "kept.bin not written",
+    ] {
+        assert!(r.stderr.contains(what), "{what:?} missing: {}", r.stderr);
+    }
     assert_eq!(std::fs::read(&out).expect("read"), b"precious");
     assert!(partial_files(dir.path()).is_empty());
     assert_eq!(
