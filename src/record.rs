@@ -268,6 +268,12 @@ const MAX_PENDING_SENDS: usize = 64;
 /// not the file's size, bounds publish's memory.
 const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
 
+/// Whether a send of `len` bytes must wait while `pending` sends of `bytes`
+/// bytes await receipts. An empty window always takes one, however large.
+fn must_wait(pending: usize, bytes: usize, len: usize) -> bool {
+    pending > 0 && (pending >= MAX_PENDING_SENDS || bytes.saturating_add(len) > MAX_PENDING_BYTES)
+}
+
 /// Sends in flight, oldest first, and their payload bytes.
 #[derive(Default)]
 struct Window {
@@ -276,12 +282,9 @@ struct Window {
 }
 
 impl Window {
-    /// Whether a send of `len` bytes must wait for the oldest receipt. An
-    /// empty window always takes one, however large.
+    /// Whether a send of `len` bytes must wait for the oldest receipt.
     fn full_for(&self, len: usize) -> bool {
-        !self.sends.is_empty()
-            && (self.sends.len() >= MAX_PENDING_SENDS
-                || self.bytes.saturating_add(len) > MAX_PENDING_BYTES)
+        must_wait(self.sends.len(), self.bytes, len)
     }
 
     /// Awaits the oldest receipt.
@@ -368,6 +371,28 @@ async fn publish_stream(
 mod tests {
     use super::*;
     use crate::sample;
+
+    #[test]
+    fn the_send_window_is_bounded_by_count_and_bytes() {
+        let mib = 1024 * 1024;
+        assert!(
+            !must_wait(0, 0, 100 * mib),
+            "an empty window takes any record"
+        );
+        assert!(!must_wait(1, mib, mib));
+        assert!(must_wait(1, mib, mib + 1));
+        assert!(!must_wait(MAX_PENDING_SENDS - 1, 0, 10));
+        assert!(must_wait(MAX_PENDING_SENDS, 0, 10));
+    }
+
+    #[test]
+    fn messages_are_keyed_by_their_job_set() {
+        let seq = sample::sequence("q", "set-7", "u", vec![]);
+        let m = keyed(seq.encode_to_vec());
+        assert_eq!(m.partition_key.as_deref(), Some("set-7"));
+        assert_eq!(m.payload, seq.encode_to_vec());
+        assert_eq!(keyed(vec![0xff, 0xff]).partition_key, None);
+    }
 
     #[test]
     fn fills_only_missing_created() {
