@@ -3,8 +3,9 @@
 # 2-partition topic backlog, each setup into a fresh database, timed until
 # the tables' aggregates equal those of a replay of the same file.
 #   one:               1 replica on the topic (both partitions)
-#   two-failover:      2 replicas on the topic in one Failover subscription
 #   two-by-partition:  2 replicas, each given one partition as its topic
+# (Not 2 replicas in one Failover subscription: pulsar-lite then delivers a
+# partition's backlog to both, out of order; see README, scaling out.)
 # Prints figures; never fails on speed. Databases are dropped on exit.
 # Usage: scripts/scale-out.sh [JOBS]   (default 20000 jobs, about 112k messages)
 set -euo pipefail
@@ -77,5 +78,4 @@ measure() {
   echo "$name: ${secs}s, ${rate} messages/s"
 }
 measure one scale
-measure two-failover scale scale
 measure two-by-partition scale-partition-0 scale-partition-1
