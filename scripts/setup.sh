@@ -52,6 +52,12 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate==1.37.0 >/dev/null
 fi
 
+# tests/ops.rs measures a child's peak RSS with it.
+if ! [ -x /usr/bin/time ]; then
+  log "installing time"
+  apt_install time
+fi
+
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   log "installing postgresql"
   apt_install postgresql

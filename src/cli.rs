@@ -71,10 +71,15 @@ pub enum Command {
     Replay {
         #[command(flatten)]
         settings: SettingArgs<REPLAY>,
-        /// Read files that do not look like recordings, and corrupt regions,
-        /// as records anyway (what does not apply becomes dead letters).
+        /// Read files that do not look like recordings (their first record is
+        /// not an event sequence with a queue and job set) anyway.
         #[arg(long)]
         force: bool,
+        /// Read past corrupt regions: a run of 100 records (or 16 MiB) that are
+        /// not event sequences no longer stops the file; each such record
+        /// becomes a dead letter.
+        #[arg(long)]
+        read_past_corrupt: bool,
         /// Recorded event files: length-delimited EventSequence records.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -698,8 +703,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay {
             settings,
             force,
+            read_past_corrupt,
             files,
-        } => replay(&settings, force, files).await,
+        } => replay(&settings, force, read_past_corrupt, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
         Command::Status { settings, json } => fleet_status(&settings, json).await,
         Command::Report {
@@ -778,10 +784,7 @@ async fn migrate(
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
-    let mut client = match cfg.store.retry_for {
-        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
-        None => crate::pg::connect(&pg).await?,
-    };
+    let mut client = crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?;
     if status {
         let status = migrate::status(&client).await?;
         print!("{status}");
@@ -807,17 +810,21 @@ async fn migrate(
 async fn replay(
     settings: &SettingArgs<REPLAY>,
     force: bool,
+    read_past_corrupt: bool,
     files: Vec<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     deadletter::check_spool(&cfg.service.dead_letter_spool)?;
-    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    drop(crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?);
+    let pool = crate::pg::pool(&pg, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
     let (_keep, stop) = live::signal_stop()?;
     let options = replay::Options {
         force,
+        read_past_corrupt,
         progress: std::io::stderr().is_terminal(),
         stop: Some(stop),
     };
@@ -838,7 +845,10 @@ async fn dead_letters(
     action: DeadLetterAction,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 2)?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    // Every action, not only `retry` (whose writes the store retries).
+    drop(crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?);
+    let pool = crate::pg::pool(&pg, 2)?;
     let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
     match action {
         DeadLetterAction::List { json, limit } => {
