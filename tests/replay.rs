@@ -638,9 +638,11 @@ async fn an_interrupted_replay_prints_what_was_committed() {
     let seqs = sample::generate(9, 3000);
     let total = seqs.len();
     let path = write_file(dir.path(), "big.bin", &seqs, false);
-    let db = TestDb::migrated().await;
-    let client = db.client().await;
     for signal in [libc::SIGTERM, libc::SIGINT] {
+        // A fresh database each time: re-applying what the first run
+        // committed would not show as progress.
+        let db = TestDb::migrated().await;
+        let client = db.client().await;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout-ingester"))
             .args(["replay", "--database-url", &db.url, "--batch-size", "1"])
             .arg("--dead-letter-spool")
@@ -682,6 +684,6 @@ async fn an_interrupted_replay_prints_what_was_committed() {
             records > 0 && records < total,
             "{records} of {total}\n{stdout}"
         );
+        db.drop_db().await;
     }
-    db.drop_db().await;
 }
