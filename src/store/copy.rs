@@ -853,9 +853,10 @@ pub(crate) async fn run_batch(
             else {
                 return insert_count(tx, sql, step).await;
             };
-            let row = tx.query_one(returning, &[]).await.map_err(op("insert"))?;
-            let affected: i64 = row.try_get(0).map_err(op("insert"))?;
-            let keys: Option<Vec<String>> = row.try_get(1).map_err(op("insert"))?;
+            let insert = step.operation().as_str();
+            let row = tx.query_one(returning, &[]).await.map_err(op(insert))?;
+            let affected: i64 = row.try_get(0).map_err(op(insert))?;
+            let keys: Option<Vec<String>> = row.try_get(1).map_err(op(insert))?;
             Ok(Applied {
                 affected: u64::try_from(affected).unwrap_or(0),
                 fresh: keys
