@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the ingester's build, tests and demo need on a
-# fresh Debian machine: protoc (for prost-build), a running PostgreSQL on
+# fresh Debian machine: protoc (for prost-build), promtool (alert rule
+# tests), kubernetes-validate (manifest schemas), a running PostgreSQL on
 # 127.0.0.1:5432 with trust auth, and pulsar-lite (a single-binary Pulsar
 # broker for local runs and broker tests). Safe to run again.
 set -euo pipefail
@@ -31,6 +32,30 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
   log "installing openssl"
   apt_install openssl
+fi
+
+# tests/deploy.rs checks and unit-tests the alert rules with promtool, which
+# ships in Debian's prometheus package. Only the tool is wanted: no
+# recommended exporters (and policy-rc.d keeps the daemon from starting in
+# containers).
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (for promtool)"
+  apt_install --no-install-recommends prometheus
+fi
+
+# tests/deploy.rs validates the Kubernetes manifests against the API's
+# schemas (strictly: a misspelt field fails) with kubernetes-validate, which
+# ships them.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  log "installing kubernetes-validate"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0 >/dev/null 2>&1 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate==1.37.0 >/dev/null
+fi
+
+# tests/ops.rs measures a child's peak RSS with it.
+if ! [ -x /usr/bin/time ]; then
+  log "installing time"
+  apt_install time
 fi
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use serde_yaml::Value;
 
 use crate::convert::Converter;
 use crate::deadletter::{self, DeadLetters};
 use crate::values::parse_duration;
-use crate::{config, live, migrate, record, replay, sample, store};
+use crate::{config, live, migrate, record, replay, sample, status, store};
 
 /// Exit status of a replay that finished but skipped some input.
 pub const EXIT_SKIPPED: u8 = 3;
@@ -47,7 +48,7 @@ pub enum Command {
     /// Publish recorded event files to the topic, one message per record (demos, tests).
     Publish {
         #[command(flatten)]
-        settings: SettingArgs<PULSAR, DATABASE>,
+        settings: SettingArgs<{ PULSAR | LOG }, DATABASE>,
         /// Recorded event files (plain or gzip), published in order, one message per record.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -70,10 +71,15 @@ pub enum Command {
     Replay {
         #[command(flatten)]
         settings: SettingArgs<REPLAY>,
-        /// Read files that do not look like recordings, and corrupt regions,
-        /// as records anyway (what does not apply becomes dead letters).
+        /// Read files that do not look like recordings (their first record is
+        /// not an event sequence with a queue and job set) anyway.
         #[arg(long)]
         force: bool,
+        /// Read past corrupt regions: a run of 100 records (or 16 MiB) that are
+        /// not event sequences no longer stops the file; each such record
+        /// becomes a dead letter.
+        #[arg(long)]
+        read_past_corrupt: bool,
         /// Recorded event files: length-delimited EventSequence records.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -86,8 +92,25 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// The fleet of `run` replicas from their heartbeats: alive, crashed, failed or stopped cleanly, with progress and lag.
+    Status {
+        #[command(flatten)]
+        settings: SettingArgs<STATUS>,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reports on what the Lookout tables hold.
+    Report {
+        #[command(flatten)]
+        settings: SettingArgs<{ REPORT | GLOBAL }>,
+        #[command(subcommand)]
+        kind: ReportKind,
+    },
     /// Write a synthetic recording of job life cycles (for demos and tests).
     Sample(SampleArgs),
+    /// Measure replay, live ingestion and latency against their ceilings on databases it creates and drops.
+    Bench(BenchArgs),
     /// Print the effective configuration (files, then environment, then flags) with secrets redacted.
     Config {
         #[command(flatten)]
@@ -101,7 +124,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct RecordArgs {
     #[command(flatten)]
-    settings: SettingArgs<PULSAR, DATABASE>,
+    settings: SettingArgs<{ PULSAR | LOG }, DATABASE>,
     /// File to write.
     #[arg(long)]
     out: PathBuf,
@@ -123,6 +146,39 @@ pub struct RecordArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    settings: SettingArgs<DATABASE>,
+    /// Size of the generated workload, in events.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Seed of the workload generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of jobs whose run fails (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    failure_ratio: f64,
+    /// Failures carry no FailureInfo (to measure its cost).
+    #[arg(long)]
+    no_failure_info: bool,
+    /// Jobs in flight at once in the generated topic.
+    #[arg(long, default_value_t = 5_000)]
+    in_flight: u32,
+    /// Seconds over which each job's events are spread, at most.
+    #[arg(long, default_value_t = 600)]
+    window: u32,
+    /// Skip the live catch-up and latency measurements (no broker needed).
+    #[arg(long)]
+    no_live: bool,
+    /// Use this broker instead of starting pulsar-lite and the proxy.
+    #[arg(long)]
+    pulsar_url: Option<String>,
+    /// Seconds of publishing at each latency rate.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+}
+
+#[derive(Args, Debug)]
 pub struct SampleArgs {
     /// File to write.
     #[arg(long)]
@@ -136,6 +192,35 @@ pub struct SampleArgs {
     /// Gzip the file.
     #[arg(long)]
     gzip: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportKind {
+    /// Failed runs of a period by queue and category, by exit code, their most
+    /// common messages, and the change against the period before.
+    Failures(FailuresArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FailuresArgs {
+    /// Length of the period, ending at --until: e.g. 24h, 7d, 90m.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    since: String,
+    /// End of the period (RFC 3339, e.g. 2026-11-23T10:00:00Z); default now.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with a chart to this file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// How many of the most common messages to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,14 +270,22 @@ const METRICS: u16 = 64;
 const SUBSCRIPTION: u16 = 128;
 /// `--retry-for`: one-shot commands only (`run` retries for ever).
 const RETRY: u16 = 256;
-const ALL: u16 = 511;
+/// `--log-format`, `--log-level`: every command that loads settings.
+const LOG: u16 = 1024;
 /// Not a group: the command's setting flags are accepted after its
 /// subcommand too (`dead-letters list --database-url URL`).
 const GLOBAL: u16 = 512;
-const RUN: u16 = ALL & !RETRY;
-const MIGRATE: u16 = DATABASE | RETRY;
-const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY;
-const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY;
+/// `/healthz` and the heartbeat of `run`.
+const HEALTH: u16 = 2048;
+/// How `status` judges heartbeats.
+const FLEET: u16 = 4096;
+const ALL: u16 = 511 | LOG | HEALTH | FLEET;
+const RUN: u16 = ALL & !RETRY & !FLEET;
+const STATUS: u16 = DATABASE | RETRY | FLEET | LOG;
+const MIGRATE: u16 = DATABASE | RETRY | LOG;
+const REPLAY: u16 = DATABASE | BATCH | CONVERT | STORE | SPOOL | RETRY | LOG;
+const DEAD_LETTERS: u16 = DATABASE | CONVERT | STORE | SPOOL | RETRY | LOG;
+const REPORT: u16 = DATABASE | RETRY | LOG;
 
 /// A flag that sets a configuration key.
 pub struct Flag {
@@ -279,6 +372,18 @@ pub const FLAGS: &[Flag] = &[
         "Address the HTTP server listens on, e.g. 127.0.0.1 (default 0.0.0.0)",
     ),
     flag(
+        "log-format",
+        "logFormat",
+        LOG,
+        "Log lines as text (default) or json, one object per line",
+    ),
+    flag(
+        "log-level",
+        "logLevel",
+        LOG,
+        "Log level or filter, e.g. debug (RUST_LOG wins when set; default info)",
+    ),
+    flag(
         "dead-letter-spool",
         "deadLetterSpool",
         SPOOL,
@@ -326,6 +431,36 @@ pub const FLAGS: &[Flag] = &[
         CONVERT,
         "Job specs and error texts longer than this many bytes are compressed",
     ),
+    flag(
+        "stall-timeout",
+        "health.stallTimeout",
+        HEALTH,
+        "/healthz fails once messages waited this long with nothing committed, e.g. 3m",
+    ),
+    flag(
+        "replica-id",
+        "heartbeat.replicaId",
+        HEALTH,
+        "This replica's id in ingester_heartbeat (default <hostname>-<pid>)",
+    ),
+    flag(
+        "heartbeat-interval",
+        "heartbeat.interval",
+        HEALTH,
+        "How often the heartbeat is written, e.g. 10s",
+    ),
+    flag(
+        "heartbeat-retention",
+        "heartbeat.retention",
+        HEALTH,
+        "Heartbeat rows not written for this long are deleted, e.g. 7d",
+    ),
+    flag(
+        "stale-after",
+        "heartbeat.staleAfter",
+        FLEET,
+        "A replica without a heartbeat for this long is stale (crashed unless it stopped), e.g. 1m",
+    ),
 ];
 
 /// `--config` files and the setting flags of the groups in `G`, as the
@@ -351,6 +486,10 @@ impl<const G: u16, const H: u16> SettingArgs<G, H> {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         let loaded = config::load(&self.config, env, &self.flags)?;
+        crate::logging::apply(
+            loaded.config.service.log_format,
+            &loaded.config.service.log_level,
+        );
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
@@ -442,9 +581,12 @@ impl<const G: u16, const H: u16> Args for SettingArgs<G, H> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    init_logging();
-    install_panic_hook();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    crate::logging::init(
+        || ScrubbingStderr,
+        crate::logging::format_from_args(&args).unwrap_or_default(),
+    );
+    install_panic_hook();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -476,7 +618,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // One line, whatever the error chain holds, each cause once.
             let text = config::scrub(&crate::pg::error_chain(e.as_ref())).replace('\n', " ");
-            eprintln!("error: {text}");
+            eprintln!("{}", crate::logging::fatal_line(&text));
             ExitCode::FAILURE
         }
     }
@@ -529,17 +671,6 @@ fn install_panic_hook() {
     }));
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only where a person reads them, not in files or pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| ScrubbingStderr)
-        .try_init();
-}
-
 /// Stderr with every registered secret scrubbed ([`config::scrub`]): the
 /// formatter hands over one whole event per write, so a secret is never
 /// split across two writes.
@@ -572,10 +703,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay {
             settings,
             force,
+            read_past_corrupt,
             files,
-        } => replay(&settings, force, files).await,
+        } => replay(&settings, force, read_past_corrupt, files).await,
         Command::DeadLetters { settings, action } => dead_letters(&settings, action).await,
+        Command::Status { settings, json } => fleet_status(&settings, json).await,
+        Command::Report {
+            settings,
+            kind: ReportKind::Failures(args),
+        } => report_failures(&settings, &args).await,
         Command::Sample(args) => write_sample(&args),
+        Command::Bench(args) => bench(args).await,
         Command::Config { settings, .. } => {
             print!("{}", config::show(&settings.load()?));
             Ok(ExitCode::SUCCESS)
@@ -627,7 +765,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 
 /// `publish`: send recorded files to the topic.
 async fn publish(
-    settings: &SettingArgs<PULSAR, DATABASE>,
+    settings: &SettingArgs<{ PULSAR | LOG }, DATABASE>,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
@@ -646,10 +784,7 @@ async fn migrate(
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
-    let mut client = match cfg.store.retry_for {
-        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
-        None => crate::pg::connect(&pg).await?,
-    };
+    let mut client = crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?;
     if status {
         let status = migrate::status(&client).await?;
         print!("{status}");
@@ -675,17 +810,21 @@ async fn migrate(
 async fn replay(
     settings: &SettingArgs<REPLAY>,
     force: bool,
+    read_past_corrupt: bool,
     files: Vec<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     deadletter::check_spool(&cfg.service.dead_letter_spool)?;
-    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 4)?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    drop(crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?);
+    let pool = crate::pg::pool(&pg, 4)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);
     let (_keep, stop) = live::signal_stop()?;
     let options = replay::Options {
         force,
+        read_past_corrupt,
         progress: std::io::stderr().is_terminal(),
         stop: Some(stop),
     };
@@ -706,7 +845,10 @@ async fn dead_letters(
     action: DeadLetterAction,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&cfg.postgres)?, 2)?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    // Every action, not only `retry` (whose writes the store retries).
+    drop(crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?);
+    let pool = crate::pg::pool(&pg, 2)?;
     let dead = DeadLetters::new(pool.clone(), cfg.service.dead_letter_spool.clone());
     match action {
         DeadLetterAction::List { json, limit } => {
@@ -771,6 +913,91 @@ async fn dead_letters(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: the replicas' heartbeats, as text or JSON. Gives up on an
+/// unreachable database after `retryFor`.
+async fn fleet_status(settings: &SettingArgs<STATUS>, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = settings.load()?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    let client = match cfg.store.retry_for {
+        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
+        None => crate::pg::connect(&pg).await?,
+    };
+    let fleet = status::fleet(&client, cfg.heartbeat.stale_after).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+    } else {
+        print!("{}", status::render(&fleet));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report failures`: the failed runs of a period, as text or JSON, and
+/// optionally as an HTML page.
+async fn report_failures(
+    settings: &SettingArgs<{ REPORT | GLOBAL }>,
+    args: &FailuresArgs,
+) -> anyhow::Result<ExitCode> {
+    let length = parse_duration(&args.since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let until = match &args.until {
+        None => chrono::Utc::now(),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| anyhow::anyhow!("--until {s:?} is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+    };
+    let period = crate::report::Period::new(until, length).map_err(anyhow::Error::msg)?;
+    let cfg = settings.load()?;
+    let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
+    let mut client = match cfg.store.retry_for {
+        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
+        None => crate::pg::connect(&pg).await?,
+    };
+    let report =
+        crate::report::failures(&mut client, period, args.queue.as_deref(), args.top).await?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, crate::report::html::render(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if let Some(path) = &args.html {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench`: the figures as a table, then one JSON line.
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.settings.load()?;
+    if !(0.0..=1.0).contains(&args.failure_ratio) {
+        anyhow::bail!(
+            "--failure-ratio: expected a number from 0 to 1, got {}",
+            args.failure_ratio
+        );
+    }
+    let opts = crate::bench::Options {
+        workload: crate::workload::Options {
+            seed: args.seed,
+            events: args.events,
+            failure_ratio: args.failure_ratio,
+            failure_info: !args.no_failure_info,
+            in_flight: args.in_flight,
+            window_secs: args.window,
+            ..Default::default()
+        },
+        live: !args.no_live,
+        pulsar_url: args.pulsar_url,
+        latency_secs: args.latency_secs,
+        config_files: args.settings.config.clone(),
+    };
+    let figures = crate::bench::run(cfg, opts).await?;
+    print!("{}", figures.table());
+    println!("{}", serde_json::to_string(&figures)?);
     Ok(ExitCode::SUCCESS)
 }
 

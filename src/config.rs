@@ -29,7 +29,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_yaml::Value;
 
 use crate::store::StoreSettings;
-use crate::{convert, pipeline, values};
+use crate::{convert, health, heartbeat, pipeline, values};
 
 mod keymap;
 use keymap::{keys_of, KeyMap};
@@ -295,6 +295,11 @@ pub fn register_secret(s: &str) {
         return;
     }
     let mut forms = vec![s.to_string(), percent_encode(s)];
+    // As a JSON log line spells it (`--log-format json`).
+    if let Ok(quoted) = serde_json::to_string(s) {
+        forms.push(quoted.trim_matches('"').to_string());
+    }
+    forms.sort();
     forms.dedup();
     let mut known = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
     for form in forms {
@@ -463,6 +468,22 @@ pub struct Service {
     /// the working directory)
     #[serde(rename = "deadLetterSpool")]
     pub dead_letter_spool: PathBuf,
+    /// How log lines are written: `text`, or `json` (one object per line
+    /// with `timestamp`, `level`, `message` and the line's fields). Colour
+    /// only in text on a terminal. Default: text
+    #[serde(rename = "logFormat")]
+    pub log_format: crate::logging::LogFormat,
+    /// Log level, or tracing filter directives such as
+    /// `info,lookout_ingester=debug`; `RUST_LOG`, when set, wins. Default: info
+    #[serde(rename = "logLevel", deserialize_with = "log_level")]
+    pub log_level: String,
+}
+
+/// A log level or filter directives that parse.
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::logging::check_level(&s).map_err(de::Error::custom)?;
+    Ok(s.trim().to_string())
 }
 
 impl Default for Service {
@@ -471,6 +492,8 @@ impl Default for Service {
             metrics_port: 9002,
             metrics_bind: std::net::IpAddr::from([0, 0, 0, 0]),
             dead_letter_spool: PathBuf::from("lookout-ingester-dead-letters.jsonl"),
+            log_format: crate::logging::LogFormat::Text,
+            log_level: "info".to_string(),
         }
     }
 }
@@ -485,6 +508,8 @@ pub struct Config {
     pub pipeline: pipeline::Settings,
     /// Holds the compiled `fatalInsertionErrors`.
     pub store: StoreSettings,
+    pub health: health::Settings,
+    pub heartbeat: heartbeat::Settings,
 }
 
 /// A loaded configuration and what was odd about its sources.
@@ -551,6 +576,8 @@ pub fn known_keys() -> Vec<Key> {
     keys_of::<convert::Settings>(&mut keys);
     keys_of::<pipeline::Settings>(&mut keys);
     keys_of::<StoreSettings>(&mut keys);
+    keys_of::<health::Settings>(&mut keys);
+    keys_of::<heartbeat::Settings>(&mut keys);
     keys
 }
 
@@ -705,6 +732,8 @@ pub fn show(cfg: &Config) -> String {
             "deadLetterSpool",
             text(&cfg.service.dead_letter_spool.display().to_string()),
         ),
+        ("logFormat", text(cfg.service.log_format.as_str())),
+        ("logLevel", text(&cfg.service.log_level)),
         ("pulsar.URL", text(&p.url)),
         ("pulsar.jobsetEventsTopic", text(&p.topic)),
         ("subscriptionName", text(&p.subscription)),
@@ -806,6 +835,23 @@ pub fn show(cfg: &Config) -> String {
                     .collect(),
             ),
         ),
+        (
+            "health.stallTimeout",
+            text(&format!("{:?}", cfg.health.stall_timeout)),
+        ),
+        ("heartbeat.replicaId", text(&cfg.heartbeat.replica_id)),
+        (
+            "heartbeat.interval",
+            text(&format!("{:?}", cfg.heartbeat.interval)),
+        ),
+        (
+            "heartbeat.staleAfter",
+            text(&format!("{:?}", cfg.heartbeat.stale_after)),
+        ),
+        (
+            "heartbeat.retention",
+            text(&format!("{:?}", cfg.heartbeat.retention)),
+        ),
     ];
     let mut root = serde_yaml::Mapping::new();
     for key in known_keys() {
@@ -903,6 +949,8 @@ fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
     let convert: convert::Settings = keys.get()?;
     let pipeline: pipeline::Settings = keys.get()?;
     let store: StoreSettings = keys.get()?;
+    let health: health::Settings = keys.get()?;
+    let heartbeat: heartbeat::Settings = keys.get()?;
     pulsar.max_backoff = store.max_backoff;
     pulsar.receiver_queue_size = pulsar.receiver_queue_size.max(1);
     let set = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
@@ -946,6 +994,8 @@ fn build(keys: &KeyMap) -> Result<Config, ConfigError> {
         convert,
         pipeline,
         store,
+        health,
+        heartbeat,
     })
 }
 

@@ -1,179 +1,168 @@
 //! The operator's HTTP endpoint on `metricsPort`: `/metrics` (Prometheus
-//! text format), `/healthz` (the process is alive) and `/readyz` (connected to
-//! the broker, Postgres answering its probe, and a schema this binary can
-//! write).
-//!
-//! Deliberately tiny: GET only, one request per connection, no keep-alive.
-//! Scrapers and probes need nothing more, and it keeps an HTTP framework out
-//! of the dependency tree.
+//! text format), `/healthz` (the pipeline makes progress) and `/readyz`
+//! (subscribed, Postgres answering, a schema this binary can write). What
+//! they say is decided in [`crate::health`]; this module only serves it,
+//! with axum's router on hyper's HTTP/1.1 server (keep-alive, methods other
+//! than GET refused), each connection bounded in time and in number.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
-/// Readiness, set by the running ingester.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub broker_connected: AtomicBool,
-    /// Postgres answered the last probe (or a batch was just committed).
-    pub database_ok: AtomicBool,
-    /// The schema is one this binary can write (checked before consuming).
-    pub schema_ok: AtomicBool,
+pub use crate::health::Health;
+
+/// The content type of Prometheus' text exposition format 0.0.4.
+const METRICS_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The routes, for serving and for tests.
+fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health)
 }
 
-impl Health {
-    pub fn ready(&self) -> bool {
-        self.broker_connected.load(Ordering::Relaxed)
-            && self.database_ok.load(Ordering::Relaxed)
-            && self.schema_ok.load(Ordering::Relaxed)
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_TYPE)],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// 200 `ok`, or 503 with why the pipeline is stuck.
+async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
     }
 }
+
+/// 200 `ready`, or 503 with every failing check and why.
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long one connection may stay open: a client that sends nothing (or
+/// trickles) cannot hold a socket for ever. Scrapers reconnect.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds `addr` and serves until the task is dropped or aborted.
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(
         "serving /metrics, /healthz and /readyz on http://{}",
         listener.local_addr()?
     );
+    let app = router(health);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let health = health.clone();
-                    tokio::spawn(async move {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(10), respond(stream, &health))
-                                .await;
-                    });
-                }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!("metrics endpoint: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                drop(slot);
+            });
         }
     }))
-}
-
-async fn respond(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    // Read until the end of the request head (or the buffer is full).
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let (status, ctype, body) = route(head.lines().next().unwrap_or(""), health);
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Maps a request line to a response; pure, so it is unit-tested.
-fn route(request_line: &str, health: &Health) -> (&'static str, &'static str, String) {
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
-    }
-    match path.split('?').next().unwrap_or("") {
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            crate::metrics::render(),
-        ),
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".into()),
-        "/readyz" => {
-            let b = health.broker_connected.load(Ordering::Relaxed);
-            let d = health.database_ok.load(Ordering::Relaxed);
-            let s = health.schema_ok.load(Ordering::Relaxed);
-            (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("not ready: broker_connected={b} database_ok={d} schema_ok={s}\n"),
-            )
-        }
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn routes() {
-        let h = Health::default();
-        assert_eq!(route("GET /healthz HTTP/1.1", &h).0, "200 OK");
-        assert_eq!(
-            route("GET /readyz HTTP/1.1", &h).0,
-            "503 Service Unavailable"
-        );
-        h.broker_connected.store(true, Ordering::Relaxed);
-        h.database_ok.store(true, Ordering::Relaxed);
-        assert_eq!(
-            route("GET /readyz HTTP/1.1", &h).0,
-            "503 Service Unavailable",
-            "not ready before the schema is checked"
-        );
-        h.schema_ok.store(true, Ordering::Relaxed);
-        assert_eq!(route("GET /readyz HTTP/1.1", &h).0, "200 OK");
-        h.database_ok.store(false, Ordering::Relaxed);
-        assert_eq!(
-            route("GET /readyz HTTP/1.1", &h).0,
-            "503 Service Unavailable"
-        );
-        h.database_ok.store(true, Ordering::Relaxed);
-        crate::metrics::BATCHES.inc();
-        let (s, _, body) = route("GET /metrics HTTP/1.1", &h);
-        assert_eq!(s, "200 OK");
-        assert!(body.contains("lookout_ingester_batches_total"), "{body}");
-        assert_eq!(
-            route("POST /metrics HTTP/1.1", &h).0,
-            "405 Method Not Allowed"
-        );
-        assert_eq!(route("GET /nope HTTP/1.1", &h).0, "404 Not Found");
-        assert_eq!(route("", &h).0, "405 Method Not Allowed");
-    }
-
-    #[tokio::test]
-    async fn serves_over_tcp() {
-        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = probe.local_addr().expect("addr");
-        drop(probe);
-        let task = serve(addr, Arc::new(Health::default()))
-            .await
-            .expect("serve");
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    /// One request over TCP: the status code, the head and the body.
+    async fn request(addr: SocketAddr, line: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("{line}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
             .await
             .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
-        assert!(
-            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("ok\n"),
-            "{out}"
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn serves_the_three_endpoints() {
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let health = Arc::new(Health::default());
+        let task = serve(addr, health.clone()).await.expect("serve");
+
+        assert_eq!(request(addr, "GET /healthz HTTP/1.1").await.0, 200);
+        let (code, _, body) = request(addr, "GET /readyz HTTP/1.1").await;
+        assert_eq!(code, 503);
+        assert!(body.starts_with("not ready: broker"), "{body}");
+        health.broker_connected.store(true, Ordering::Relaxed);
+        health.set_database(None);
+        let (code, _, body) = request(addr, "GET /readyz HTTP/1.1").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "not ready: schema: not checked yet\n")
         );
+        health.set_schema(None);
+        assert_eq!(request(addr, "GET /readyz HTTP/1.1").await.0, 200);
+
+        crate::metrics::BATCHES.inc();
+        let (code, head, body) = request(addr, "GET /metrics HTTP/1.1").await;
+        assert_eq!(code, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(body.contains("lookout_ingester_batches_total"), "{body}");
+        assert_eq!(request(addr, "POST /metrics HTTP/1.1").await.0, 405);
+        assert_eq!(request(addr, "GET /nope HTTP/1.1").await.0, 404);
         task.abort();
     }
 }

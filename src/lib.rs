@@ -5,27 +5,36 @@
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
-//! `migrate`, `metrics` (with `telemetry`, which counts and logs each
-//! failure once) and `cli` sit at the edges.
+//! `migrate`, `report` (reads the tables back: `report failures`),
+//! `metrics` (with `telemetry`, which counts and logs each failure once)
+//! and `cli` sit at the edges.
 
 pub mod ack;
 mod backoff;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod deadletter;
+pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod pg;
 pub mod pipeline;
+pub mod progress;
 pub mod proto;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod sample;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod values;
+pub mod workload;

@@ -15,7 +15,6 @@
 //! redelivered to the next consumer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +23,11 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::convert::Converter;
 use crate::deadletter::DeadLetters;
-use crate::http::{self, Health};
+use crate::health::{self, Health};
+use crate::heartbeat::{Heartbeat, Identity};
+use crate::http;
 use crate::source::pulsar::{self, Ack};
-use crate::store::{Store, StoreError};
+use crate::store::{SchemaReport, Store};
 use crate::{ack, pipeline, telemetry};
 
 /// Stops a background task when `run` returns, however it returns.
@@ -45,6 +46,7 @@ pub const SPOOL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 
 /// Runs until `stop` is set (see [`signal_stop`]) or the pipeline fails.
+/// The heartbeat beats throughout, and its last write says how `run` ended.
 pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     // `run` waits for the database however long it takes (retryFor is for
     // one-shot commands).
@@ -52,6 +54,15 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     // Every series exists from the first scrape.
     telemetry::register();
     let health = Arc::new(Health::default());
+    // The gauges mirror the endpoints at the moment of the scrape (the
+    // monitor also sets them each second, for a scrape-free registry).
+    {
+        let health = health.clone();
+        crate::metrics::on_scrape("health", move || {
+            crate::metrics::READY.set(i64::from(health.readiness().is_ok()));
+            crate::metrics::HEALTHY.set(i64::from(health.liveness().is_ok()));
+        });
+    }
     // Stopped whichever way `run` returns.
     let _metrics_task = match config.service.metrics_port {
         0 => None,
@@ -63,31 +74,50 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
             Some(AbortOnDrop(task))
         }
     };
-
+    let _monitor = AbortOnDrop(health::spawn_monitor(health.clone(), config.health.clone()));
     let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&config.postgres)?, 4)?;
-    // The store stops retrying only when shutdown is forced (grace expired).
+    let id = Identity::new(
+        &config.heartbeat,
+        &config.pulsar.topic,
+        &config.pulsar.subscription,
+    );
+    let beat = Heartbeat::start(pool.clone(), id, health.clone(), &config.heartbeat);
+    let result = consume(config, stop, pool, health).await;
+    beat.finish(&result).await;
+    result
+}
+
+/// Everything `run` does once the endpoints and the heartbeat are up.
+async fn consume(
+    config: Config,
+    stop: watch::Receiver<bool>,
+    pool: deadpool_postgres::Pool,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    // The store stops retrying only when shutdown is forced (grace expired),
+    // and waits for a schema it can write, not ready meanwhile.
     let (force_tx, force_rx) = watch::channel(false);
-    let store = Arc::new(Store::new(pool.clone(), config.store).with_shutdown(force_rx));
-    crate::deadletter::check_spool(&config.service.dead_letter_spool)?;
-    probe_database(&pool, &health, true).await;
-    // Readiness follows Postgres: a probe every few seconds.
-    let _prober = AbortOnDrop({
-        let (pool, health) = (pool.clone(), health.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(DATABASE_PROBE_INTERVAL);
-            loop {
-                tick.tick().await;
-                probe_database(&pool, &health, false).await;
-            }
+    let report: SchemaReport = {
+        let health = health.clone();
+        Arc::new(move |reason| {
+            health.set_schema(reason);
         })
-    });
+    };
+    let store = Arc::new(
+        Store::new(pool.clone(), config.store)
+            .with_shutdown(force_rx)
+            .with_schema_wait(report),
+    );
+    crate::deadletter::check_spool(&config.service.dead_letter_spool)?;
+    // Readiness follows Postgres: a probe every few seconds.
+    let _prober = AbortOnDrop(health::spawn_prober(pool.clone(), health.clone()));
     // Which generation to write for, before consuming anything. A database
     // this binary cannot write (not migrated, unknown columns) keeps `run`
     // not ready and consuming nothing until it is migrated. Retried while
     // Postgres is unreachable, unless asked to stop meanwhile.
     let mut stop_wait = stop.clone();
     tokio::select! {
-        r = wait_for_schema(&store, &health) => r?,
+        r = store.detect_waiting() => { r?; }
         _ = async {
             // A dropped sender never stops us.
             if stop_wait.wait_for(|v| *v).await.is_err() {
@@ -119,6 +149,7 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     });
 
     let (msg_tx, msg_rx) = mpsc::channel(config.pulsar.receiver_queue_size.max(1) as usize);
+    telemetry::watch_queue("received", &msg_tx);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Ack>>();
     let source = tokio::spawn(pulsar::run(
         config.pulsar.clone(),
@@ -140,7 +171,13 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
         let health = health.clone();
         tokio::spawn(async move {
             while let Some(c) = committed.recv().await {
-                health.database_ok.store(true, Ordering::Relaxed);
+                let events = c.events_by_kind.values().sum();
+                let published = c.last_publish.and_then(|t| {
+                    let d =
+                        Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?);
+                    std::time::UNIX_EPOCH.checked_add(d)
+                });
+                health.committed(c.origins.len() as u64, events, published);
                 // Failed rows were counted and logged by the pipeline.
                 let acks = ack::plan(&c.origins, ordered);
                 if ack_tx.send(acks).is_err() {
@@ -208,65 +245,6 @@ async fn stages_join_after_stop(
     match source.await {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("consumer task failed: {e}")),
-    }
-}
-
-/// How often `run` checks Postgres for `/readyz`.
-pub const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How often `run` checks again a database it cannot write yet.
-pub const SCHEMA_RECHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Until the schema is one this binary can write: logs once what to do
-/// and checks again every [`SCHEMA_RECHECK_INTERVAL`], not ready meanwhile.
-async fn wait_for_schema(store: &Store, health: &Health) -> anyhow::Result<()> {
-    let mut told = false;
-    loop {
-        match store.detect().await {
-            Ok(_) => {
-                if told {
-                    tracing::info!("the Lookout schema can be written now; consuming");
-                }
-                health.schema_ok.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(StoreError::Schema(e)) => {
-                health.schema_ok.store(false, Ordering::Relaxed);
-                if !told {
-                    tracing::error!(
-                        "not consuming: {e}; waiting (not ready), checking again every {}s",
-                        SCHEMA_RECHECK_INTERVAL.as_secs()
-                    );
-                    told = true;
-                }
-                tokio::time::sleep(SCHEMA_RECHECK_INTERVAL).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Sets `database_ok` from a `SELECT 1`; logs when Postgres goes away (and
-/// on the `first` probe if it is not there).
-async fn probe_database(pool: &deadpool_postgres::Pool, health: &Health, first: bool) {
-    let probe = async {
-        let c = pool.get().await.map_err(|e| crate::pg::error_chain(&e))?;
-        c.simple_query("SELECT 1")
-            .await
-            .map_err(|e| crate::pg::error_chain(&e))
-    };
-    match tokio::time::timeout(Duration::from_secs(5), probe).await {
-        Ok(Ok(_)) => health.database_ok.store(true, Ordering::Relaxed),
-        Ok(Err(e)) => {
-            if health.database_ok.swap(false, Ordering::Relaxed) || first {
-                tracing::warn!("Postgres is not reachable: {e}; not ready, writes will retry");
-            }
-        }
-        Err(_) => {
-            if health.database_ok.swap(false, Ordering::Relaxed) || first {
-                tracing::warn!("Postgres did not answer within 5s; not ready, writes will retry");
-            }
-        }
     }
 }
 

@@ -424,6 +424,7 @@ impl fmt::Display for Report {
 pub static OWN_MIGRATIONS: &[Migration] = &[
     migration!(1, "ingester/", "0001_dead_letter.sql"),
     migration!(2, "ingester/", "0002_dead_letter_unapplied_events.sql"),
+    migration!(3, "ingester/", "0003_heartbeat.sql"),
 ];
 
 const OWN_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS lookout_ingester_schema_version (

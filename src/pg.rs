@@ -872,6 +872,21 @@ pub async fn connect_retrying(
     }
 }
 
+/// The one start-up wait every one-shot command (`migrate`, `replay`,
+/// `dead-letters`) goes through before its work: [`connect_retrying`] for
+/// `retryFor` (`None`: a single attempt), so each of them ends the same way
+/// on a database that is unreachable or refusing, with the server's message.
+/// Later outages are the store's retries' (same backoff, same limit).
+pub async fn connect_one_shot(
+    settings: &PgSettings,
+    retry_for: Option<Duration>,
+) -> anyhow::Result<Client> {
+    match retry_for {
+        Some(d) => connect_retrying(settings, d).await,
+        None => connect(settings).await,
+    }
+}
+
 /// A connection pool. Connections are opened on first use, so a database
 /// that is still starting does not stop the process; the store retries.
 /// Creating or waiting for a connection times out after 30s (retryable),

@@ -128,6 +128,8 @@ pub struct Committed {
     pub write: WriteReport,
     /// Messages kept as dead letters (in the table or the spool).
     pub dead_letters: usize,
+    /// The newest publish time of the batch's messages (for the lag).
+    pub last_publish: Option<Timestamp>,
 }
 
 /// Decodes one message. A valid protobuf of another type may decode too (all
@@ -249,6 +251,13 @@ async fn write_planned(
                 let converter = converter.clone().with_generation(to);
                 c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
             }
+            // Tables or columns gone mid-stream: `run` waits for them
+            // (nothing acknowledged), then writes the batch for what is there.
+            Err(StoreError::Schema(_)) if store.waits_for_schema() => {
+                let to = store.detect_waiting().await?.generation;
+                let converter = converter.clone().with_generation(to);
+                c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
+            }
             Err(e) => return Err(e),
         }
     }
@@ -286,6 +295,8 @@ pub struct Judged {
     pub instructions: InstructionSet,
     pub events_by_kind: BTreeMap<&'static str, u64>,
     pub sanitised: BTreeMap<Action, u64>,
+    /// What the metrics need from its events.
+    pub observed: telemetry::Observed,
 }
 
 /// Converts one decoded message and collects its problems (an undecodable
@@ -311,6 +322,7 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
         }),
         Ok(seq) => {
             let seq = select(seq, j.message.only.as_deref());
+            j.observed = telemetry::Observed::of(&seq, m.publish_time.as_ref());
             let c = converter.convert(&seq, m.publish_time.as_ref());
             j.message.problems = c.problems;
             // Problems name events by their index in the whole message.
@@ -636,6 +648,9 @@ pub fn spawn(
     let (done_tx, done_rx) = mpsc::channel(depth);
     // Batches cut and not yet written (the batcher adds, the store takes).
     let pending = Arc::new(watch::channel(0usize).0);
+    telemetry::watch_queue("batched", &batch_tx);
+    telemetry::watch_queue("converted", &conv_tx);
+    telemetry::watch_queue("committed", &done_tx);
     let tasks = vec![
         tokio::spawn(batcher(source, batch_tx, settings, pending.clone())),
         tokio::spawn(converting(
@@ -777,12 +792,17 @@ async fn storing(
 ) -> anyhow::Result<()> {
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
+        let started = std::time::Instant::now();
         let (c, write) = write_planned(&store, &converter, c).await?;
+        let committed_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let c_generation = c.generation;
         let mut events_by_kind = BTreeMap::new();
         let mut messages = Vec::with_capacity(c.judged.len());
         for j in c.judged {
             count_judged(&j);
+            telemetry::events_committed(&j.observed, committed_ms);
             for (k, n) in j.events_by_kind {
                 *events_by_kind.entry(k).or_insert(0) += n;
             }
@@ -795,9 +815,26 @@ async fn storing(
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
         metrics::IN_FLIGHT.sub(messages.len() as i64);
+        telemetry::batch_committed(&telemetry::BatchCommitted {
+            messages: messages.len(),
+            events: events_by_kind.values().sum(),
+            write: &write,
+            dead_letters: letters.len(),
+            took: started.elapsed(),
+            oldest_publish: messages
+                .iter()
+                .filter_map(|m| m.publish_time)
+                .min_by_key(|t| (t.seconds, t.nanos)),
+        });
         let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
+        let mut last_publish: Option<Timestamp> = None;
         for m in messages {
+            if let Some(t) = m.publish_time {
+                if last_publish.is_none_or(|l| (t.seconds, t.nanos) > (l.seconds, l.nanos)) {
+                    last_publish = Some(t);
+                }
+            }
             let Some(origin) = m.origin else { continue };
             problems.extend(m.problems.into_iter().map(|problem| Located {
                 origin: origin.clone(),
@@ -811,6 +848,7 @@ async fn storing(
             problems,
             write,
             dead_letters: letters.len(),
+            last_publish,
         };
         if out.send(done).await.is_err() {
             anyhow::bail!("acknowledger stopped");

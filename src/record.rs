@@ -121,7 +121,8 @@ pub async fn record(
         );
     }
     let pulsar = client(cfg).await?;
-    if topic_exists(&pulsar, &cfg.topic).await == Some(false) {
+    let exists = topic_exists(&pulsar, &cfg.topic).await;
+    if exists == Some(false) {
         anyhow::bail!(
             "topic {} does not exist on {} (not created; check the name)",
             qualify_topic(&cfg.topic).0,
@@ -177,18 +178,31 @@ pub async fn record(
     w.finish()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.path.display()))?;
     if r.messages == 0 {
-        // Most likely a misspelled topic (on a broker that could not say).
-        anyhow::bail!(
-            "no messages on topic {} within --idle {:?}{} (is the name right?); {} not written",
-            qualify_topic(&cfg.topic).0,
-            opts.idle,
-            if r.skipped_before_since > 0 {
-                " after --since"
-            } else {
-                ""
-            },
-            out.display()
-        );
+        let topic = qualify_topic(&cfg.topic).0;
+        let since = if r.skipped_before_since > 0 {
+            " after --since"
+        } else {
+            ""
+        };
+        let why = if exists.is_some() {
+            format!(
+                "topic {topic} exists but had no messages{since} within --idle {:?}",
+                opts.idle
+            )
+        } else {
+            // The Pulsar protocol has no other way to ask without creating
+            // (a lookup or partition-metadata request answers alike for a
+            // topic that does not exist); a misspelled name is the likely cause.
+            format!(
+                "no messages on topic {topic}{since} within --idle {:?}; {} did not list the \
+                 topics of its namespace, so whether {topic} existed could not be checked: \
+                 it is empty, or it did not exist and the broker created it when it was \
+                 read (check the name)",
+                opts.idle,
+                target(&cfg.url)
+            )
+        };
+        anyhow::bail!("{why}; {} not written", out.display());
     }
     if !opts.force && out.exists() {
         anyhow::bail!(
@@ -246,6 +260,65 @@ pub async fn publish_payloads(
     publish_stream(cfg, payloads.into_iter().map(Ok)).await
 }
 
+/// Sends awaiting the broker's receipt at most: pulsar-rs refuses
+/// (SlowDown) past its 100-message outbound queue.
+const MAX_PENDING_SENDS: usize = 64;
+/// Payload bytes awaiting receipts at most. Each one is held by the client
+/// (and copied into its frame buffer) until its receipt arrives, so this,
+/// not the file's size, bounds publish's memory.
+const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
+
+/// Whether a send of `len` bytes must wait while `pending` sends of `bytes`
+/// bytes await receipts. An empty window always takes one, however large.
+fn must_wait(pending: usize, bytes: usize, len: usize) -> bool {
+    pending > 0 && (pending >= MAX_PENDING_SENDS || bytes.saturating_add(len) > MAX_PENDING_BYTES)
+}
+
+/// Sends in flight, oldest first, and their payload bytes.
+#[derive(Default)]
+struct Window {
+    sends: std::collections::VecDeque<(SendFuture, usize)>,
+    bytes: usize,
+}
+
+impl Window {
+    /// Whether a send of `len` bytes must wait for the oldest receipt.
+    fn full_for(&self, len: usize) -> bool {
+        must_wait(self.sends.len(), self.bytes, len)
+    }
+
+    /// Awaits the oldest receipt.
+    async fn settle_oldest(&mut self) -> anyhow::Result<()> {
+        if let Some((f, len)) = self.sends.pop_front() {
+            self.bytes -= len;
+            f.await?;
+        }
+        Ok(())
+    }
+}
+
+/// The part of an EventSequence that names its job set (other fields are
+/// skipped undecoded).
+#[derive(Clone, PartialEq, prost::Message)]
+struct JobSetOnly {
+    #[prost(bytes = "vec", tag = "2")]
+    job_set_name: Vec<u8>,
+}
+
+/// A message as Armada's publisher makes it: keyed by its job set, so on a
+/// partitioned topic all of a job set's events (and so each job's) land on
+/// one partition, in order. A payload that does not decode goes unkeyed.
+fn keyed(payload: Vec<u8>) -> pulsar::producer::Message {
+    let key = JobSetOnly::decode(payload.as_slice())
+        .ok()
+        .map(|k| String::from_utf8_lossy(&k.job_set_name).into_owned());
+    pulsar::producer::Message {
+        payload,
+        partition_key: key,
+        ..Default::default()
+    }
+}
+
 /// Publishes payloads as they come; the first error stops it once what was
 /// sent before it is confirmed.
 async fn publish_stream(
@@ -256,10 +329,15 @@ async fn publish_stream(
     let mut producer = pulsar
         .producer()
         .with_topic(cfg.topic.clone())
+        // Routes a keyed message by its key's hash (round robin otherwise).
+        .with_options(pulsar::producer::ProducerOptions {
+            routing_policy: Some(pulsar::routing_policy::RoutingPolicy::RoundRobin),
+            ..Default::default()
+        })
         .build()
         .await?;
     let mut sent = 0u64;
-    let mut pending: Vec<SendFuture> = Vec::new();
+    let mut window = Window::default();
     let mut failure = None;
     for rec in payloads {
         let rec = match rec {
@@ -269,17 +347,18 @@ async fn publish_stream(
                 break;
             }
         };
-        pending.push(producer.send_non_blocking(rec).await?);
-        sent += 1;
-        // pulsar-rs refuses (SlowDown) past its 100-message outbound queue.
-        if pending.len() >= 64 {
-            for f in pending.drain(..) {
-                f.await?;
-            }
+        let len = rec.len();
+        while window.full_for(len) {
+            window.settle_oldest().await?;
         }
+        window
+            .sends
+            .push_back((producer.send_non_blocking(keyed(rec)).await?, len));
+        window.bytes += len;
+        sent += 1;
     }
-    for f in pending {
-        f.await?;
+    while !window.sends.is_empty() {
+        window.settle_oldest().await?;
     }
     let _ = producer.close().await;
     match failure {
@@ -292,6 +371,28 @@ async fn publish_stream(
 mod tests {
     use super::*;
     use crate::sample;
+
+    #[test]
+    fn the_send_window_is_bounded_by_count_and_bytes() {
+        let mib = 1024 * 1024;
+        assert!(
+            !must_wait(0, 0, 100 * mib),
+            "an empty window takes any record"
+        );
+        assert!(!must_wait(1, mib, mib));
+        assert!(must_wait(1, mib, mib + 1));
+        assert!(!must_wait(MAX_PENDING_SENDS - 1, 0, 10));
+        assert!(must_wait(MAX_PENDING_SENDS, 0, 10));
+    }
+
+    #[test]
+    fn messages_are_keyed_by_their_job_set() {
+        let seq = sample::sequence("q", "set-7", "u", vec![]);
+        let m = keyed(seq.encode_to_vec());
+        assert_eq!(m.partition_key.as_deref(), Some("set-7"));
+        assert_eq!(m.payload, seq.encode_to_vec());
+        assert_eq!(keyed(vec![0xff, 0xff]).partition_key, None);
+    }
 
     #[test]
     fn fills_only_missing_created() {

@@ -32,9 +32,13 @@ pub const CORRUPT_RUN_BYTES: usize = 16 * 1024 * 1024;
 /// How a replay reads its files.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Read files that do not look like recordings, and corrupt regions,
-    /// as records anyway (what does not apply becomes dead letters).
+    /// Read files that do not look like recordings (`--force`); a long
+    /// corrupt region still stops the file unless `read_past_corrupt`.
     pub force: bool,
+    /// Read long runs of records that are not event sequences as records
+    /// (each becomes a dead letter) instead of stopping the file there
+    /// (`--read-past-corrupt`).
+    pub read_past_corrupt: bool,
     /// Show a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
     /// Turns true to stop reading (SIGINT, SIGTERM): what was read is
@@ -253,7 +257,12 @@ impl Shared {
     }
 }
 
-fn read_files(files: Vec<PathBuf>, force: bool, tx: mpsc::Sender<Message>, shared: Arc<Shared>) {
+fn read_files(
+    files: Vec<PathBuf>,
+    read_past_corrupt: bool,
+    tx: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
+) {
     let progress = Arc::new(AtomicU64::new(0));
     for path in files {
         let name: Arc<str> = Arc::from(path.display().to_string());
@@ -293,7 +302,7 @@ fn read_files(files: Vec<PathBuf>, force: bool, tx: mpsc::Sender<Message>, share
                 .store(progress.load(Ordering::Relaxed), Ordering::Relaxed);
             match reader.next_record() {
                 Ok(Some(payload)) => {
-                    let good = force || looks_like_sequence(&payload);
+                    let good = read_past_corrupt || looks_like_sequence(&payload);
                     let msg = Message {
                         payload,
                         origin: Origin::File {
@@ -323,7 +332,8 @@ fn read_files(files: Vec<PathBuf>, force: bool, tx: mpsc::Sender<Message>, share
                             },
                             format!(
                                 "corrupt from record {from}: {} records in a row are not \
-                                 event sequences; the rest of the file is skipped",
+                                 event sequences; the rest of the file is skipped \
+                                 (--read-past-corrupt reads it as records)",
                                 held.len()
                             ),
                         );
@@ -407,8 +417,8 @@ pub async fn replay_with(
     let shared = Arc::new(Shared::default());
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reader = {
-        let (shared, force) = (shared.clone(), options.force);
-        tokio::task::spawn_blocking(move || read_files(files, force, tx, shared))
+        let (shared, past) = (shared.clone(), options.read_past_corrupt);
+        tokio::task::spawn_blocking(move || read_files(files, past, tx, shared))
     };
     if let Some(mut stop) = options.stop {
         let shared = shared.clone();

@@ -419,23 +419,35 @@ pub struct Written {
     pub events: usize,
 }
 
-/// Writes [`generate`]'s stream to `out` as a recording (`sample`).
+/// Writes a [`Workload`](crate::workload::Workload) of `jobs` jobs from
+/// `seed` to `out` as a recording (`sample`), streaming: each sequence is
+/// encoded and written as it is generated, so memory follows the jobs in
+/// flight, not the file.
 pub fn write_file(out: &Path, seed: u64, jobs: usize, gzip: bool) -> anyhow::Result<Written> {
+    let opts = crate::workload::Options {
+        seed,
+        events: u64::MAX,
+        max_jobs: Some(jobs as u64),
+        ..Default::default()
+    };
+    write_workload(out, opts, gzip)
+}
+
+/// Writes the workload `opts` describes to `out` as a recording.
+pub fn write_workload(
+    out: &Path,
+    opts: crate::workload::Options,
+    gzip: bool,
+) -> anyhow::Result<Written> {
     let mut w = RecordWriter::create(out, gzip)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
     let mut events = 0usize;
-    // Encoded as generated: the records in memory, not the event structs.
-    let (records, _) = build(seed, jobs, |steps| {
-        steps
-            .into_iter()
-            .map(|seq| {
-                events += seq.events.len();
-                seq.encode_to_vec()
-            })
-            .collect()
-    });
-    for rec in records {
-        w.write_record(&rec)?;
+    let mut buf = Vec::new();
+    for seq in crate::workload::Workload::new(opts) {
+        events += seq.events.len();
+        buf.clear();
+        seq.encode(&mut buf)?;
+        w.write_record(&buf)?;
     }
     let records = w.records;
     w.finish()?;
@@ -465,9 +477,8 @@ pub fn generate_jobs(seed: u64, jobs: usize) -> Generated {
     Generated { sequences, jobs }
 }
 
-/// The generator: each job's steps go through `keep` as soon as they are
-/// made (`write_file` encodes them, which takes a fraction of the memory),
-/// then the kept steps are interleaved.
+/// The generator of test fixtures: each job's steps go through `keep` as
+/// soon as they are made, then the kept steps are interleaved.
 fn build<T>(
     seed: u64,
     jobs: usize,
@@ -482,7 +493,11 @@ fn build<T>(
         let jobset = format!("{queue}-set-{}", j % 7);
         let user = format!("user{}", j % 5);
         let job_id = format!("01j{seed:05}{j:020}");
-        let run_id = format!("00000000-0000-4000-8000-{:012}", j);
+        let run_id = format!(
+            "{:08x}-{:04x}-4000-8000-{j:012}",
+            seed & 0xffff_ffff,
+            (seed >> 32) & 0xffff
+        );
         let t0 = (j as i64) * 3;
         let node = format!("node-{}", rng.below(16));
         let cluster = format!("cluster-{}", rng.below(3));
@@ -623,17 +638,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_file_writes_what_generate_makes() {
+    fn write_file_writes_the_workload_of_the_seed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("s.bin");
         let w = write_file(&out, 3, 200, false).expect("write");
-        let seqs = generate(3, 200);
-        assert_eq!(w.records, seqs.len() as u64);
-        assert_eq!(w.events, seqs.iter().map(|s| s.events.len()).sum::<usize>());
+        let opts = crate::workload::Options {
+            seed: 3,
+            events: u64::MAX,
+            max_jobs: Some(200),
+            ..Default::default()
+        };
         let mut r = crate::source::file::open(&out, Default::default()).expect("open");
-        for seq in &seqs {
+        let mut records = 0u64;
+        let mut events = 0usize;
+        let mut jobs = 0usize;
+        for seq in crate::workload::Workload::new(opts) {
+            records += 1;
+            events += seq.events.len();
+            jobs += seq
+                .events
+                .iter()
+                .filter(|e| matches!(e.event, Some(Kind::SubmitJob(_))))
+                .count();
             assert_eq!(r.next_record().expect("read"), Some(seq.encode_to_vec()));
         }
         assert_eq!(r.next_record().expect("read"), None);
+        assert_eq!((w.records, w.events, jobs), (records, events, 200));
     }
 }

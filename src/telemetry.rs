@@ -8,19 +8,25 @@
 //! Also [`register`]: registers every metric and creates the label values
 //! known in advance, so a first scrape shows them at 0.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Display;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
 
 use crate::convert::sanitize::Action;
 use crate::convert::{self, Problem};
 use crate::deadletter::{self, DeadLetter};
-use crate::metrics;
-use crate::source::Origin;
+use crate::metrics::{self, upstream};
+use crate::progress::Progress;
+use crate::proto::armadaevents::EventSequence;
+use crate::source::pulsar::Ack;
+use crate::source::{Origin, PulsarId};
 use crate::store::retry::ErrorClass;
 use crate::store::schema::Detected;
-use crate::store::{FailedRow, Unmatched, STEPS};
+use crate::store::{FailedRow, Table, Unmatched, WriteReport, STEPS};
 
 /// Log lines with the same key are written at most once per window.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -144,6 +150,11 @@ pub fn sanitised(by_action: &BTreeMap<Action, u64>) {
 pub fn input_problem(at: &dyn Display, problem: &Problem, unapplied: bool) {
     let reason = problem.reason.as_str();
     metrics::INPUT_ERRORS.with_label_values(&[reason]).inc();
+    if let Some(e) = upstream::message_error(problem.reason) {
+        upstream::PULSAR_MESSAGE_ERRORS
+            .with_label_values(&[e])
+            .inc();
+    }
     if unapplied {
         log(
             Level::Warn,
@@ -239,11 +250,270 @@ pub fn schema_detected(previous: Option<&Detected>, now: &Detected) {
     }
 }
 
+/// Now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn timestamp_ms(t: &Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+/// What the metrics need from one message's events, taken when it is
+/// judged: its queue, its events by upstream's name, and their `created`
+/// times (the publish time standing in, as in conversion).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub queue: String,
+    pub by_msg_type: BTreeMap<&'static str, u64>,
+    /// Unix milliseconds.
+    pub created_ms: Vec<i64>,
+}
+
+impl Observed {
+    /// Pure: what `seq` (the events judged of a message) holds.
+    pub fn of(seq: &EventSequence, publish_time: Option<&Timestamp>) -> Observed {
+        let mut o = Observed {
+            queue: String::from_utf8_lossy(&seq.queue).into_owned(),
+            ..Observed::default()
+        };
+        for e in &seq.events {
+            let name = upstream::msg_type(convert::event_kind(e));
+            *o.by_msg_type.entry(name).or_insert(0) += 1;
+            if let Some(t) = e.created.as_ref().or(publish_time) {
+                o.created_ms.push(timestamp_ms(t));
+            }
+        }
+        o
+    }
+}
+
+/// Most distinct `queue` label values upstream's `events_processed` gets
+/// here; later queues count under [`OTHER_QUEUES`], so a stream of made-up
+/// queue names cannot grow the registry without bound.
+pub const MAX_QUEUE_LABELS: usize = 1000;
+/// The `queue` label of queues past [`MAX_QUEUE_LABELS`].
+pub const OTHER_QUEUES: &str = "_other";
+
+static QUEUE_LABELS: LazyLock<Mutex<BTreeSet<String>>> =
+    LazyLock::new(|| Mutex::new(BTreeSet::new()));
+
+/// The `queue` label for `queue`: itself (cut to 512 bytes, the column's
+/// width) while fewer than [`MAX_QUEUE_LABELS`] are in use.
+fn queue_label(queue: &str) -> String {
+    let (q, _) = convert::sanitize::clean(queue, 512);
+    let Ok(mut seen) = QUEUE_LABELS.lock() else {
+        return OTHER_QUEUES.to_string();
+    };
+    if seen.contains(&q) {
+        return q;
+    }
+    if seen.len() >= MAX_QUEUE_LABELS {
+        drop(seen);
+        log(
+            Level::Warn,
+            "queue labels",
+            format_args!(
+                "more than {MAX_QUEUE_LABELS} queues seen; further queues are counted as \
+                 queue=\"{OTHER_QUEUES}\" in events_processed"
+            ),
+        );
+        return OTHER_QUEUES.to_string();
+    }
+    seen.insert(q.clone());
+    q
+}
+
+/// A message's events, once their batch is committed: upstream's
+/// `events_processed`, and how long after `created` they were committed.
+pub fn events_committed(o: &Observed, now_ms: i64) {
+    if !o.by_msg_type.is_empty() {
+        let queue = queue_label(&o.queue);
+        for (msg_type, n) in &o.by_msg_type {
+            upstream::EVENTS_PROCESSED
+                .with_label_values(&[&queue, "jobSet", msg_type])
+                .inc_by(*n);
+        }
+    }
+    for created in &o.created_ms {
+        let secs = now_ms.saturating_sub(*created).max(0) as f64 / 1000.0;
+        metrics::COMMIT_LATENCY_SECONDS.observe(secs);
+    }
+}
+
+/// What the store did with one batch, counted as upstream counts it:
+/// `rows_changed` per step (job updates after the terminal filter, failed
+/// rows included), milliseconds per row per step and for the whole write,
+/// and the states the job updates set. `job_states` are the states of the
+/// conflated job updates.
+pub fn store_written(
+    report: &WriteReport,
+    job_states: impl Iterator<Item = i16>,
+    elapsed: Duration,
+) {
+    let mut all_rows = 0;
+    for (i, step) in STEPS.iter().enumerate() {
+        let (table, op) = (step.table().as_str(), step.operation().as_str());
+        let attempted = report.counts(*step).attempted;
+        let rows = if step.table() == Table::Job && op == "update" {
+            attempted.saturating_sub(report.filtered_terminal)
+        } else {
+            attempted
+        };
+        if step.table() != Table::JobSpec {
+            all_rows += attempted;
+        }
+        if rows == 0 {
+            continue;
+        }
+        upstream::ROWS_CHANGED
+            .with_label_values(&[table, op])
+            .inc_by(rows);
+        if let Some(ms) = upstream::ms_per_row(report.step_time[i], rows) {
+            upstream::AVERAGE_ROW_CHANGE_TIME_BY_OPERATION
+                .with_label_values(&[table, op])
+                .observe(ms);
+        }
+    }
+    if let Some(ms) = upstream::ms_per_row(elapsed, all_rows) {
+        upstream::AVERAGE_ROW_CHANGE_TIME.observe(ms);
+    }
+    let mut states: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for s in job_states.filter_map(upstream::state_name) {
+        *states.entry(s).or_insert(0) += 1;
+    }
+    for (state, n) in states {
+        upstream::STATE_UPDATES
+            .with_label_values(&[state])
+            .inc_by(n);
+    }
+}
+
+/// One committed batch, for its metrics and its log line.
+#[derive(Debug)]
+pub struct BatchCommitted<'a> {
+    pub messages: usize,
+    pub events: u64,
+    pub write: &'a WriteReport,
+    pub dead_letters: usize,
+    /// From handing the batch to the store to its commit.
+    pub took: Duration,
+    /// The oldest publish time of the batch's messages.
+    pub oldest_publish: Option<Timestamp>,
+}
+
+/// A committed batch: the batch-size histograms, the time of the last
+/// commit, and one INFO line with what it did.
+pub fn batch_committed(b: &BatchCommitted) {
+    let now = now_ms();
+    metrics::BATCH_MESSAGES.observe(b.messages as f64);
+    metrics::BATCH_EVENTS.observe(b.events as f64);
+    metrics::LAST_COMMIT_TIMESTAMP.set(now as f64 / 1000.0);
+    // Seconds since the batch's oldest message was published (0 without publish times).
+    let lag_s = b.oldest_publish.as_ref().map_or(0.0, |t| {
+        now.saturating_sub(timestamp_ms(t)).max(0) as f64 / 1000.0
+    });
+    let w = b.write;
+    tracing::info!(
+        messages = b.messages,
+        events = b.events,
+        job_inserted = w.job_inserted.attempted,
+        job_spec_inserted = w.job_spec_inserted.attempted,
+        job_updated = w.job_updated.attempted,
+        job_run_inserted = w.job_run_inserted.attempted,
+        job_run_updated = w.job_run_updated.attempted,
+        job_error_inserted = w.job_error_inserted.attempted,
+        filtered_terminal = w.filtered_terminal,
+        failed_rows = w.failed.len(),
+        dead_letters = b.dead_letters,
+        duration_ms = b.took.as_millis() as u64,
+        lag_s,
+        "batch committed"
+    );
+}
+
+/// The live source's progress, and the subscription it reads for.
+static PROGRESS: LazyLock<Mutex<(Progress, String)>> =
+    LazyLock::new(|| Mutex::new((Progress::default(), String::new())));
+
+/// The live source subscribed as `subscription` (upstream's label).
+pub fn subscribed(subscription: &str, first: bool) {
+    if let Ok(mut p) = PROGRESS.lock() {
+        p.1 = subscription.to_string();
+    }
+    if !first {
+        metrics::BROKER_RECONNECTS.inc();
+    }
+}
+
+/// The broker could not be reached, or the consumer stream broke.
+pub fn broker_connection_error() {
+    upstream::PULSAR_CONNECTION_ERRORS.inc();
+}
+
+/// A message arrived from the broker (redeliveries too, as upstream
+/// records them): upstream's publish-time gauge.
+pub fn message_received(topic: &str, publish_ms: u64) {
+    let subscription = PROGRESS.lock().map(|p| p.1.clone()).unwrap_or_default();
+    upstream::PULSAR_MESSAGE_PUBLISH_TIME
+        .with_label_values(&[&subscription, &upstream::partition_label(topic)])
+        .set((publish_ms / 1000) as f64);
+}
+
+/// A message entered the pipeline and waits for its acknowledgement.
+pub fn message_waiting(topic: &Arc<str>, id: &PulsarId, publish_ms: u64) {
+    if let Ok(mut p) = PROGRESS.lock() {
+        p.0.received(topic, id, i64::try_from(publish_ms).unwrap_or(i64::MAX));
+    }
+}
+
+/// An acknowledgement was sent (`ok`: the broker took it); the messages it
+/// releases are upstream's processed messages.
+pub fn acknowledged(ack: &Ack, ok: bool) {
+    let released = PROGRESS.lock().map_or(0, |mut p| p.0.acknowledged(ack));
+    if ok {
+        upstream::PULSAR_MESSAGES_PROCESSED.inc_by(released);
+    }
+}
+
+/// Sets the lag gauges from the live source's progress (at scrape time).
+fn refresh_lag() {
+    let Ok(p) = PROGRESS.lock() else { return };
+    for (topic, lag) in p.0.lag(now_ms()) {
+        let partition = upstream::partition_label(&topic);
+        metrics::LAG_SECONDS
+            .with_label_values(&[&partition])
+            .set(lag);
+        upstream::PULSAR_MESSAGE_PROCESSING_DELAY
+            .with_label_values(&[&p.1, &partition])
+            .set((lag * 1000.0).floor());
+    }
+}
+
+/// Reports the depth of the queue fed by `tx` as `queue_depth{stage}` at
+/// each scrape, without keeping the channel open.
+pub fn watch_queue<T: Send + 'static>(stage: &'static str, tx: &mpsc::Sender<T>) {
+    let weak = tx.downgrade();
+    metrics::on_scrape(stage, move || {
+        let depth = weak
+            .upgrade()
+            .map_or(0, |s| s.max_capacity().saturating_sub(s.capacity()));
+        metrics::QUEUE_DEPTH
+            .with_label_values(&[stage])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    });
+}
+
 /// Registers every metric and creates each label value known in advance,
 /// so that every series is on `/metrics` (at 0) from the first scrape.
 /// Idempotent; call it at start-up.
 pub fn register() {
     metrics::register();
+    metrics::on_scrape("lag", refresh_lag);
     for kind in convert::EVENT_KINDS {
         metrics::EVENTS.with_label_values(&[kind]);
     }

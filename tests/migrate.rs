@@ -253,6 +253,7 @@ async fn assert_031_schema(client: &Client) {
         "job_deduplication",
         // The ingester's own stream (migrations/ingester), tracked separately.
         "ingester_dead_letter",
+        "ingester_heartbeat",
         "lookout_ingester_schema_version",
     ]
     .iter()
@@ -270,6 +271,7 @@ async fn assert_031_schema(client: &Client) {
         [
             json!({"version": 1, "name": "0001_dead_letter.sql"}),
             json!({"version": 2, "name": "0002_dead_letter_unapplied_events.sql"}),
+            json!({"version": 3, "name": "0003_heartbeat.sql"}),
         ]
     );
 
@@ -278,7 +280,7 @@ async fn assert_031_schema(client: &Client) {
         .query(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') \
+             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname NOT IN ('ingester_dead_letter', 'ingester_heartbeat', 'lookout_ingester_schema_version') \
                AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY c.relname, a.attnum",
             &[],
@@ -353,7 +355,7 @@ async fn assert_031_schema(client: &Client) {
     let rows = client
         .query(
             "SELECT c.relname::text || '.' || a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND a.attstorage = 'e' AND c.relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') ORDER BY 1",
+             WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND a.attstorage = 'e' AND c.relname NOT IN ('ingester_dead_letter', 'ingester_heartbeat', 'lookout_ingester_schema_version') ORDER BY 1",
             &[],
         )
         .await
@@ -373,7 +375,7 @@ async fn assert_031_schema(client: &Client) {
     let rows = client
         .query(
             "SELECT relname::text, coalesce(array_to_string(reloptions, ','), '') FROM pg_class \
-             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version') ORDER BY 1",
+             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname NOT IN ('ingester_dead_letter', 'ingester_heartbeat', 'lookout_ingester_schema_version') ORDER BY 1",
             &[],
         )
         .await
@@ -398,7 +400,7 @@ async fn assert_031_schema(client: &Client) {
             "SELECT i.indrelid::regclass::text, c.relname::text, pg_get_indexdef(i.indexrelid), i.indisvalid \
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              WHERE c.relnamespace = 'public'::regnamespace \
-               AND i.indrelid::regclass::text NOT IN ('ingester_dead_letter', 'lookout_ingester_schema_version')",
+               AND i.indrelid::regclass::text NOT IN ('ingester_dead_letter', 'ingester_heartbeat', 'lookout_ingester_schema_version')",
             &[],
         )
         .await
@@ -1143,6 +1145,7 @@ async fn each_generation_has_upstreams_job_run_columns() {
         expected,
         [
             "ingester_dead_letter",
+            "ingester_heartbeat",
             "job",
             "job_deduplication",
             "job_error",
@@ -1456,6 +1459,7 @@ async fn status_at_several_generations() {
             "ingester tables pending (migrations/ingester):",
             "  0001 0001_dead_letter.sql",
             "  0002 0002_dead_letter_unapplied_events.sql",
+            "  0003 0003_heartbeat.sql",
         ]
     );
     assert!(public_tables(&client).await.is_empty());

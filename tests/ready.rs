@@ -373,3 +373,77 @@ async fn readyz_is_503_while_postgres_is_unreachable() {
     ing.terminate(Duration::from_secs(15)).await;
     broker.stop().await;
 }
+
+/// Every `dead-letters` action waits for the database as `retry`, `replay`
+/// and `migrate` do (one shared start-up wait): started against a stopped
+/// server that comes up within `--retry-for`, `list` waits and then lists;
+/// against one that never does, `show` exits 1 after the window with the
+/// server's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_for_a_database_within_retry_for() {
+    use common::pgcluster::PgCluster;
+    use std::time::{Duration, Instant};
+    let mut cluster = PgCluster::start().await;
+    let url = cluster.create_migrated_db("late").await;
+    cluster.stop();
+    let started = Instant::now();
+    let list = tokio::spawn({
+        let url = url.clone();
+        async move {
+            cli([
+                "dead-letters",
+                "list",
+                "--database-url",
+                &url,
+                "--retry-for",
+                "60s",
+            ])
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !list.is_finished(),
+        "list gave up while the server was down"
+    );
+    cluster.start_again().await;
+    let out = tokio::time::timeout(Duration::from_secs(60), list)
+        .await
+        .expect("list did not end once the server was up")
+        .expect("join");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("no dead letters"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("retrying in"),
+        "no retry logged: {}",
+        out.stderr
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+
+    // Never reachable: each action gives up after the window, one line, the cause.
+    cluster.stop();
+    for action in [
+        &["list"][..],
+        &["show", "1"],
+        &["purge", "--older-than", "1d"],
+        &["flush"],
+    ] {
+        let started = Instant::now();
+        let mut args = vec!["dead-letters"];
+        args.extend_from_slice(action);
+        args.extend_from_slice(&["--database-url", &url, "--retry-for", "2s"]);
+        let out = cli(args).await;
+        assert_eq!(out.code, Some(1), "{action:?}: {}", out.stderr);
+        let line = fatal_line(&out);
+        assert!(line.contains("Connection refused"), "{action:?}: {line}");
+        assert!(
+            line.contains("gave up after 2s, retryFor"),
+            "{action:?}: {line}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{action:?} did not wait: {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -516,6 +516,98 @@ async fn a_long_corrupt_region_stops_the_file_once() {
     db.drop_db().await;
 }
 
+/// The two switches are separate: `--force` reads a file that does not look
+/// like a recording but still stops at a long corrupt region;
+/// `--read-past-corrupt` reads through such a region (each record a dead
+/// letter) but does not let a non-recording in.
+#[tokio::test]
+async fn force_and_read_past_corrupt_are_separate_switches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = |bytes: &mut Vec<u8>, payload: &[u8]| {
+        encode_varint(payload.len() as u64, bytes);
+        bytes.extend(payload);
+    };
+    let good = |id: &str| seq_in("q", vec![submit_at(1, id)]).encode_to_vec();
+    let garbage = [0xff, 0xff, 0xff, 0x01];
+    let region = replay::CORRUPT_RUN_RECORDS + 50;
+    // A recording with a long corrupt region in the middle.
+    let mut long = Vec::new();
+    record(&mut long, &good("c1"));
+    for _ in 0..region {
+        record(&mut long, &garbage);
+    }
+    record(&mut long, &good("c2"));
+    // Not a recording: it starts with the garbage, then a long run of it.
+    let mut headless = Vec::new();
+    for _ in 0..region {
+        record(&mut headless, &garbage);
+    }
+    record(&mut headless, &good("d1"));
+    let (long_path, headless_path) = (dir.path().join("long.bin"), dir.path().join("headless.bin"));
+    std::fs::write(&long_path, long).expect("write");
+    std::fs::write(&headless_path, headless).expect("write");
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let jobs = || async {
+        json_rows(&client, "SELECT job_id FROM job ORDER BY job_id", &[])
+            .await
+            .into_iter()
+            .map(|r| r["job_id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // --force does not read past the region any more.
+    let out = replay_cli_with(&db, dir.path(), &["--force"], &long_path).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.matches("corrupt from record 1").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--read-past-corrupt"), "{}", out.stderr);
+    assert_eq!(jobs().await, ["c1"]);
+    assert_eq!(count(&client, "ingester_dead_letter").await, 0);
+
+    // --read-past-corrupt does: every garbage record a dead letter, c2 stored.
+    let out = replay_cli_with(&db, dir.path(), &["--read-past-corrupt"], &long_path).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("corrupt from"), "{}", out.stderr);
+    assert_eq!(jobs().await, ["c1", "c2"]);
+    assert_eq!(count(&client, "ingester_dead_letter").await, region as i64);
+
+    // --read-past-corrupt alone does not let a non-recording in.
+    let out = replay_cli_with(&db, dir.path(), &["--read-past-corrupt"], &headless_path).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let refused = format!("{} does not look like a recording", headless_path.display());
+    assert!(out.stderr.contains(&refused), "{}", out.stderr);
+    // --force alone lets it in but stops at once: the file is one corrupt region.
+    let out = replay_cli_with(&db, dir.path(), &["--force"], &headless_path).await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.matches("corrupt from record 0").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(jobs().await, ["c1", "c2"]);
+    // Both: read through, d1 stored.
+    let out = replay_cli_with(
+        &db,
+        dir.path(),
+        &["--force", "--read-past-corrupt"],
+        &headless_path,
+    )
+    .await;
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(jobs().await, ["c1", "c2", "d1"]);
+    assert_eq!(
+        count(&client, "ingester_dead_letter").await,
+        2 * region as i64
+    );
+    db.drop_db().await;
+}
+
 /// A missing file is named as missing (not "record 0"); an empty file is
 /// remarked on and is no error.
 #[tokio::test]

@@ -90,6 +90,18 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
     vec![
         c("run", &["run", "S", "P", "--metrics-port", "0"]),
         c(
+            "run json",
+            &[
+                "run",
+                "S",
+                "P",
+                "--metrics-port",
+                "0",
+                "--log-format",
+                "json",
+            ],
+        ),
+        c(
             "record",
             &["record", "S", "P", "--out", &out, "--idle", "1s"],
         ),
@@ -108,6 +120,11 @@ fn commands(recording: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
             &["dead-letters", "S", "purge", "--older-than", "1h"],
         ),
         c("dead-letters flush", &["dead-letters", "S", "flush"]),
+        c("status", &["status", "S", "--json"]),
+        c(
+            "report failures",
+            &["report", "S", "failures", "--json", "--html", &out],
+        ),
         c("config --show", &["config", "S", "P", "--show"]),
         c("run --help", &["run", "S", "--help"]),
         c("--help", &["--help", "S"]),

@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/bench.sh (sourced, not run): a work
+# Used by scripts/demo.sh (sourced, not run): a work
 # directory and background processes cleaned up on exit, a local broker
 # (pulsar-lite behind the fix-up proxy pulsar-rs needs), and waiting for an
 # ingester to catch up, read from its metrics. Expects the repository root

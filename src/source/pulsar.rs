@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::config::{PulsarConfig, SubscriptionKind};
 use crate::http::Health;
-use crate::metrics;
 use crate::source::{Message, Origin, PulsarId};
+use crate::{metrics, telemetry};
 
 /// An acknowledgement the acknowledger asks the consumer to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +241,7 @@ pub async fn run(
     let mut backoff = Backoff::new(cfg.backoff.max(Duration::from_millis(50)), cfg.max_backoff);
     let mut seen = Redeliveries::new(cfg.subscription_kind.ordered(), cfg.skip_redelivered);
     let mut topics: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    let mut first = true;
     loop {
         let stopping = *shutdown.borrow();
         if stopping {
@@ -256,6 +257,7 @@ pub async fn run(
                 Ok(pair) => pair,
                 Err(e) => {
                     metrics::SOURCE_ERRORS.with_label_values(&["connect"]).inc();
+                    telemetry::broker_connection_error();
                     let wait = backoff.next_wait();
                     tracing::warn!("cannot subscribe to {} on {}: {e:#}; retrying in {:?}", cfg.topic, target(&cfg.url), wait);
                     if wait_or_done(wait, &mut shutdown, &mut acks, stopping).await {
@@ -274,6 +276,7 @@ pub async fn run(
             target(&cfg.url)
         );
         health.broker_connected.store(true, Ordering::Relaxed);
+        telemetry::subscribed(&cfg.subscription, std::mem::take(&mut first));
         backoff.reset();
         let ended = loop {
             let receiving = out.is_some();
@@ -297,6 +300,7 @@ pub async fn run(
                                 Ack::Cumulative { topic, id } => (topic, consumer.cumulative_ack_with_id(topic, message_id(id)).await),
                                 Ack::Individual { topic, id } => (topic, consumer.ack_with_id(topic, message_id(id)).await),
                             };
+                            telemetry::acknowledged(&ack, r.is_ok());
                             match r {
                                 Ok(()) => metrics::ACKS.inc(),
                                 Err(e) => {
@@ -318,6 +322,8 @@ pub async fn run(
                     Some(Ok(_)) if !receiving => {}
                     Some(Ok(m)) => {
                         let topic = topics.entry(m.topic.clone()).or_insert_with(|| Arc::from(m.topic.as_str())).clone();
+                        let publish_ms = m.metadata().publish_time;
+                        telemetry::message_received(&topic, publish_ms);
                         let raw = m.message_id();
                         let id = PulsarId {
                             ledger: raw.ledger_id,
@@ -330,12 +336,13 @@ pub async fn run(
                             metrics::DUPLICATES_SKIPPED.inc();
                             continue;
                         }
-                        let publish_time = Some(publish_timestamp(m.metadata().publish_time));
-                        let msg = Message { payload: m.payload.data, origin: Origin::Pulsar { topic, id }, publish_time };
+                        let publish_time = Some(publish_timestamp(publish_ms));
+                        let msg = Message { payload: m.payload.data, origin: Origin::Pulsar { topic: topic.clone(), id }, publish_time };
                         if let Some(o) = &out {
                             if o.send(msg).await.is_err() {
                                 break "the pipeline stopped".to_string();
                             }
+                            telemetry::message_waiting(&topic, &id, publish_ms);
                         }
                     }
                 },
@@ -343,6 +350,7 @@ pub async fn run(
         };
         health.broker_connected.store(false, Ordering::Relaxed);
         metrics::SOURCE_ERRORS.with_label_values(&["stream"]).inc();
+        telemetry::broker_connection_error();
         let wait = backoff.next_wait();
         tracing::warn!("{ended}; reconnecting in {wait:?}");
         drop(consumer);

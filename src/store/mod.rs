@@ -41,9 +41,11 @@ mod copy;
 pub mod retry;
 pub mod schema;
 mod step;
+mod wait;
 
 pub(crate) use step::STEPS;
 pub use step::{Operation, Table};
+pub use wait::{SchemaReport, SCHEMA_RECHECK_INTERVAL};
 
 use crate::model::{Generation, InstructionSet};
 use crate::{metrics, telemetry};
@@ -163,6 +165,9 @@ pub struct WriteReport {
     /// True when the single-transaction write failed and the batch was
     /// applied step by step instead (then not atomically).
     pub fell_back: bool,
+    /// Time spent on each step of [`STEPS`] (in that order), for upstream's
+    /// per-operation row-change time.
+    pub step_time: [Duration; 6],
 }
 
 impl WriteReport {
@@ -174,6 +179,25 @@ impl WriteReport {
             Step::RunInsert => &mut self.job_run_inserted,
             Step::JobErrorInsert => &mut self.job_error_inserted,
             Step::RunUpdate => &mut self.job_run_updated,
+        }
+    }
+
+    /// What was done for `step`.
+    pub(crate) fn counts(&self, step: Step) -> TableCounts {
+        match step {
+            Step::JobInsert => self.job_inserted,
+            Step::JobSpecInsert => self.job_spec_inserted,
+            Step::JobUpdate => self.job_updated,
+            Step::RunInsert => self.job_run_inserted,
+            Step::JobErrorInsert => self.job_error_inserted,
+            Step::RunUpdate => self.job_run_updated,
+        }
+    }
+
+    /// Adds `elapsed` to the time spent on `step`.
+    fn spent(&mut self, step: Step, elapsed: Duration) {
+        if let Some(i) = STEPS.iter().position(|s| *s == step) {
+            self.step_time[i] += elapsed;
         }
     }
 
@@ -320,6 +344,8 @@ pub struct Store {
     shutdown: Option<watch::Receiver<bool>>,
     /// What the catalog said last ([`Store::detect`] or a write).
     detected: Mutex<Option<Detected>>,
+    /// Wait for a writable schema instead of failing (`run`, see `wait.rs`).
+    schema_wait: Option<SchemaReport>,
 }
 
 impl Store {
@@ -335,6 +361,7 @@ impl Store {
             policy,
             shutdown: None,
             detected: Mutex::new(None),
+            schema_wait: None,
         }
     }
 
@@ -483,9 +510,10 @@ impl Store {
             })
             .await?
         {
-            Attempt::Done(applied) => {
-                for (step, a) in STEPS.iter().zip(applied) {
+            Attempt::Done((applied, times)) => {
+                for ((step, a), t) in STEPS.iter().zip(applied).zip(times) {
                     report.record(*step, batch.len(*step) as u64, a);
+                    report.spent(*step, t);
                 }
             }
             Attempt::Fatal(error) => {
@@ -498,6 +526,11 @@ impl Store {
 
         metrics::BATCHES.inc();
         metrics::BATCH_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+        telemetry::store_written(
+            &report,
+            batch.job_updates.iter().filter_map(|u| u.state),
+            started.elapsed(),
+        );
         tracing::debug!(
             jobs_created = report.job_inserted.attempted,
             jobs_updated = report.job_updated.attempted,
@@ -616,7 +649,7 @@ impl Store {
         &self,
         batch: &Conflated,
         generation: Generation,
-    ) -> Result<Checked<[Applied; 6]>, DbFailure> {
+    ) -> Result<Checked<([Applied; 6], [Duration; 6])>, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
         if let Some(now) = self.check_schema(&tx, generation).await? {
@@ -626,12 +659,15 @@ impl Store {
         // is when the whole attempt counts.
         let mut fresh = Fresh::default();
         let mut applied: [Applied; 6] = Default::default();
-        for (slot, step) in applied.iter_mut().zip(STEPS) {
+        let mut times = [Duration::ZERO; 6];
+        for ((slot, time), step) in applied.iter_mut().zip(times.iter_mut()).zip(STEPS) {
+            let started = Instant::now();
             *slot = copy::run_batch(&tx, generation, batch, step, &fresh).await?;
+            *time = started.elapsed();
             fresh.add(step, slot);
         }
         tx.commit().await.map_err(op("commit"))?;
-        Ok(Checked::Written(applied))
+        Ok(Checked::Written((applied, times)))
     }
 
     /// One step in its own transaction.
@@ -686,6 +722,7 @@ impl Store {
                 continue;
             }
             let what = step.to_string();
+            let started = Instant::now();
             match self
                 .retrying(&what, generation, report, || {
                     self.write_step(batch, generation, step, &fresh)
@@ -694,7 +731,8 @@ impl Store {
             {
                 Attempt::Done(mut applied) => {
                     fresh.add(step, &mut applied);
-                    report.record(step, n as u64, applied)
+                    report.record(step, n as u64, applied);
+                    report.spent(step, started.elapsed());
                 }
                 Attempt::Fatal(error) => {
                     tracing::warn!(step = %what, rows = n, %error, "step failed; writing its rows one by one");
@@ -719,12 +757,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let what = step.to_string();
         for i in 0..batch.len(step) {
-            match self
+            let started = Instant::now();
+            let attempt = self
                 .retrying(&what, generation, report, || {
                     self.write_row(batch, generation, step, i, fresh)
                 })
-                .await?
-            {
+                .await?;
+            report.spent(step, started.elapsed());
+            match attempt {
                 Attempt::Done(mut applied) => {
                     fresh.add(step, &mut applied);
                     report.record(step, 1, applied)

@@ -12,8 +12,11 @@
 
 use crate::backoff::Backoff;
 use regex::Regex;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What to do about an error.
@@ -252,6 +255,45 @@ async fn shutdown_requested(shutdown: &watch::Receiver<bool>) {
 /// stopping between attempts leaves nothing half-done).
 /// Returns the value and how many retries it took. Every failure is counted
 /// in `metrics::DB_ERRORS`.
+/// Retry loops now waiting out retryable errors: since when, and the last
+/// error, per loop. `/healthz` reads it through [`longest_retry`]: a store
+/// retrying for longer than `health.stallTimeout` is unhealthy.
+static RETRYING: Mutex<BTreeMap<u64, (Instant, String)>> = Mutex::new(BTreeMap::new());
+static NEXT_LOOP: AtomicU64 = AtomicU64::new(0);
+
+/// One loop's entry in [`RETRYING`], removed when the loop ends however it ends.
+struct Retrying(u64);
+
+impl Retrying {
+    fn start() -> Retrying {
+        Retrying(NEXT_LOOP.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn note(&self, error: String) {
+        if let Ok(mut m) = RETRYING.lock() {
+            m.entry(self.0)
+                .and_modify(|e| e.1 = error.clone())
+                .or_insert_with(|| (Instant::now(), error));
+        }
+    }
+}
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        if let Ok(mut m) = RETRYING.lock() {
+            m.remove(&self.0);
+        }
+    }
+}
+
+/// The loop that has been retrying longest: for how long, and its last error.
+pub fn longest_retry() -> Option<(Duration, String)> {
+    let m = RETRYING.lock().ok()?;
+    m.values()
+        .min_by_key(|(since, _)| *since)
+        .map(|(since, error)| (since.elapsed(), error.clone()))
+}
+
 pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     fatal: &[Regex],
@@ -267,6 +309,7 @@ where
     let mut backoff = store_backoff(policy.max_backoff);
     let mut retries: u32 = 0;
     let started = std::time::Instant::now();
+    let retrying = Retrying::start();
     loop {
         let err = match op().await {
             Ok(v) => return Ok((v, retries)),
@@ -276,6 +319,7 @@ where
         crate::metrics::DB_ERRORS
             .with_label_values(&[class.label(), err.operation()])
             .inc();
+        crate::metrics::upstream::db_error(err.operation());
         if !class.is_retryable() {
             return Err(RetryError::Fatal(err));
         }
@@ -300,6 +344,7 @@ where
             wait = wait.min(left);
         }
         retries = retries.saturating_add(1);
+        retrying.note(err.text());
         tracing::warn!(
             what,
             retry = retries,

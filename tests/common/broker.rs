@@ -25,19 +25,26 @@ pub struct Broker {
     pub broker_addr: SocketAddr,
     child: Option<Child>,
     pub proxy: pulsar_proxy::ProxyHandle,
+    config: String,
 }
 
 /// pulsar-lite on `addr` with its data and config in `dir`, its output
 /// appended to `dir/broker.log` (kept across restarts).
-async fn spawn_broker(addr: SocketAddr, dir: &Path) -> Child {
-    lite::spawn_lite(dir, addr, "", &dir.join("broker.log")).await
+async fn spawn_broker(addr: SocketAddr, dir: &Path, extra_config: &str) -> Child {
+    lite::spawn_lite(dir, addr, extra_config, &dir.join("broker.log")).await
 }
 
 impl Broker {
     pub async fn start() -> Broker {
+        Broker::start_with_config("").await
+    }
+
+    /// A broker with `extra_config`'s top-level pulsar-lite keys (e.g.
+    /// `default_partitions = 4`: every topic it creates gets 4 partitions).
+    pub async fn start_with_config(extra_config: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let broker_addr = lite::free_addr();
-        let child = spawn_broker(broker_addr, dir.path()).await;
+        let child = spawn_broker(broker_addr, dir.path(), extra_config).await;
         let proxy = pulsar_proxy::start("127.0.0.1:0".parse().expect("addr"), broker_addr)
             .await
             .expect("proxy");
@@ -46,6 +53,7 @@ impl Broker {
             broker_addr,
             child: Some(child),
             proxy,
+            config: extra_config.to_string(),
         }
     }
 
@@ -78,7 +86,7 @@ impl Broker {
     /// Starts the broker again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let child = spawn_broker(self.broker_addr, self.dir.path()).await;
+        let child = spawn_broker(self.broker_addr, self.dir.path(), &self.config).await;
         self.child = Some(child);
     }
 

@@ -1,0 +1,1102 @@
+//! `bench`: measures the ingester against the ceiling of the same work, in
+//! one run, on databases it creates and drops.
+//!
+//! 1. A seeded [`Workload`] is written to a recording in a temporary
+//!    directory.
+//! 2. Replay: `lookout-ingester replay` runs as a child process on a fresh
+//!    database; its wall time gives events/s, row operations/s (what its
+//!    summary counts as inserted or changed) and final rows/s (the rows the
+//!    tables hold afterwards); its peak RSS comes from `wait4`.
+//! 3. Ceiling: the replayed tables are copied out (binary COPY) and copied
+//!    into a second fresh database at the same schema generation, once on one
+//!    connection table after table and once with one connection per table in
+//!    parallel. Same rows, same indexes: the fastest way Postgres can hold
+//!    exactly what the ingester wrote.
+//! 4. Live (unless `--no-live`): the recording is published to pulsar-lite
+//!    (started behind the fix-up proxy, or a broker given with
+//!    `--pulsar-url`); a receive-and-acknowledge-only consumer reads the
+//!    backlog through the same client and path, then `lookout-ingester run`
+//!    catches up on it on a fresh database.
+//! 5. Latency: `run` on an empty topic while workload messages are published
+//!    at a fixed rate (half the catch-up rate, then 1,000/s); see
+//!    [`latency`].
+//!
+//! Every child, database and file it makes is removed at the end, also after
+//! an error or SIGINT/SIGTERM.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::{SinkExt as _, StreamExt as _};
+use prost::Message as _;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::config::{self, Config, PulsarConfig};
+use crate::pg::{self, PgSettings};
+use crate::proto::armadaevents::event_sequence::event::Event as Kind;
+use crate::source::file::RecordWriter;
+use crate::workload::{FinalRows, Options as WorkloadOptions, Workload};
+
+/// The tables a replay fills, in the order they are copied.
+const TABLES: [&str; 4] = ["job", "job_spec", "job_run", "job_error"];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workload: WorkloadOptions,
+    /// Run the live and latency parts.
+    pub live: bool,
+    /// Use this broker instead of starting pulsar-lite.
+    pub pulsar_url: Option<String>,
+    /// Seconds of publishing at each latency rate.
+    pub latency_secs: u64,
+    /// The `--config` files, handed to every child.
+    pub config_files: Vec<PathBuf>,
+}
+
+/// The figures; the JSON line is this, serialised.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub events: u64,
+    pub messages: u64,
+    pub jobs: u64,
+    pub failure_info: bool,
+    pub final_rows: u64,
+    pub generate_s: f64,
+    pub copy_one_connection_rows_per_s: f64,
+    pub copy_ceiling_rows_per_s: f64,
+    pub replay_s: f64,
+    pub replay_rows: u64,
+    pub replay_row_ops: u64,
+    pub replay_rows_per_s: f64,
+    pub replay_row_ops_per_s: f64,
+    pub replay_events_per_s: f64,
+    pub replay_to_ceiling_ratio: f64,
+    pub peak_rss_mib: f64,
+    pub live_events_per_s: Option<f64>,
+    pub live_messages_per_s: Option<f64>,
+    pub consume_ceiling_messages_per_s: Option<f64>,
+    pub live_to_consume_ceiling_ratio: Option<f64>,
+    pub live_peak_rss_mib: Option<f64>,
+    pub latency_rate_per_s: Option<f64>,
+    pub live_p50_latency_ms: Option<f64>,
+    pub live_p95_latency_ms: Option<f64>,
+    pub live_p99_latency_ms: Option<f64>,
+    pub live_1k_p50_latency_ms: Option<f64>,
+    pub live_1k_p95_latency_ms: Option<f64>,
+    pub live_1k_p99_latency_ms: Option<f64>,
+}
+
+impl Figures {
+    /// The table printed before the JSON line.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            (
+                "events (messages, jobs)".into(),
+                format!("{} ({}, {})", self.events, self.messages, self.jobs),
+            ),
+            (
+                "FailureInfo on failed runs".into(),
+                self.failure_info.to_string(),
+            ),
+            ("final rows".into(), self.final_rows.to_string()),
+            (
+                "COPY, one connection".into(),
+                format!("{:.0} rows/s", self.copy_one_connection_rows_per_s),
+            ),
+            (
+                "COPY, a connection per table (ceiling)".into(),
+                format!("{:.0} rows/s", self.copy_ceiling_rows_per_s),
+            ),
+            ("replay".into(), format!("{:.2} s", self.replay_s)),
+            (
+                "replay events".into(),
+                format!("{:.0} events/s", self.replay_events_per_s),
+            ),
+            (
+                "replay row operations".into(),
+                format!(
+                    "{} ({:.0}/s)",
+                    self.replay_row_ops, self.replay_row_ops_per_s
+                ),
+            ),
+            (
+                "replay final rows".into(),
+                format!("{} ({:.0}/s)", self.replay_rows, self.replay_rows_per_s),
+            ),
+            (
+                "replay / ceiling".into(),
+                format!("{:.3}", self.replay_to_ceiling_ratio),
+            ),
+            (
+                "replay peak RSS".into(),
+                format!("{:.1} MiB", self.peak_rss_mib),
+            ),
+        ];
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"));
+        if self.live_events_per_s.is_some() {
+            rows.extend([
+                (
+                    "receive-and-ack consumer".into(),
+                    opt(self.consume_ceiling_messages_per_s, " messages/s"),
+                ),
+                (
+                    "run catching up".into(),
+                    format!(
+                        "{} ({})",
+                        opt(self.live_messages_per_s, " messages/s"),
+                        opt(self.live_events_per_s, " events/s")
+                    ),
+                ),
+                (
+                    "run / consumer".into(),
+                    self.live_to_consume_ceiling_ratio
+                        .map_or("-".into(), |v| format!("{v:.3}")),
+                ),
+                (
+                    "run peak RSS".into(),
+                    self.live_peak_rss_mib
+                        .map_or("-".into(), |v| format!("{v:.1} MiB")),
+                ),
+                (
+                    format!("latency at {}", opt(self.latency_rate_per_s, " msgs/s")),
+                    format!(
+                        "p50 {} p95 {} p99 {}",
+                        opt(self.live_p50_latency_ms, " ms"),
+                        opt(self.live_p95_latency_ms, " ms"),
+                        opt(self.live_p99_latency_ms, " ms")
+                    ),
+                ),
+                (
+                    "latency at 1000 msgs/s".into(),
+                    format!(
+                        "p50 {} p95 {} p99 {}",
+                        opt(self.live_1k_p50_latency_ms, " ms"),
+                        opt(self.live_1k_p95_latency_ms, " ms"),
+                        opt(self.live_1k_p99_latency_ms, " ms")
+                    ),
+                ),
+            ]);
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .collect()
+    }
+}
+
+/// What must be undone: children to stop, databases to drop, the directory.
+#[derive(Debug, Default)]
+struct Owned {
+    children: BTreeSet<i32>,
+    databases: Vec<String>,
+}
+
+/// The run's resources, shared with the cleanup that follows an error or a
+/// signal.
+#[derive(Clone)]
+struct Env {
+    exe: PathBuf,
+    dir: PathBuf,
+    tag: String,
+    cfg: Arc<Config>,
+    config_files: Vec<PathBuf>,
+    owned: Arc<Mutex<Owned>>,
+}
+
+/// Runs the benchmark; prints progress on stderr.
+pub async fn run(cfg: Config, opts: Options) -> anyhow::Result<Figures> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tag = format!("{}_{:06}", std::process::id(), nanos / 1000);
+    let dir = std::env::temp_dir().join(format!("lookout-bench-{tag}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_files = opts
+        .config_files
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let env = Env {
+        exe,
+        dir,
+        tag,
+        cfg: Arc::new(cfg),
+        config_files,
+        owned: Arc::default(),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = measure(&env, &opts) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow!("terminated")),
+    };
+    env.cleanup().await;
+    result
+}
+
+async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
+    let mut f = Figures {
+        failure_info: opts.workload.failure_info,
+        ..Figures::default()
+    };
+    // 1. The workload.
+    let file = env.dir.join("events.bin");
+    let started = Instant::now();
+    let (w_opts, path) = (opts.workload.clone(), file.clone());
+    let produced = tokio::task::spawn_blocking(move || write_workload(&path, w_opts))
+        .await
+        .context("workload writer")??;
+    f.generate_s = started.elapsed().as_secs_f64();
+    f.events = produced.events;
+    f.messages = produced.sequences;
+    f.jobs = produced.rows.job;
+    f.final_rows = produced.rows.total();
+    progress(&format!(
+        "generated {} events in {} messages ({} jobs) in {:.1}s",
+        f.events, f.messages, f.jobs, f.generate_s
+    ));
+
+    // 2. Replay.
+    let replay_db = env.create_db("replay").await?;
+    let started = Instant::now();
+    let out = env
+        .child(&["replay"], &[file.as_os_str()], &replay_db, "replay")
+        .await?;
+    f.replay_s = started.elapsed().as_secs_f64();
+    if out.code != Some(0) {
+        bail!("replay exited with {:?}: {}", out.code, out.tail());
+    }
+    f.peak_rss_mib = out.maxrss_kib as f64 / 1024.0;
+    f.replay_row_ops = row_operations(&out.stdout);
+    let client = env.connect(&replay_db).await?;
+    let rows = count_rows(&client).await?;
+    f.replay_rows = rows.total();
+    if rows != produced.rows {
+        bail!(
+            "the replayed tables hold {rows:?}, the workload should give {:?}",
+            produced.rows
+        );
+    }
+    f.replay_events_per_s = rate(f.events, f.replay_s);
+    f.replay_row_ops_per_s = rate(f.replay_row_ops, f.replay_s);
+    f.replay_rows_per_s = rate(f.replay_rows, f.replay_s);
+    progress(&format!(
+        "replay: {:.2}s, {:.0} events/s, {:.0} final rows/s",
+        f.replay_s, f.replay_events_per_s, f.replay_rows_per_s
+    ));
+
+    // 3. The ceiling.
+    let (one, parallel) = copy_ceiling(env, &client, &replay_db).await?;
+    drop(client);
+    f.copy_one_connection_rows_per_s = rate(f.replay_rows, one);
+    f.copy_ceiling_rows_per_s = rate(f.replay_rows, parallel);
+    f.replay_to_ceiling_ratio = ratio(f.replay_rows_per_s, f.copy_ceiling_rows_per_s);
+    progress(&format!(
+        "COPY of the same rows: {one:.2}s on one connection, {parallel:.2}s on one per table"
+    ));
+
+    if opts.live {
+        live(env, opts, &file, &produced.rows, &mut f).await?;
+    }
+    Ok(f)
+}
+
+/// Writes the workload as a recording; returns what it produced.
+fn write_workload(path: &Path, opts: WorkloadOptions) -> anyhow::Result<crate::workload::Produced> {
+    let mut w = RecordWriter::create(path, false)
+        .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
+    let mut workload = Workload::new(opts);
+    let mut buf = Vec::new();
+    for seq in workload.by_ref() {
+        buf.clear();
+        seq.encode(&mut buf)?;
+        w.write_record(&buf)?;
+    }
+    w.finish()?;
+    Ok(workload.produced())
+}
+
+fn progress(line: &str) {
+    eprintln!("bench: {line}");
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// The sum of the "rows by table" section of replay's summary: rows
+/// inserted or changed.
+fn row_operations(summary: &str) -> u64 {
+    summary
+        .lines()
+        .skip_while(|l| !l.starts_with("rows by table:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn count_rows(client: &tokio_postgres::Client) -> anyhow::Result<FinalRows> {
+    let mut n = [0u64; 4];
+    for (i, t) in TABLES.iter().enumerate() {
+        let row = client
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await
+            .with_context(|| format!("cannot count {t}"))?;
+        n[i] = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    }
+    Ok(FinalRows {
+        job: n[0],
+        job_spec: n[1],
+        job_run: n[2],
+        job_error: n[3],
+    })
+}
+
+/// Copies the replayed tables out, then times copying them into a fresh
+/// database at the same generation: on one connection, then (after
+/// emptying the tables) one connection per table at once. Seconds of each.
+async fn copy_ceiling(
+    env: &Env,
+    replay: &tokio_postgres::Client,
+    _replay_db: &Db,
+) -> anyhow::Result<(f64, f64)> {
+    for t in TABLES {
+        let stream = replay
+            .copy_out(&format!("COPY {t} TO STDOUT (FORMAT binary)"))
+            .await
+            .with_context(|| format!("cannot copy {t} out"))?;
+        futures::pin_mut!(stream);
+        let path = env.dir.join(format!("{t}.copy"));
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk.with_context(|| format!("cannot copy {t} out"))?)?;
+        }
+        file.flush()?;
+    }
+    let db = env.create_db("ceiling").await?;
+    let one = env.connect(&db).await?;
+    let started = Instant::now();
+    for t in TABLES {
+        copy_in(&one, t, &env.dir).await?;
+    }
+    let one_s = started.elapsed().as_secs_f64();
+    one.batch_execute(&format!("TRUNCATE {}", TABLES.join(", ")))
+        .await
+        .context("cannot empty the ceiling tables")?;
+    let mut clients = Vec::new();
+    for _ in TABLES {
+        clients.push(env.connect(&db).await?);
+    }
+    let started = Instant::now();
+    let copies = clients
+        .iter()
+        .zip(TABLES)
+        .map(|(c, t)| copy_in(c, t, &env.dir));
+    for r in futures::future::join_all(copies).await {
+        r?;
+    }
+    Ok((one_s, started.elapsed().as_secs_f64()))
+}
+
+async fn copy_in(client: &tokio_postgres::Client, table: &str, dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(format!("{table}.copy"));
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let sink = client
+        .copy_in::<_, std::io::Cursor<Vec<u8>>>(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await
+        .with_context(|| format!("cannot copy into {table}"))?;
+    futures::pin_mut!(sink);
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = file.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        sink.send(std::io::Cursor::new(chunk))
+            .await
+            .with_context(|| format!("cannot copy into {table}"))?;
+    }
+    sink.finish()
+        .await
+        .with_context(|| format!("cannot copy into {table}"))?;
+    Ok(())
+}
+
+/// A database the run created: its name and the connection string the
+/// children get (in their environment, never on a command line).
+#[derive(Debug, Clone)]
+struct Db {
+    name: String,
+    conninfo: String,
+    settings: PgSettings,
+}
+
+/// What a finished child printed and used.
+struct ChildOut {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    maxrss_kib: i64,
+}
+
+impl ChildOut {
+    fn tail(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+impl Env {
+    /// The configured database settings with another database name.
+    fn database(&self, name: &str) -> anyhow::Result<(String, PgSettings)> {
+        let mut pairs: std::collections::BTreeMap<String, String> =
+            pg::parse_conninfo(&self.cfg.postgres.connection_string())?
+                .into_iter()
+                .collect();
+        pairs.insert("dbname".into(), name.into());
+        let postgres = config::Postgres {
+            connection: config::Connection::Params(pairs),
+            password_file: self.cfg.postgres.password_file.clone(),
+        };
+        let settings = PgSettings::from_config(&postgres)?;
+        Ok((postgres.connection_string(), settings))
+    }
+
+    async fn connect(&self, db: &Db) -> anyhow::Result<tokio_postgres::Client> {
+        pg::connect(&db.settings).await
+    }
+
+    /// Creates and migrates (as `lookout-ingester migrate` does, in a child)
+    /// a database named after the run and `what`.
+    async fn create_db(&self, what: &str) -> anyhow::Result<Db> {
+        let name = format!("lookout_bench_{}_{what}", self.tag);
+        let (_, admin) = self.database("postgres")?;
+        let admin = pg::connect(&admin).await?;
+        lock(&self.owned).databases.push(name.clone());
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .map_err(|e| anyhow!("cannot create database {name}: {}", pg::error_chain(&e)))?;
+        let (conninfo, settings) = self.database(&name)?;
+        let db = Db {
+            name,
+            conninfo,
+            settings,
+        };
+        let out = self
+            .child(&["migrate"], &[], &db, &format!("migrate-{what}"))
+            .await?;
+        if out.code != Some(0) {
+            bail!(
+                "migrate {} exited with {:?}: {}",
+                db.name,
+                out.code,
+                out.tail()
+            );
+        }
+        Ok(db)
+    }
+
+    /// A `lookout-ingester` command with the run's config files, the
+    /// database `db` in its environment, the work directory as its working
+    /// directory (for its dead-letter spool) and output into `log`.
+    fn command(&self, args: &[&str], db: &Db, log: &str) -> anyhow::Result<std::process::Command> {
+        let mut c = std::process::Command::new(&self.exe);
+        c.args(args);
+        for f in &self.config_files {
+            c.arg("--config").arg(f);
+        }
+        c.env("LOOKOUT_DATABASE_URL", &db.conninfo)
+            .env("RUST_LOG", "warn")
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join(format!("{log}.out")))?)
+            .stderr(std::fs::File::create(self.dir.join(format!("{log}.err")))?);
+        Ok(c)
+    }
+
+    /// Runs a `lookout-ingester` command to its end.
+    async fn child(
+        &self,
+        args: &[&str],
+        files: &[&std::ffi::OsStr],
+        db: &Db,
+        log: &str,
+    ) -> anyhow::Result<ChildOut> {
+        let mut c = self.command(args, db, log)?;
+        c.args(files);
+        let pid = self.spawn(c)?;
+        let (code, maxrss_kib) = self.wait(pid).await?;
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.join(format!("{log}.{ext}"))).unwrap_or_default()
+        };
+        Ok(ChildOut {
+            code,
+            stdout: read("out"),
+            stderr: read("err"),
+            maxrss_kib,
+        })
+    }
+
+    fn spawn(&self, mut c: std::process::Command) -> anyhow::Result<i32> {
+        let child = c
+            .spawn()
+            .with_context(|| format!("cannot start {}", c.get_program().to_string_lossy()))?;
+        let pid = i32::try_from(child.id()).context("process id")?;
+        // Reaped with wait4 (for its rusage), not through `child`.
+        drop(child);
+        lock(&self.owned).children.insert(pid);
+        Ok(pid)
+    }
+
+    /// Waits for a child: its exit code and peak RSS (KiB).
+    async fn wait(&self, pid: i32) -> anyhow::Result<(Option<i32>, i64)> {
+        let owned = self.owned.clone();
+        // Forgotten as soon as it is reaped (also when this future is
+        // dropped), so the cleanup never signals a reused process id.
+        tokio::task::spawn_blocking(move || {
+            let r = wait4(pid);
+            lock(&owned).children.remove(&pid);
+            r
+        })
+        .await?
+    }
+
+    /// Asks a child to stop (SIGTERM), SIGKILL after `grace`.
+    async fn stop(&self, pid: i32, grace: Duration) -> anyhow::Result<(Option<i32>, i64)> {
+        signal(pid, libc::SIGTERM);
+        let owned = self.owned.clone();
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if lock(&owned).children.contains(&pid) {
+                signal(pid, libc::SIGKILL);
+            }
+        });
+        let r = self.wait(pid).await;
+        killer.abort();
+        r
+    }
+
+    /// Stops every child still running, drops every database, removes the
+    /// directory. Problems are reported, not fatal.
+    async fn cleanup(&self) {
+        let (children, databases) = {
+            let mut o = lock(&self.owned);
+            (
+                std::mem::take(&mut o.children),
+                std::mem::take(&mut o.databases),
+            )
+        };
+        for pid in children {
+            signal(pid, libc::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || wait4(pid)).await;
+        }
+        if !databases.is_empty() {
+            match self.database("postgres") {
+                Ok((_, admin)) => match pg::connect(&admin).await {
+                    Ok(admin) => {
+                        for name in databases {
+                            if let Err(e) = admin
+                                .batch_execute(&format!(
+                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                                ))
+                                .await
+                            {
+                                progress(&format!(
+                                    "cannot drop database {name}: {}",
+                                    pg::error_chain(&e)
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => progress(&format!(
+                        "cannot drop the bench databases {databases:?}: {e:#}"
+                    )),
+                },
+                Err(e) => progress(&format!(
+                    "cannot drop the bench databases {databases:?}: {e:#}"
+                )),
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            progress(&format!("cannot remove {}: {e}", self.dir.display()));
+        }
+    }
+}
+
+fn lock(m: &Mutex<Owned>) -> std::sync::MutexGuard<'_, Owned> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; `pid` is a child not yet reaped
+    // (removed from the owned set when it is), so it cannot be reused.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Reaps child `pid`: its exit code (None when a signal ended it) and its
+/// peak resident set (KiB).
+fn wait4(pid: i32) -> anyhow::Result<(Option<i32>, i64)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 writes into both.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pointers to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            bail!("cannot wait for process {pid}: {e}");
+        }
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Ok((code, usage.ru_maxrss))
+}
+
+// ---------------------------------------------------------------------------
+// Live.
+
+/// A broker: pulsar-lite behind the fix-up proxy, or the one given.
+async fn broker(env: &Env, opts: &Options) -> anyhow::Result<String> {
+    if let Some(url) = &opts.pulsar_url {
+        return Ok(url.clone());
+    }
+    let bport = free_port()?;
+    let pport = free_port()?;
+    // Its metrics endpoint would bind 0.0.0.0:8080; keep everything on loopback.
+    let conf = env.dir.join("pulsar-lite.toml");
+    std::fs::write(&conf, "[metrics]\nenabled = false\n")?;
+    let mut c = std::process::Command::new("pulsar-lite");
+    c.arg("--config")
+        .arg(&conf)
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{bport}"))
+        .arg("--db-path")
+        .arg(env.dir.join("broker"))
+        .current_dir(&env.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(env.dir.join("broker.log"))?)
+        .stderr(std::fs::File::create(env.dir.join("broker.err"))?);
+    env.spawn(c)
+        .context("pulsar-lite (is it on PATH? scripts/setup.sh installs it)")?;
+    wait_port(bport)
+        .await
+        .context("pulsar-lite did not start")?;
+    // pulsar-lite needs the proxy (README "A local broker"): next to this
+    // executable when built in the workspace, else on PATH.
+    let beside = env.exe.with_file_name("pulsar-proxy");
+    let proxy = if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("pulsar-proxy")
+    };
+    let mut c = std::process::Command::new(&proxy);
+    c.arg("--listen")
+        .arg(format!("127.0.0.1:{pport}"))
+        .arg("--broker")
+        .arg(format!("127.0.0.1:{bport}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(env.dir.join("proxy.log"))?)
+        .stderr(std::fs::File::create(env.dir.join("proxy.err"))?);
+    env.spawn(c)
+        .context("pulsar-proxy (build it with `cargo build --release -p pulsar-proxy`)")?;
+    wait_port(pport)
+        .await
+        .context("pulsar-proxy did not start")?;
+    Ok(format!("pulsar://127.0.0.1:{pport}"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listening on 127.0.0.1:{port} after 10s")
+}
+
+fn pulsar_config(url: &str, topic: &str) -> PulsarConfig {
+    PulsarConfig {
+        url: url.into(),
+        topic: topic.into(),
+        ..PulsarConfig::default()
+    }
+}
+
+async fn live(
+    env: &Env,
+    opts: &Options,
+    file: &Path,
+    expected: &FinalRows,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
+    let url = broker(env, opts).await?;
+    let topic = format!("bench-{}", env.tag);
+    let db = env.create_db("live").await?;
+    let url_arg = ["--pulsar-url", url.as_str(), "--topic", topic.as_str()];
+    let out = env
+        .child(
+            &[&["publish"][..], &url_arg].concat(),
+            &[file.as_os_str()],
+            &db,
+            "publish",
+        )
+        .await?;
+    if out.code != Some(0) {
+        bail!("publish exited with {:?}: {}", out.code, out.tail());
+    }
+    progress(&format!("published {} messages to {topic}", f.messages));
+
+    let consumed = consume_only(&pulsar_config(&url, &topic), f.messages).await?;
+    f.consume_ceiling_messages_per_s = Some(rate(f.messages, consumed));
+    progress(&format!("receive-and-acknowledge consumer: {consumed:.2}s"));
+
+    let started = Instant::now();
+    let (pid, port) = env.start_run(&db, &url, &topic, "run")?;
+    let client = env.connect(&db).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(3600) {
+            bail!("run did not catch up within an hour");
+        }
+        let Some(m) = scrape(port).await else {
+            continue;
+        };
+        let got = m.get("lookout_ingester_messages_received_total")
+            + m.get("lookout_ingester_duplicates_skipped_total");
+        if got < f.messages as f64 || m.get("lookout_ingester_messages_in_flight") != 0.0 {
+            continue;
+        }
+        if count_rows(&client).await? == *expected {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (_, rss) = env.stop(pid, Duration::from_secs(15)).await?;
+    f.live_messages_per_s = Some(rate(f.messages, secs));
+    f.live_events_per_s = Some(rate(f.events, secs));
+    f.live_to_consume_ceiling_ratio =
+        Some(ratio(rate(f.messages, secs), rate(f.messages, consumed)));
+    f.live_peak_rss_mib = Some(rss as f64 / 1024.0);
+    progress(&format!("run caught up in {secs:.2}s"));
+
+    let half = (rate(f.messages, secs) / 2.0).max(1.0).round();
+    let seed = opts.workload.seed.wrapping_add(1);
+    let at_half = latency(env, opts, &url, half, seed, "half").await?;
+    f.latency_rate_per_s = Some(half);
+    (
+        f.live_p50_latency_ms,
+        f.live_p95_latency_ms,
+        f.live_p99_latency_ms,
+    ) = (Some(at_half[0]), Some(at_half[1]), Some(at_half[2]));
+    let at_1k = latency(env, opts, &url, 1000.0, seed.wrapping_add(1), "1k").await?;
+    (
+        f.live_1k_p50_latency_ms,
+        f.live_1k_p95_latency_ms,
+        f.live_1k_p99_latency_ms,
+    ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
+    Ok(())
+}
+
+impl Env {
+    /// Starts `run` on `topic` with its own subscription and metrics port.
+    fn start_run(&self, db: &Db, url: &str, topic: &str, log: &str) -> anyhow::Result<(i32, u16)> {
+        let port = free_port()?;
+        let port_s = port.to_string();
+        let subscription = format!("bench-{log}");
+        let c = self.command(
+            &[
+                "run",
+                "--pulsar-url",
+                url,
+                "--topic",
+                topic,
+                "--subscription",
+                &subscription,
+                "--metrics-port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+            ],
+            db,
+            log,
+        )?;
+        Ok((self.spawn(c)?, port))
+    }
+}
+
+/// The receive-and-acknowledge-only consumer: the client, options and
+/// subscription type `run` uses, acknowledging cumulatively every 1,000
+/// messages (as `run` acknowledges a committed batch); seconds until it has
+/// seen `messages` distinct messages.
+async fn consume_only(cfg: &PulsarConfig, messages: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let client = crate::source::pulsar::client(cfg).await?;
+    let mut consumer: pulsar::Consumer<Vec<u8>, _> = client
+        .consumer()
+        .with_topic(cfg.topic.clone())
+        .with_subscription("bench-consume-only")
+        .with_subscription_type(pulsar::SubType::Failover)
+        .with_batch_size(cfg.receiver_queue_size)
+        .with_options(
+            pulsar::ConsumerOptions::default()
+                .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
+        )
+        .build()
+        .await?;
+    let mut seen = BTreeSet::new();
+    let mut since_ack = 0u32;
+    while (seen.len() as u64) < messages {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the consumer received nothing for 60s ({} of {messages})",
+                    seen.len()
+                )
+            })?
+            .ok_or_else(|| anyhow!("the consumer stream ended"))??;
+        let id = m.message_id();
+        seen.insert((id.ledger_id, id.entry_id, id.batch_index.unwrap_or(-1)));
+        since_ack += 1;
+        if since_ack >= 1000 || seen.len() as u64 >= messages {
+            consumer.cumulative_ack(&m).await?;
+            since_ack = 0;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
+    Ok(secs)
+}
+
+/// A /metrics scrape.
+struct Scrape(String);
+
+impl Scrape {
+    fn get(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .next()
+            .unwrap_or(0.0)
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(bool, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Some((
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        body,
+    ))
+}
+
+async fn scrape(port: u16) -> Option<Scrape> {
+    http_get(port, "/metrics").await.map(|(_, b)| Scrape(b))
+}
+
+/// Publish → commit latency at `rate` messages/s: `run` consumes an empty
+/// topic into a fresh database while workload messages (seed `seed`) are
+/// published at that rate for `latency_secs`. A message that submits jobs
+/// is committed when `job` holds every job submitted up to it (messages
+/// commit in topic order, in whole batches), seen by counting `job` every
+/// 10 ms; its latency is that moment minus when it was handed to the
+/// producer. Messages without submissions (most: jobs are submitted in
+/// batches) are published but not timed.
+/// Returns p50, p95 and p99 in ms.
+async fn latency(
+    env: &Env,
+    opts: &Options,
+    url: &str,
+    rate_per_s: f64,
+    seed: u64,
+    what: &str,
+) -> anyhow::Result<[f64; 3]> {
+    let topic = format!("bench-{}-latency-{what}", env.tag);
+    let db = env.create_db(&format!("latency_{what}")).await?;
+    let (pid, port) = env.start_run(&db, url, &topic, &format!("latency-{what}"))?;
+    // Ready: subscribed and the database answering.
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(port, "/readyz").await, Some((true, _))) {
+        if Instant::now() > ready_by {
+            bail!("run on {topic} was not ready after 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = env.connect(&db).await?;
+    let cfg = pulsar_config(url, &topic);
+    let pulsar = crate::source::pulsar::client(&cfg).await?;
+    let mut producer = pulsar.producer().with_topic(topic.clone()).build().await?;
+    // Receipts are awaited apart from sending, so sending keeps its pace.
+    let (receipts_tx, mut receipts_rx) =
+        tokio::sync::mpsc::unbounded_channel::<pulsar::producer::SendFuture>();
+    let receipts = tokio::spawn(async move {
+        while let Some(r) = receipts_rx.recv().await {
+            r.await?;
+        }
+        anyhow::Ok(())
+    });
+    // The poller: (when, jobs committed), every 10 ms until stopped.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(0u64);
+    let poll_client = client;
+    let poller = tokio::spawn(async move {
+        let mut seen: Vec<(Instant, u64)> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            let n = poll_client
+                .query_one("SELECT count(*) FROM job", &[])
+                .await?;
+            let n = u64::try_from(n.get::<_, i64>(0)).unwrap_or(0);
+            if seen.last().is_none_or(|&(_, last)| n > last) {
+                seen.push((Instant::now(), n));
+            }
+            let want = *stop_rx.borrow_and_update();
+            if want > 0 && n >= want {
+                return anyhow::Ok(seen);
+            }
+        }
+    });
+    let mut workload = Workload::new(WorkloadOptions {
+        seed,
+        events: u64::MAX,
+        ..opts.workload.clone()
+    });
+    let started = Instant::now();
+    let total = (rate_per_s * opts.latency_secs as f64).round().max(1.0) as u64;
+    let mut sent: Vec<(Instant, u64)> = Vec::new();
+    let mut jobs = 0u64;
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate_per_s);
+        tokio::time::sleep_until(due.into()).await;
+        let Some(seq) = workload.next() else { break };
+        let submits = seq
+            .events
+            .iter()
+            .filter(|e| matches!(e.event, Some(Kind::SubmitJob(_))))
+            .count() as u64;
+        let at = Instant::now();
+        let receipt = producer.send_non_blocking(seq.encode_to_vec()).await?;
+        let _ = receipts_tx.send(receipt);
+        if submits > 0 {
+            jobs += submits;
+            sent.push((at, jobs));
+        }
+    }
+    drop(receipts_tx);
+    receipts.await??;
+    let _ = stop_tx.send(jobs.max(1));
+    let seen = tokio::time::timeout(Duration::from_secs(120), poller)
+        .await
+        .map_err(|_| anyhow!("run on {topic} did not commit every job within 120s"))???;
+    drop(producer);
+    env.stop(pid, Duration::from_secs(15)).await?;
+    let mut ms: Vec<f64> = sent
+        .iter()
+        .filter_map(|&(at, need)| {
+            let (when, _) = seen.iter().find(|&&(_, n)| n >= need)?;
+            Some(when.saturating_duration_since(at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    progress(&format!(
+        "latency at {rate_per_s:.0} messages/s: {} messages timed, p50 {:.0} ms, p99 {:.0} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0)
+    ));
+    Ok([
+        percentile(&ms, 50.0),
+        percentile(&ms, 95.0),
+        percentile(&ms, 99.0),
+    ])
+}
+
+/// Nearest-rank percentile of sorted values (0 when there are none).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_operations_sums_the_rows_section_only() {
+        let s = "replayed 3 records, 9 events in 1.00s (9 events/s)\nevents by type:\n  submit_job 3\nrows by table:\n  job insert                          3\n  job update                          5\nskipped by reason: none\n";
+        assert_eq!(row_operations(s), 8);
+        assert_eq!(row_operations("rows by table: none\n"), 0);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 95.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn scrape_reads_a_metric_by_exact_name() {
+        let s = Scrape("# HELP x\nlookout_ingester_acks_total 4\nlookout_ingester_acks 9\n".into());
+        assert_eq!(s.get("lookout_ingester_acks"), 9.0);
+        assert_eq!(s.get("lookout_ingester_acks_total"), 4.0);
+        assert_eq!(s.get("missing"), 0.0);
+    }
+}
