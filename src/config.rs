@@ -810,6 +810,7 @@ pub fn show(cfg: &Config) -> String {
             num(cfg.pipeline.batch_max_messages as u64),
         ),
         ("batchMaxBytes", num(cfg.pipeline.batch_max_bytes as u64)),
+        ("batchCutWhenIdle", Value::Bool(cfg.pipeline.cut_when_idle)),
         (
             "batchDuration",
             text(&format!("{:?}", cfg.pipeline.batch_duration)),

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use prost_types::Timestamp;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -80,6 +80,12 @@ pub struct Settings {
     /// Batches that may wait between two stages (not configurable). Default: 2
     #[serde(skip)]
     pub queue_depth: usize,
+    /// ... or as soon as no earlier batch is still being converted or
+    /// written. Under a backlog the store is busy, so batches still fill up
+    /// to their limits; at a low rate a message waits for the write in
+    /// progress instead of the timer. Default: true
+    #[serde(rename = "batchCutWhenIdle")]
+    pub cut_when_idle: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +96,7 @@ impl Default for Settings {
             batch_max_messages: 10_000,
             batch_max_bytes: 32 * 1024 * 1024,
             queue_depth: 2,
+            cut_when_idle: true,
         }
     }
 }
@@ -639,18 +646,20 @@ pub fn spawn(
     let (batch_tx, batch_rx) = mpsc::channel(depth);
     let (conv_tx, conv_rx) = mpsc::channel(depth);
     let (done_tx, done_rx) = mpsc::channel(depth);
+    // Batches cut and not yet written (the batcher adds, the store takes).
+    let pending = Arc::new(watch::channel(0usize).0);
     telemetry::watch_queue("batched", &batch_tx);
     telemetry::watch_queue("converted", &conv_tx);
     telemetry::watch_queue("committed", &done_tx);
     let tasks = vec![
-        tokio::spawn(batcher(source, batch_tx, settings)),
+        tokio::spawn(batcher(source, batch_tx, settings, pending.clone())),
         tokio::spawn(converting(
             batch_rx,
             conv_tx,
             converter.clone(),
             store.clone(),
         )),
-        tokio::spawn(storing(conv_rx, done_tx, converter, store, dead)),
+        tokio::spawn(storing(conv_rx, done_tx, converter, store, dead, pending)),
     ];
     (done_rx, Stages { tasks })
 }
@@ -675,43 +684,68 @@ async fn batcher(
     mut source: mpsc::Receiver<Message>,
     out: mpsc::Sender<DecodedBatch>,
     settings: Settings,
+    pending: Arc<watch::Sender<usize>>,
 ) -> anyhow::Result<()> {
     let mut batch = DecodedBatch {
         messages: Vec::new(),
     };
     let mut fill = Fill::default();
+    let mut idle = pending.subscribe();
     loop {
-        let msg = match fill.deadline {
-            Some(d) => tokio::select! {
-                m = source.recv() => m,
-                _ = tokio::time::sleep_until(d) => {
-                    flush(&mut batch, &mut fill, &out).await?;
-                    continue;
-                }
-            },
-            None => source.recv().await,
+        let waiting = !batch.messages.is_empty();
+        if waiting && settings.cut_when_idle && *idle.borrow_and_update() == 0 {
+            // Nothing ahead: take what has arrived already and cut.
+            while !fill.full(batch.messages.len(), &settings) {
+                let Ok(msg) = source.try_recv() else { break };
+                add(&mut batch, &mut fill, msg, &settings);
+            }
+            flush(&mut batch, &mut fill, &out, &pending).await?;
+            continue;
+        }
+        let msg = tokio::select! {
+            m = source.recv() => m,
+            _ = sleep_until(fill.deadline) => {
+                flush(&mut batch, &mut fill, &out, &pending).await?;
+                continue;
+            }
+            // The store finished a batch: look again.
+            _ = idle.changed(), if waiting && settings.cut_when_idle => continue,
         };
         let Some(msg) = msg else { break };
-        metrics::MESSAGES_RECEIVED.inc();
-        metrics::IN_FLIGHT.inc();
-        let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
-        fill.events += decoded.events();
-        fill.bytes += decoded.payload.len();
-        batch.messages.push(decoded);
-        if fill.deadline.is_none() {
-            fill.deadline = Some(Instant::now() + settings.batch_duration);
-        }
+        add(&mut batch, &mut fill, msg, &settings);
         if fill.full(batch.messages.len(), &settings) {
-            flush(&mut batch, &mut fill, &out).await?;
+            flush(&mut batch, &mut fill, &out, &pending).await?;
         }
     }
-    flush(&mut batch, &mut fill, &out).await
+    flush(&mut batch, &mut fill, &out, &pending).await
+}
+
+/// Until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Decodes a received message into the batch being filled.
+fn add(batch: &mut DecodedBatch, fill: &mut Fill, msg: Message, settings: &Settings) {
+    metrics::MESSAGES_RECEIVED.inc();
+    metrics::IN_FLIGHT.inc();
+    let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
+    fill.events += decoded.events();
+    fill.bytes += decoded.payload.len();
+    batch.messages.push(decoded);
+    if fill.deadline.is_none() {
+        fill.deadline = Some(Instant::now() + settings.batch_duration);
+    }
 }
 
 async fn flush(
     batch: &mut DecodedBatch,
     fill: &mut Fill,
     out: &mpsc::Sender<DecodedBatch>,
+    pending: &watch::Sender<usize>,
 ) -> anyhow::Result<()> {
     *fill = Fill::default();
     if batch.messages.is_empty() {
@@ -723,6 +757,7 @@ async fn flush(
             messages: Vec::new(),
         },
     );
+    pending.send_modify(|n| *n += 1);
     out.send(full)
         .await
         .map_err(|_| anyhow::anyhow!("converter stage stopped"))
@@ -753,6 +788,7 @@ async fn storing(
     converter: Converter,
     store: Arc<Store>,
     dead: Arc<DeadLetters>,
+    pending: Arc<watch::Sender<usize>>,
 ) -> anyhow::Result<()> {
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
@@ -817,6 +853,7 @@ async fn storing(
         if out.send(done).await.is_err() {
             anyhow::bail!("acknowledger stopped");
         }
+        pending.send_modify(|n| *n = n.saturating_sub(1));
     }
     Ok(())
 }
@@ -1008,6 +1045,56 @@ mod tests {
         let letters = dead_letters(&[m], &WriteReport::default(), &conv());
         assert_eq!(letters[0].reasons.to_string(), "unknown_event_kind");
         assert_eq!(letters[0].error, "event 1: newer Armada");
+    }
+
+    /// Cut at once while nothing is being written; while a batch is, fill
+    /// up until it is done (the timer here is far away).
+    #[tokio::test]
+    async fn batches_are_cut_when_the_store_is_idle() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out) = mpsc::channel(16);
+        let pending = Arc::new(watch::channel(0usize).0);
+        let settings = Settings {
+            batch_duration: Duration::from_secs(3600),
+            ..Settings::default()
+        };
+        let task = tokio::spawn(batcher(rx, out_tx, settings, pending.clone()));
+        let msg = |i: u64| Message {
+            payload: vec![],
+            origin: origin(i),
+            publish_time: None,
+        };
+        let indexes = |b: DecodedBatch| -> Vec<u64> {
+            b.messages
+                .iter()
+                .filter_map(|m| match &m.origin {
+                    Some(Origin::File { index, .. }) => Some(*index),
+                    _ => None,
+                })
+                .collect()
+        };
+        let five = Duration::from_secs(5);
+        tx.send(msg(0)).await.unwrap();
+        let first = tokio::time::timeout(five, out.recv())
+            .await
+            .expect("cut without the timer")
+            .unwrap();
+        assert_eq!(indexes(first), [0]);
+        assert_eq!(*pending.borrow(), 1, "the batcher counts what it cut");
+        // The store is busy with batch 0: messages wait.
+        for i in 1..4 {
+            tx.send(msg(i)).await.unwrap();
+        }
+        let wait = tokio::time::timeout(Duration::from_millis(300), out.recv());
+        assert!(wait.await.is_err(), "cut while the store was busy");
+        pending.send_modify(|n| *n -= 1);
+        let second = tokio::time::timeout(five, out.recv())
+            .await
+            .expect("cut once idle")
+            .unwrap();
+        assert_eq!(indexes(second), [1, 2, 3]);
+        drop(tx);
+        task.await.unwrap().unwrap();
     }
 
     #[test]

@@ -46,12 +46,23 @@ async fn live_ingestion_matches_replay_and_sigterm_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_and_acknowledges_the_in_flight_batch() {
     let (broker, expected, db) = published(22, 120).await;
-    // A batch that would wait a minute to fill: everything received is in flight.
+    // A batch that would wait a minute to fill (and is not cut when the
+    // store is idle): everything received is in flight.
+    let config = broker.dir.path().join("no-idle-cut.yaml");
+    std::fs::write(&config, "batchCutWhenIdle: false\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
     let mut ing = ingest(
         &db,
         &broker,
         "ing.log",
-        &["--batch-duration", "60s", "--batch-size", "1000000"],
+        &[
+            "--config",
+            &config,
+            "--batch-duration",
+            "60s",
+            "--batch-size",
+            "1000000",
+        ],
     );
     // Wait until the consumer has received everything (nothing committed yet).
     let start = Instant::now();

@@ -1794,3 +1794,91 @@ async fn replay_refuses_an_unmigrated_database() {
     assert_no_tables(&db).await;
     db.drop_db().await;
 }
+
+/// Row versions of every job and run, as `(key, xmin)`: a rewritten row gets
+/// a new `xmin` even when its values are the same.
+async fn versions(c: &Client) -> Vec<Value> {
+    json_rows(
+        c,
+        "SELECT job_id AS key, xmin::text AS v FROM job
+         UNION ALL SELECT run_id, xmin::text FROM job_run ORDER BY 1",
+        &[],
+    )
+    .await
+}
+
+/// An update that would leave its row as it is (a redelivery) writes no new
+/// row version, yet is reported exactly as the first application was; an
+/// update that changes one column still writes.
+#[tokio::test]
+async fn updates_that_change_nothing_rewrite_nothing() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let s = store(&db, fast()).await;
+    let create = InstructionSet {
+        jobs_to_create: vec![job("job-1"), job("job-2")],
+        runs_to_create: vec![run("run-1", "job-1")],
+        ..Default::default()
+    };
+    write(&s, create).await;
+    let updates = || InstructionSet {
+        jobs_to_update: vec![
+            UpdateJob {
+                state: Some(job_state::RUNNING),
+                latest_run_id: Some("run-1".into()),
+                ..upd("job-1")
+            },
+            // Terminal: a second application is filtered, not unchanged.
+            UpdateJob {
+                state: Some(job_state::SUCCEEDED),
+                ..upd("job-2")
+            },
+            upd("missing"),
+        ],
+        runs_to_update: vec![
+            UpdateJobRun {
+                started: Some(ts(5)),
+                job_run_state: Some(run_state::RUNNING),
+                ..run_upd("run-1")
+            },
+            run_upd("no-run"),
+        ],
+        ..Default::default()
+    };
+    let first = write(&s, updates()).await;
+    let (tables, rows) = (dump(&c).await, versions(&c).await);
+    let second = write(&s, updates()).await;
+    assert_eq!(dump(&c).await, tables);
+    assert_eq!(versions(&c).await, rows, "an unchanged row was rewritten");
+    assert_eq!(first.job_updated.affected, 2);
+    assert_eq!(
+        second.job_updated.affected, 1,
+        "job-1 unchanged, job-2 terminal"
+    );
+    assert_eq!(second.filtered_terminal, 1);
+    assert_eq!(first.job_run_updated.affected, 1);
+    assert_eq!(second.job_run_updated.affected, 1);
+    let want = [
+        ("job", "missing".to_string()),
+        ("job_run", "no-run".to_string()),
+    ];
+    assert_eq!(unmatched(&first), want);
+    assert_eq!(unmatched(&second), want);
+
+    // One changed column is written.
+    let third = write(
+        &s,
+        InstructionSet {
+            runs_to_update: vec![UpdateJobRun {
+                exit_code: Some(3),
+                ..run_upd("run-1")
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(third.job_run_updated.affected, 1);
+    assert_ne!(versions(&c).await, rows);
+    assert_eq!(run_of(&c, "run-1").await["exit_code"], json!(3));
+    db.drop_db().await;
+}

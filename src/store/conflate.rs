@@ -11,7 +11,7 @@
 //! `cancel_reason`, `cancel_user` and a run's `pending`).
 
 use crate::model::{job_state, CreateJob, CreateJobError, CreateJobRun, UpdateJob, UpdateJobRun};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Replaces `slot` with `new` when `new` is set: "later non-None value wins".
 fn take<T>(slot: &mut Option<T>, new: Option<T>) {
@@ -118,6 +118,89 @@ pub(crate) fn dedup_run_creations(runs: Vec<CreateJobRun>) -> Vec<CreateJobRun> 
 
 pub(crate) fn dedup_job_errors(errors: Vec<CreateJobError>) -> Vec<CreateJobError> {
     first_by_key(errors, |e| e.job_id.as_str())
+}
+
+/// A job to create, with the update of the same batch folded in (empty if
+/// none): the row is inserted as the update would leave it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NewJob {
+    pub(crate) job: CreateJob,
+    /// `job_id` is empty when nothing was folded.
+    pub(crate) update: UpdateJob,
+}
+
+/// A run to create, with the update of the same batch folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NewRun {
+    pub(crate) run: CreateJobRun,
+    /// `run_id` is empty when nothing was folded.
+    pub(crate) update: UpdateJobRun,
+}
+
+/// Whether the store's terminal rule lets an update with state `new` change
+/// a job in `state` (the same rule as the job update's `WHERE`).
+fn applies(state: i16, new: Option<i16>) -> bool {
+    !job_state::is_terminal(state)
+        || (new == Some(job_state::PREEMPTED)
+            && [
+                job_state::SUCCEEDED,
+                job_state::FAILED,
+                job_state::CANCELLED,
+            ]
+            .contains(&state))
+}
+
+/// Folds each (conflated) job update into the creation of its job in the
+/// same batch, where the terminal rule would let the update change the
+/// freshly created row. Returns the creations and the ids folded. The
+/// updates themselves stay: the store skips one only once its job's
+/// creation was actually inserted (the job may exist already, e.g. on a
+/// redelivery, and then the update applies to the stored row as before).
+pub(crate) fn fold_job_updates(
+    jobs: Vec<CreateJob>,
+    updates: &[UpdateJob],
+) -> (Vec<NewJob>, HashSet<String>) {
+    let by_id: HashMap<&str, &UpdateJob> = updates.iter().map(|u| (u.job_id.as_str(), u)).collect();
+    let mut folded = HashSet::new();
+    let jobs = jobs
+        .into_iter()
+        .map(|job| {
+            let update = match by_id.get(job.job_id.as_str()) {
+                Some(u) if applies(job.state, u.state) => {
+                    folded.insert(job.job_id.clone());
+                    (*u).clone()
+                }
+                _ => UpdateJob::default(),
+            };
+            NewJob { job, update }
+        })
+        .collect();
+    (jobs, folded)
+}
+
+/// The same for runs, which have no terminal rule: every run update whose
+/// run is created in the batch is folded.
+pub(crate) fn fold_run_updates(
+    runs: Vec<CreateJobRun>,
+    updates: &[UpdateJobRun],
+) -> (Vec<NewRun>, HashSet<String>) {
+    let by_id: HashMap<&str, &UpdateJobRun> =
+        updates.iter().map(|u| (u.run_id.as_str(), u)).collect();
+    let mut folded = HashSet::new();
+    let runs = runs
+        .into_iter()
+        .map(|run| {
+            let update = match by_id.get(run.run_id.as_str()) {
+                Some(u) => {
+                    folded.insert(run.run_id.clone());
+                    (*u).clone()
+                }
+                None => UpdateJobRun::default(),
+            };
+            NewRun { run, update }
+        })
+        .collect();
+    (runs, folded)
 }
 
 #[cfg(test)]
@@ -338,6 +421,103 @@ mod tests {
         };
         let out = conflate_run_updates(vec![a, b]);
         assert_eq!(out[0].job_run_state, Some(crate::model::run_state::RUNNING));
+    }
+
+    fn create(id: &str, state: i16) -> CreateJob {
+        CreateJob {
+            job_id: id.into(),
+            queue: "q".into(),
+            owner: "o".into(),
+            namespace: "n".into(),
+            jobset: "s".into(),
+            cpu: 1,
+            memory: 2,
+            ephemeral_storage: 3,
+            gpu: 0,
+            priority: 5,
+            submitted: t(1),
+            state,
+            last_transition_time: t(1),
+            last_transition_time_seconds: 1,
+            job_spec: vec![],
+            priority_class: None,
+            annotations: BTreeMap::new(),
+            external_job_uri: String::new(),
+        }
+    }
+
+    #[test]
+    fn updates_fold_into_creations_the_terminal_rule_lets_them_change() {
+        let running = UpdateJob {
+            state: Some(RUNNING),
+            latest_run_id: Some("r".into()),
+            ..ju("new", None)
+        };
+        let updates = vec![
+            running.clone(),
+            ju("elsewhere", Some(FAILED)),
+            ju("rejected", Some(RUNNING)),
+            ju("succeeded", Some(PREEMPTED)),
+        ];
+        let jobs = vec![
+            create("new", QUEUED),
+            create("rejected", REJECTED),
+            create("succeeded", SUCCEEDED),
+            create("alone", QUEUED),
+        ];
+        let (jobs, folded) = fold_job_updates(jobs, &updates);
+        let got: Vec<(&str, &UpdateJob)> = jobs
+            .iter()
+            .map(|j| (j.job.job_id.as_str(), &j.update))
+            .collect();
+        let none = UpdateJob::default();
+        assert_eq!(
+            got,
+            [
+                ("new", &running),
+                // A terminal job takes no update, but PREEMPTED.
+                ("rejected", &none),
+                ("succeeded", &ju("succeeded", Some(PREEMPTED))),
+                ("alone", &none),
+            ]
+        );
+        // The creations are untouched; "elsewhere" has none in the batch.
+        assert_eq!(jobs[0].job, create("new", QUEUED));
+        let mut folded: Vec<String> = folded.into_iter().collect();
+        folded.sort();
+        assert_eq!(folded, ["new", "succeeded"]);
+    }
+
+    #[test]
+    fn every_run_update_folds_into_its_creation() {
+        let run = |id: &str| CreateJobRun {
+            run_id: id.into(),
+            job_id: "j".into(),
+            cluster: "c".into(),
+            node: Some("n1".into()),
+            pool: "p".into(),
+            leased: Some(t(1)),
+            pending: None,
+            job_run_state: crate::model::run_state::LEASED,
+        };
+        let finished = UpdateJobRun {
+            run_id: "r1".into(),
+            finished: Some(t(9)),
+            job_run_state: Some(crate::model::run_state::SUCCEEDED),
+            ..Default::default()
+        };
+        let updates = vec![
+            UpdateJobRun {
+                run_id: "other".into(),
+                ..Default::default()
+            },
+            finished.clone(),
+        ];
+        let (runs, folded) = fold_run_updates(vec![run("r1"), run("r2")], &updates);
+        assert_eq!(runs[0].run, run("r1"));
+        assert_eq!(runs[0].update, finished);
+        assert_eq!(runs[1].update, UpdateJobRun::default());
+        assert_eq!(folded, HashSet::from(["r1".to_string()]));
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use wait::{SchemaReport, SCHEMA_RECHECK_INTERVAL};
 
 use crate::model::{Generation, InstructionSet};
 use crate::{metrics, telemetry};
-use copy::{Applied, Conflated, OpError};
+use copy::{Applied, Conflated, Fresh, OpError};
 use deadpool_postgres::{Pool, PoolError};
 use regex::Regex;
 use retry::{ErrorClass, RetryError, RetryPolicy, RetryableError};
@@ -484,12 +484,24 @@ impl Store {
         if set.is_empty() {
             return Ok(report);
         }
+        let job_updates = conflate::conflate_job_updates(set.jobs_to_update);
+        let run_updates = conflate::conflate_run_updates(set.runs_to_update);
+        let (jobs, folded_jobs) = conflate::fold_job_updates(
+            conflate::dedup_job_creations(set.jobs_to_create),
+            &job_updates,
+        );
+        let (runs, folded_runs) = conflate::fold_run_updates(
+            conflate::dedup_run_creations(set.runs_to_create),
+            &run_updates,
+        );
         let batch = Conflated {
-            jobs: conflate::dedup_job_creations(set.jobs_to_create),
-            job_updates: conflate::conflate_job_updates(set.jobs_to_update),
-            runs: conflate::dedup_run_creations(set.runs_to_create),
-            run_updates: conflate::conflate_run_updates(set.runs_to_update),
+            jobs,
+            job_updates,
+            runs,
+            run_updates,
             job_errors: conflate::dedup_job_errors(set.job_errors_to_create),
+            folded_jobs,
+            folded_runs,
         };
 
         match self
@@ -643,12 +655,16 @@ impl Store {
         if let Some(now) = self.check_schema(&tx, generation).await? {
             return Ok(Checked::Changed(now));
         }
+        // Inserted in this transaction: known-new once it commits, which
+        // is when the whole attempt counts.
+        let mut fresh = Fresh::default();
         let mut applied: [Applied; 6] = Default::default();
         let mut times = [Duration::ZERO; 6];
         for ((slot, time), step) in applied.iter_mut().zip(times.iter_mut()).zip(STEPS) {
             let started = Instant::now();
-            *slot = copy::run_batch(&tx, generation, batch, step).await?;
+            *slot = copy::run_batch(&tx, generation, batch, step, &fresh).await?;
             *time = started.elapsed();
+            fresh.add(step, slot);
         }
         tx.commit().await.map_err(op("commit"))?;
         Ok(Checked::Written((applied, times)))
@@ -660,13 +676,14 @@ impl Store {
         batch: &Conflated,
         generation: Generation,
         step: Step,
+        fresh: &Fresh,
     ) -> Result<Checked<Applied>, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
         if let Some(now) = self.check_schema(&tx, generation).await? {
             return Ok(Checked::Changed(now));
         }
-        let applied = copy::run_batch(&tx, generation, batch, step).await?;
+        let applied = copy::run_batch(&tx, generation, batch, step, fresh).await?;
         tx.commit().await.map_err(op("commit"))?;
         Ok(Checked::Written(applied))
     }
@@ -679,13 +696,14 @@ impl Store {
         generation: Generation,
         step: Step,
         i: usize,
+        fresh: &Fresh,
     ) -> Result<Checked<Applied>, DbFailure> {
         let mut conn = self.pool.get().await.map_err(DbFailure::Pool)?;
         let tx = conn.transaction().await.map_err(op("begin"))?;
         if let Some(now) = self.check_schema(&tx, generation).await? {
             return Ok(Checked::Changed(now));
         }
-        let applied = copy::run_row(&tx, generation, batch, step, i).await?;
+        let applied = copy::run_row(&tx, generation, batch, step, i, fresh).await?;
         tx.commit().await.map_err(op("commit"))?;
         Ok(Checked::Written(applied))
     }
@@ -696,6 +714,8 @@ impl Store {
         generation: Generation,
         report: &mut WriteReport,
     ) -> Result<(), StoreError> {
+        // Filled as the insert steps commit.
+        let mut fresh = Fresh::default();
         for step in STEPS {
             let n = batch.len(step);
             if n == 0 {
@@ -705,11 +725,12 @@ impl Store {
             let started = Instant::now();
             match self
                 .retrying(&what, generation, report, || {
-                    self.write_step(batch, generation, step)
+                    self.write_step(batch, generation, step, &fresh)
                 })
                 .await?
             {
-                Attempt::Done(applied) => {
+                Attempt::Done(mut applied) => {
+                    fresh.add(step, &mut applied);
                     report.record(step, n as u64, applied);
                     report.spent(step, started.elapsed());
                 }
@@ -718,7 +739,8 @@ impl Store {
                     metrics::FALLBACKS
                         .with_label_values(&[step.table().as_str()])
                         .inc();
-                    self.write_rows(batch, generation, step, report).await?;
+                    self.write_rows(batch, generation, step, report, &mut fresh)
+                        .await?;
                 }
             }
         }
@@ -731,18 +753,22 @@ impl Store {
         generation: Generation,
         step: Step,
         report: &mut WriteReport,
+        fresh: &mut Fresh,
     ) -> Result<(), StoreError> {
         let what = step.to_string();
         for i in 0..batch.len(step) {
             let started = Instant::now();
             let attempt = self
                 .retrying(&what, generation, report, || {
-                    self.write_row(batch, generation, step, i)
+                    self.write_row(batch, generation, step, i, fresh)
                 })
                 .await?;
             report.spent(step, started.elapsed());
             match attempt {
-                Attempt::Done(applied) => report.record(step, 1, applied),
+                Attempt::Done(mut applied) => {
+                    fresh.add(step, &mut applied);
+                    report.record(step, 1, applied)
+                }
                 Attempt::Fatal(error) => {
                     // Counted and logged once, from the report, by `telemetry::row_failed`.
                     let key = batch.key(step, i);
