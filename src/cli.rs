@@ -921,10 +921,7 @@ async fn dead_letters(
 async fn fleet_status(settings: &SettingArgs<STATUS>, json: bool) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
     let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
-    let client = match cfg.store.retry_for {
-        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
-        None => crate::pg::connect(&pg).await?,
-    };
+    let client = crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?;
     let fleet = status::fleet(&client, cfg.heartbeat.stale_after).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&fleet)?);
@@ -950,10 +947,7 @@ async fn report_failures(
     let period = crate::report::Period::new(until, length).map_err(anyhow::Error::msg)?;
     let cfg = settings.load()?;
     let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
-    let mut client = match cfg.store.retry_for {
-        Some(d) => crate::pg::connect_retrying(&pg, d).await?,
-        None => crate::pg::connect(&pg).await?,
-    };
+    let mut client = crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?;
     let report =
         crate::report::failures(&mut client, period, args.queue.as_deref(), args.top).await?;
     if let Some(path) = &args.html {

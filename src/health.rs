@@ -227,12 +227,21 @@ impl Stall {
     }
 }
 
-/// How often the monitor refreshes the verdicts and gauges.
+/// How often the monitor refreshes the liveness verdict.
 const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Refreshes liveness and the `ready`/`healthy` gauges every second, logging
-/// each change once. Runs until aborted.
+/// Refreshes liveness every second, logging each change once, and makes the
+/// `ready`/`healthy` gauges read the endpoints' verdicts at each scrape (a
+/// value set on a tick would lag a scrape right after a change). Runs until
+/// aborted.
 pub fn spawn_monitor(health: Arc<Health>, settings: Settings) -> tokio::task::JoinHandle<()> {
+    {
+        let health = health.clone();
+        metrics::on_scrape("health", move || {
+            metrics::READY.set(i64::from(health.readiness().is_ok()));
+            metrics::HEALTHY.set(i64::from(health.liveness().is_ok()));
+        });
+    }
     tokio::spawn(async move {
         let mut stall = Stall::new(Instant::now());
         let mut tick = tokio::time::interval(MONITOR_INTERVAL);
@@ -251,8 +260,6 @@ pub fn spawn_monitor(health: Arc<Health>, settings: Settings) -> tokio::task::Jo
                 (Err(_), Ok(())) => tracing::info!("healthy again: committing"),
                 _ => {}
             }
-            metrics::HEALTHY.set(i64::from(verdict.is_ok()));
-            metrics::READY.set(i64::from(health.readiness().is_ok()));
             if let Ok(mut l) = health.liveness.lock() {
                 *l = verdict;
             }

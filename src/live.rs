@@ -54,15 +54,6 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     // Every series exists from the first scrape.
     telemetry::register();
     let health = Arc::new(Health::default());
-    // The gauges mirror the endpoints at the moment of the scrape (the
-    // monitor also sets them each second, for a scrape-free registry).
-    {
-        let health = health.clone();
-        crate::metrics::on_scrape("health", move || {
-            crate::metrics::READY.set(i64::from(health.readiness().is_ok()));
-            crate::metrics::HEALTHY.set(i64::from(health.liveness().is_ok()));
-        });
-    }
     // Stopped whichever way `run` returns.
     let _metrics_task = match config.service.metrics_port {
         0 => None,
