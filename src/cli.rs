@@ -817,7 +817,7 @@ async fn replay(
     deadletter::check_spool(&cfg.service.dead_letter_spool)?;
     let pg = crate::pg::PgSettings::from_config(&cfg.postgres)?;
     drop(crate::pg::connect_one_shot(&pg, cfg.store.retry_for).await?);
-    let pool = crate::pg::pool(&pg, 4)?;
+    let pool = crate::pg::pool(&pg, store::WRITE_CONNECTIONS + 2)?;
     let store = Arc::new(store::Store::new(pool.clone(), cfg.store));
     let dead = DeadLetters::new(pool, cfg.service.dead_letter_spool);
     let converter = Converter::new(cfg.convert);

@@ -66,7 +66,11 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
         }
     };
     let _monitor = AbortOnDrop(health::spawn_monitor(health.clone(), config.health.clone()));
-    let pool = crate::pg::pool(&crate::pg::PgSettings::from_config(&config.postgres)?, 4)?;
+    // The store's, plus one each for dead letters, the heartbeat and the prober.
+    let pool = crate::pg::pool(
+        &crate::pg::PgSettings::from_config(&config.postgres)?,
+        crate::store::WRITE_CONNECTIONS + 3,
+    )?;
     let id = Identity::new(
         &config.heartbeat,
         &config.pulsar.topic,

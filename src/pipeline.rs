@@ -138,15 +138,18 @@ pub fn decode(payload: &[u8]) -> Result<EventSequence, prost::DecodeError> {
     EventSequence::decode(payload)
 }
 
-/// One message as received, decoded (or not). Decoding happens as it
-/// arrives, because the batcher cuts batches by event count.
+/// One message as received, not yet decoded: the batcher only counts its
+/// events ([`count_events`]); the converter decodes it, converts it and
+/// drops the decoded form at once. Decoding as messages arrive kept whole
+/// batches of decoded sequences (several times their payloads) waiting
+/// between the stages.
 pub struct Decoded {
     /// `None` for a redriven dead letter (its source is only text).
     pub origin: Option<Origin>,
     pub publish_time: Option<Timestamp>,
     pub payload: Vec<u8>,
-    /// The sequence, or why the payload is not one.
-    pub sequence: Result<EventSequence, String>,
+    /// Events in the payload, for cutting batches (0 if it is not protobuf).
+    pub events: usize,
     /// The indexes of the events to judge, ascending; `None` for all. A
     /// redriven dead letter judges only the events it did not apply.
     pub only: Option<Vec<usize>>,
@@ -154,12 +157,11 @@ pub struct Decoded {
 
 impl Decoded {
     pub fn new(origin: Option<Origin>, payload: Vec<u8>, publish_time: Option<Timestamp>) -> Self {
-        let sequence = decode(&payload).map_err(|e| e.to_string());
         Decoded {
             origin,
             publish_time,
+            events: count_events(&payload).unwrap_or(0),
             payload,
-            sequence,
             only: None,
         }
     }
@@ -183,8 +185,39 @@ impl Decoded {
     }
 
     fn events(&self) -> usize {
-        self.sequence.as_ref().map_or(0, |s| s.events.len())
+        self.events
     }
+}
+
+/// How many events an `EventSequence` payload holds, read off its top-level
+/// fields (`events` is field 5) without decoding or allocating anything.
+/// `None` if the top level is not well-formed protobuf; a payload counted
+/// here may still fail the full decode, which the converter reports.
+pub fn count_events(payload: &[u8]) -> Option<usize> {
+    const EVENTS: u64 = 5;
+    let mut buf = payload;
+    let mut events = 0;
+    while !buf.is_empty() {
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut buf).ok()?;
+                0
+            }
+            1 => 8,
+            2 => {
+                if key >> 3 == EVENTS {
+                    events += 1;
+                }
+                usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?
+            }
+            5 => 4,
+            // Groups (3, 4) are not in these messages; 6 and 7 do not exist.
+            _ => return None,
+        };
+        buf = buf.get(skip..)?;
+    }
+    Some(events)
 }
 
 /// Messages cut into one batch by the batcher, not yet converted.
@@ -313,7 +346,7 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
         },
         ..Judged::default()
     };
-    match m.sequence {
+    match decode(&j.message.payload).map_err(|e| e.to_string()) {
         Err(detail) => j.message.problems.push(Problem {
             event_index: None,
             reason: Reason::Decode,
@@ -881,6 +914,28 @@ mod tests {
 
     fn payload(events: Vec<crate::proto::armadaevents::event_sequence::Event>) -> Vec<u8> {
         sequence("q", "js", "u", events).encode_to_vec()
+    }
+
+    #[test]
+    fn events_are_counted_without_decoding() {
+        let mut generated = crate::sample::generate(3, 40);
+        let mut several = sequence("q", "js", "u", vec![]);
+        several.events = generated.iter().flat_map(|s| s.events.clone()).collect();
+        assert!(several.events.len() > 40);
+        generated.push(several);
+        for seq in &generated {
+            let bytes = seq.encode_to_vec();
+            assert_eq!(count_events(&bytes), Some(seq.events.len()));
+        }
+        let mut many = sequence("q", "js", "u", vec![]);
+        many.groups = vec![b"g1".to_vec(), b"g2".to_vec()];
+        assert_eq!(count_events(&many.encode_to_vec()), Some(0));
+        assert_eq!(count_events(&[]), Some(0));
+        // Not protobuf, or cut short inside a field.
+        assert_eq!(count_events(&[0xff, 0xff]), None);
+        let bytes = generated[0].encode_to_vec();
+        assert_eq!(count_events(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(count_events(&[0x0b]), None); // a group
     }
 
     #[test]

@@ -788,6 +788,121 @@ async fn bad_rows_do_not_stop_the_others() {
     db.drop_db().await;
 }
 
+/// Whole job life cycles: creation, a running update, a run created and
+/// finished, an error for about every seventh; `bad` gets a 40-character run id
+/// (run_id is varchar(36)), which fails its part of a batch.
+fn lifecycles(ids: &[String], bad: &str) -> InstructionSet {
+    let mut set = InstructionSet::default();
+    for id in ids {
+        let n: u8 = id
+            .bytes()
+            .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(b));
+        let run_id = if id == bad {
+            "r".repeat(40)
+        } else {
+            format!("run-{id}")
+        };
+        set.jobs_to_create.push(job(id));
+        set.jobs_to_update.push(UpdateJob {
+            state: Some(job_state::RUNNING),
+            latest_run_id: Some(format!("run-{id}")),
+            last_transition_time: Some(ts(3)),
+            last_transition_time_seconds: Some(3),
+            ..upd(id)
+        });
+        set.runs_to_create.push(run(&run_id, id));
+        set.runs_to_update.push(UpdateJobRun {
+            started: Some(ts(4)),
+            finished: Some(ts(5)),
+            job_run_state: Some(run_state::SUCCEEDED),
+            exit_code: Some(0),
+            ..run_upd(&run_id)
+        });
+        if n.is_multiple_of(7) {
+            set.job_errors_to_create.push(CreateJobError {
+                job_id: id.clone(),
+                error: vec![0x78, 0x9c, n],
+            });
+        }
+    }
+    // Runs of an earlier batch, and updates of things that do not exist.
+    for id in ids.iter().step_by(50) {
+        set.runs_to_update.push(UpdateJobRun {
+            node: Some("node-9".into()),
+            ..run_upd(&format!("old-{id}"))
+        });
+        set.jobs_to_update.push(UpdateJob {
+            priority: Some(3),
+            ..upd(&format!("gone-{id}"))
+        });
+    }
+    set
+}
+
+#[tokio::test]
+async fn a_batch_split_over_connections_writes_what_small_batches_write() {
+    // 2,000 jobs make ~8,000 rows: written in two parts at once.
+    let ids: Vec<String> = (0..2_000).map(|i| format!("job-{i:05}")).collect();
+    let bad = ids[777].clone();
+    let old_runs = |set: &mut InstructionSet| {
+        for id in ids.iter().step_by(50) {
+            set.jobs_to_create.push(job(&format!("old-job-{id}")));
+            set.runs_to_create
+                .push(run(&format!("old-{id}"), &format!("old-job-{id}")));
+        }
+    };
+
+    let split = TestDb::migrated().await;
+    let s = store(&split, fast()).await;
+    let mut earlier = InstructionSet::default();
+    old_runs(&mut earlier);
+    write(&s, earlier).await;
+    let report = write(&s, lifecycles(&ids, &bad)).await;
+    // Only the bad run's part fell back; its row alone failed.
+    assert!(report.fell_back);
+    let failed: Vec<(&str, String)> = report
+        .failed
+        .iter()
+        .map(|f| (f.table.as_str(), f.key.clone()))
+        .collect();
+    assert_eq!(failed, [("job_run", "r".repeat(40))]);
+    assert_eq!(report.job_inserted.affected, 2_000);
+    let errors = ids
+        .iter()
+        .filter(|id| {
+            id.bytes()
+                .fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b))
+                % 7
+                == 0
+        })
+        .count();
+    assert!(errors > 100, "{errors} job errors");
+    assert_eq!(report.job_error_inserted.affected, errors as u64);
+    // Unmatched in batch order (job updates, then run updates), the bad
+    // run's update among them, as it has no row.
+    let mut want: Vec<(&str, String)> = ids
+        .iter()
+        .step_by(50)
+        .map(|id| ("job", format!("gone-{id}")))
+        .collect();
+    want.push(("job_run", "r".repeat(40)));
+    assert_eq!(unmatched(&report), want);
+
+    let small = TestDb::migrated().await;
+    let s = store(&small, fast()).await;
+    let mut earlier = InstructionSet::default();
+    old_runs(&mut earlier);
+    write(&s, earlier).await;
+    for chunk in ids.chunks(100) {
+        write(&s, lifecycles(chunk, &bad)).await;
+    }
+    let split_dump = dump(&split.client().await).await;
+    assert_eq!(split_dump, dump(&small.client().await).await);
+    assert!(split_dump.contains("node-9"));
+    split.drop_db().await;
+    small.drop_db().await;
+}
+
 /// Holds `LOCK TABLE job IN ACCESS EXCLUSIVE MODE` in another session until
 /// the returned sender fires (or is dropped).
 async fn lock_job_table(db: &TestDb) -> tokio::sync::oneshot::Sender<()> {

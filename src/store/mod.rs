@@ -38,6 +38,7 @@
 
 mod conflate;
 mod copy;
+mod partition;
 pub mod retry;
 pub mod schema;
 mod step;
@@ -201,6 +202,25 @@ impl WriteReport {
         }
     }
 
+    /// Adds the report of another part of the same batch. Step times are
+    /// the longest part's, since parts run at the same time; `unmatched` is
+    /// the caller's to merge in batch order.
+    fn absorb(&mut self, part: WriteReport) {
+        for step in STEPS {
+            let (mine, theirs) = (self.counts_mut(step), part.counts(step));
+            mine.attempted += theirs.attempted;
+            mine.affected += theirs.affected;
+        }
+        self.filtered_terminal += part.filtered_terminal;
+        self.failed.extend(part.failed);
+        self.unmatched.extend(part.unmatched);
+        self.retries = self.retries.saturating_add(part.retries);
+        self.fell_back |= part.fell_back;
+        for (mine, theirs) in self.step_time.iter_mut().zip(part.step_time) {
+            *mine = (*mine).max(theirs);
+        }
+    }
+
     /// How many updates of `table` matched no row, for a metric.
     pub fn unmatched_count(&self, table: Table) -> u64 {
         self.unmatched.iter().filter(|u| u.table == table).count() as u64
@@ -329,6 +349,22 @@ enum Attempt<T> {
     Done(T),
     /// Not retryable: the caller falls back (or reports the row).
     Fatal(String),
+}
+
+/// Connections one batch is written on at most, one part each (see
+/// [`partition`]): Postgres runs each connection's statements on one core,
+/// and the server's backend is the ingester's critical path. Pools must
+/// hold this many connections for the store, besides their other users.
+pub const WRITE_CONNECTIONS: usize = 2;
+
+/// Rows a part must have at least to be worth its own transaction: a
+/// transaction costs a few round trips and a catalog read, so small batches
+/// (a quiet topic) stay on one connection.
+const MIN_ROWS_PER_PART: usize = 1_000;
+
+/// How many parts a batch of `rows` conflated rows is written in.
+fn parts_for(rows: usize) -> usize {
+    (rows / MIN_ROWS_PER_PART).clamp(1, WRITE_CONNECTIONS)
 }
 
 /// SQLSTATEs a schema change under a running writer can cause:
@@ -480,9 +516,8 @@ impl Store {
         generation: Generation,
     ) -> Result<WriteReport, StoreError> {
         let started = Instant::now();
-        let mut report = WriteReport::default();
         if set.is_empty() {
-            return Ok(report);
+            return Ok(WriteReport::default());
         }
         let job_updates = conflate::conflate_job_updates(set.jobs_to_update);
         let run_updates = conflate::conflate_run_updates(set.runs_to_update);
@@ -503,10 +538,65 @@ impl Store {
             folded_jobs,
             folded_runs,
         };
+        let rows: usize = STEPS.iter().map(|s| batch.len(*s)).sum();
+        let parts = partition::partition(batch, parts_for(rows));
+        // Concurrently, each part in its own transaction(s) on its own
+        // connection; the batch counts as written only once all have
+        // committed.
+        let reports =
+            futures::future::join_all(parts.iter().map(|p| self.write_part(&p.batch, generation)))
+                .await;
+        let mut report = WriteReport::default();
+        let mut unmatched = Vec::new();
+        for (part, result) in parts.iter().zip(reports) {
+            let mut r = result?;
+            unmatched.extend(part.in_batch_order(std::mem::take(&mut r.unmatched)));
+            report.absorb(r);
+        }
+        // Job updates first, then run updates, each in batch order: the
+        // same whatever the number of parts.
+        unmatched.sort_by_key(|(order, _)| *order);
+        report.unmatched = unmatched.into_iter().map(|(_, u)| u).collect();
 
+        metrics::BATCHES.inc();
+        metrics::BATCH_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+        telemetry::store_written(
+            &report,
+            parts
+                .iter()
+                .flat_map(|p| p.batch.job_updates.iter().filter_map(|u| u.state)),
+            started.elapsed(),
+        );
+        tracing::debug!(
+            jobs_created = report.job_inserted.attempted,
+            jobs_updated = report.job_updated.attempted,
+            runs_created = report.job_run_inserted.attempted,
+            runs_updated = report.job_run_updated.attempted,
+            job_errors = report.job_error_inserted.attempted,
+            filtered_terminal = report.filtered_terminal,
+            unmatched = report.unmatched.len(),
+            failed = report.failed.len(),
+            parts = parts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
+        Ok(report)
+    }
+
+    /// Writes one part of a batch: in one transaction, or, if that fails
+    /// for the data's sake, step by step and then row by row.
+    async fn write_part(
+        &self,
+        batch: &Conflated,
+        generation: Generation,
+    ) -> Result<WriteReport, StoreError> {
+        let mut report = WriteReport::default();
+        if STEPS.iter().all(|s| batch.len(*s) == 0) {
+            return Ok(report);
+        }
         match self
             .retrying("batch", generation, &mut report, || {
-                self.write_in_one_transaction(&batch, generation)
+                self.write_in_one_transaction(batch, generation)
             })
             .await?
         {
@@ -519,30 +609,10 @@ impl Store {
             Attempt::Fatal(error) => {
                 tracing::warn!(%error, "batch write failed; applying it step by step");
                 report.fell_back = true;
-                self.write_step_by_step(&batch, generation, &mut report)
+                self.write_step_by_step(batch, generation, &mut report)
                     .await?;
             }
         }
-
-        metrics::BATCHES.inc();
-        metrics::BATCH_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
-        telemetry::store_written(
-            &report,
-            batch.job_updates.iter().filter_map(|u| u.state),
-            started.elapsed(),
-        );
-        tracing::debug!(
-            jobs_created = report.job_inserted.attempted,
-            jobs_updated = report.job_updated.attempted,
-            runs_created = report.job_run_inserted.attempted,
-            runs_updated = report.job_run_updated.attempted,
-            job_errors = report.job_error_inserted.attempted,
-            filtered_terminal = report.filtered_terminal,
-            unmatched = report.unmatched.len(),
-            failed = report.failed.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch written"
-        );
         Ok(report)
     }
 
