@@ -677,7 +677,10 @@ pub fn spawn(
 ) -> (mpsc::Receiver<Committed>, Stages) {
     let depth = settings.queue_depth.max(1);
     let (batch_tx, batch_rx) = mpsc::channel(depth);
-    let (conv_tx, conv_rx) = mpsc::channel(depth);
+    // One converted batch waiting is enough to keep the store busy (the
+    // converter is the faster stage), and a converted batch, with its
+    // rows and every message's outcome, weighs several raw ones.
+    let (conv_tx, conv_rx) = mpsc::channel(1);
     let (done_tx, done_rx) = mpsc::channel(depth);
     // Batches cut and not yet written (the batcher adds, the store takes).
     let pending = Arc::new(watch::channel(0usize).0);
