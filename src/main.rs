@@ -3,6 +3,18 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e` of the
+/// bundled mimalloc 3; libmimalloc-sys names only older options).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // Give freed pages back to the OS at once instead of a second later:
+    // the pipeline frees whole batches at a time, and holding them cost
+    // ~40 MB of peak RSS on a 100k-event replay, for no measurable speed.
+    // `MIMALLOC_PURGE_DELAY` in the environment still decides if set.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option, before any other thread.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
     lookout_ingester::cli::main()
 }
