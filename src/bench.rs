@@ -978,9 +978,11 @@ async fn latency(
     let cfg = pulsar_config(url, &topic);
     let pulsar = crate::source::pulsar::client(&cfg).await?;
     let mut producer = pulsar.producer().with_topic(topic.clone()).build().await?;
-    // Receipts are awaited apart from sending, so sending keeps its pace.
+    // Receipts are awaited apart from sending, so sending keeps its pace;
+    // but at most 64 wait, or pulsar-rs refuses sends (SlowDown) once its
+    // 100-message outbound queue is full, as it did when the broker lagged.
     let (receipts_tx, mut receipts_rx) =
-        tokio::sync::mpsc::unbounded_channel::<pulsar::producer::SendFuture>();
+        tokio::sync::mpsc::channel::<pulsar::producer::SendFuture>(64);
     let receipts = tokio::spawn(async move {
         while let Some(r) = receipts_rx.recv().await {
             r.await?;
@@ -1028,7 +1030,9 @@ async fn latency(
             .count() as u64;
         let at = Instant::now();
         let receipt = producer.send_non_blocking(seq.encode_to_vec()).await?;
-        let _ = receipts_tx.send(receipt);
+        if receipts_tx.send(receipt).await.is_err() {
+            break;
+        }
         if submits > 0 {
             jobs += submits;
             sent.push((at, jobs));
