@@ -204,7 +204,7 @@ pub(crate) fn fold_run_updates(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::job_state::*;
     use chrono::NaiveDateTime;
@@ -423,7 +423,8 @@ mod tests {
         assert_eq!(out[0].job_run_state, Some(crate::model::run_state::RUNNING));
     }
 
-    fn create(id: &str, state: i16) -> CreateJob {
+    /// A job creation with fixed values (also for `partition`'s tests).
+    pub(crate) fn create(id: &str, state: i16) -> CreateJob {
         CreateJob {
             job_id: id.into(),
             queue: "q".into(),

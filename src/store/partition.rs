@@ -167,29 +167,7 @@ mod tests {
     use crate::store::conflate::{fold_job_updates, fold_run_updates};
 
     fn job(id: &str) -> CreateJob {
-        let t = chrono::DateTime::from_timestamp(1, 0)
-            .expect("valid timestamp")
-            .naive_utc();
-        CreateJob {
-            job_id: id.into(),
-            queue: "q".into(),
-            owner: "o".into(),
-            namespace: "n".into(),
-            jobset: "s".into(),
-            cpu: 1,
-            memory: 2,
-            ephemeral_storage: 3,
-            gpu: 0,
-            priority: 5,
-            submitted: t,
-            state: 1,
-            last_transition_time: t,
-            last_transition_time_seconds: 1,
-            job_spec: vec![],
-            priority_class: None,
-            annotations: Default::default(),
-            external_job_uri: String::new(),
-        }
+        crate::store::conflate::tests::create(id, 1)
     }
 
     fn run(id: &str, job_id: &str) -> CreateJobRun {
