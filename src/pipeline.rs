@@ -183,10 +183,6 @@ impl Decoded {
             ..Decoded::new(None, payload, publish_time)
         }
     }
-
-    fn events(&self) -> usize {
-        self.events
-    }
 }
 
 /// How many events an `EventSequence` payload holds, read off its top-level
@@ -769,7 +765,7 @@ fn add(batch: &mut DecodedBatch, fill: &mut Fill, msg: Message, settings: &Setti
     metrics::MESSAGES_RECEIVED.inc();
     metrics::IN_FLIGHT.inc();
     let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
-    fill.events += decoded.events();
+    fill.events += decoded.events;
     fill.bytes += decoded.payload.len();
     batch.messages.push(decoded);
     if fill.deadline.is_none() {

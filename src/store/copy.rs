@@ -128,6 +128,11 @@ pub(crate) struct Conflated {
 }
 
 impl Conflated {
+    /// Rows all steps write together.
+    pub(crate) fn rows(&self) -> usize {
+        STEPS.iter().map(|s| self.len(*s)).sum()
+    }
+
     /// Rows the step writes.
     pub(crate) fn len(&self, step: Step) -> usize {
         match step {
@@ -495,19 +500,13 @@ fn tmp_table<R>(step: Step, cols: &[Column<R>]) -> String {
         Operation::Insert => "create",
         Operation::Update => "update",
     };
-    // FNV-1a: the same name in every process.
-    let mut hash: u32 = 0x811c_9dc5;
-    for c in cols {
-        for b in c
-            .name
-            .bytes()
-            .chain([b' '])
+    // The same name in every process.
+    let defs = cols.iter().flat_map(|c| {
+        (c.name.bytes().chain([b' ']))
             .chain(c.sql_type.bytes())
             .chain([b','])
-        {
-            hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
-        }
-    }
+    });
+    let hash = super::partition::fnv1a(defs) as u32;
     format!("{}_{verb}_tmp_{hash:08x}", step.table())
 }
 

@@ -204,7 +204,7 @@ impl WriteReport {
 
     /// Adds the report of another part of the same batch. Step times are
     /// the longest part's, since parts run at the same time; `unmatched` is
-    /// the caller's to merge in batch order.
+    /// left alone: the caller merges the parts' in batch order.
     fn absorb(&mut self, part: WriteReport) {
         for step in STEPS {
             let (mine, theirs) = (self.counts_mut(step), part.counts(step));
@@ -213,7 +213,6 @@ impl WriteReport {
         }
         self.filtered_terminal += part.filtered_terminal;
         self.failed.extend(part.failed);
-        self.unmatched.extend(part.unmatched);
         self.retries = self.retries.saturating_add(part.retries);
         self.fell_back |= part.fell_back;
         for (mine, theirs) in self.step_time.iter_mut().zip(part.step_time) {
@@ -538,7 +537,7 @@ impl Store {
             folded_jobs,
             folded_runs,
         };
-        let rows: usize = STEPS.iter().map(|s| batch.len(*s)).sum();
+        let rows = batch.rows();
         let parts = partition::partition(batch, parts_for(rows));
         // Concurrently, each part in its own transaction(s) on its own
         // connection; the batch counts as written only once all have
@@ -591,7 +590,7 @@ impl Store {
         generation: Generation,
     ) -> Result<WriteReport, StoreError> {
         let mut report = WriteReport::default();
-        if STEPS.iter().all(|s| batch.len(*s) == 0) {
+        if batch.rows() == 0 {
             return Ok(report);
         }
         match self

@@ -61,16 +61,20 @@ impl Part {
     }
 }
 
+/// 64-bit FNV-1a of `bytes`: the same on every run and platform, unlike
+/// std's hashers.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Which of `parts` parts `key` belongs to: FNV-1a, then MurmurHash3's
 /// finaliser (FNV's low bits alone are poorly mixed: its lowest is the
 /// parity of the odd bytes), so the same key goes to the same part on every
 /// run and platform.
 pub(crate) fn part_of(key: &str, parts: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut hash = fnv1a(key.bytes());
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;
