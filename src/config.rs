@@ -1040,7 +1040,8 @@ pub(crate) mod tests {
         assert_eq!(c.pulsar.subscription_kind, SubscriptionKind::Failover);
         assert_eq!(c.pulsar.receiver_queue_size, 100);
         assert_eq!(c.pulsar.url, "pulsar://127.0.0.1:6650");
-        assert_eq!(c.pipeline.batch_size, 10_000);
+        // Ours: larger batches, bounded by bytes (README, Configuration).
+        assert_eq!(c.pipeline.batch_size, 40_000);
         assert_eq!(c.pipeline.batch_duration, Duration::from_millis(500));
         assert_eq!(c.service.metrics_port, 9002);
         assert_eq!(c.store.max_backoff, Duration::from_secs(60));

@@ -1,5 +1,8 @@
 // glibc's malloc was ~40% of the client's CPU on a replay (many small,
 // short-lived allocations across threads); mimalloc takes a fraction of that.
+// The `system-allocator` feature leaves the system's, for heap profilers
+// that hook malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -12,6 +15,7 @@ fn main() -> std::process::ExitCode {
     // the pipeline frees whole batches at a time, and holding them cost
     // ~40 MB of peak RSS on a 100k-event replay, for no measurable speed.
     // `MIMALLOC_PURGE_DELAY` in the environment still decides if set.
+    #[cfg(not(feature = "system-allocator"))]
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option, before any other thread.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };

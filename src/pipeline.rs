@@ -19,7 +19,7 @@
 //! apply ([`DeadLetter::unapplied_events`], traced back by [`dead_letters`]
 //! from the failed rows and unmatched updates to the events asking for
 //! them), so an event already applied is never applied again. What conversion and writing counted is
-//! turned into metrics and logs in one place each (`count_judged`,
+//! turned into metrics and logs in one place each (`count_converted`,
 //! `count_written`), through `telemetry`, once the batch is written.
 //!
 //! A batch is converted for the schema generation the store last saw
@@ -53,7 +53,9 @@ use crate::{metrics, telemetry};
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// A batch is cut once it holds at least this many events. Default: 10000
+    /// A batch is cut once it holds at least this many events. Default:
+    /// 40000 (upstream's is 10000: larger batches fold more of a job's
+    /// updates into one row version; `batch_max_bytes` bounds them)
     #[serde(rename = "batchSize", deserialize_with = "crate::values::at_least_one")]
     pub batch_size: usize,
     /// ... or this long after its first message arrived. Default: 500ms
@@ -63,15 +65,16 @@ pub struct Settings {
     )]
     pub batch_duration: Duration,
     /// ... or once it holds this many messages, whatever they carry (a
-    /// message with no events counts too). Default: 10000
+    /// message with no events counts too). Default: 40000
     #[serde(
         rename = "batchMaxMessages",
         deserialize_with = "crate::values::at_least_one"
     )]
     pub batch_max_messages: usize,
     /// ... or once its payloads add up to this many bytes. With at most
-    /// `queue_depth` batches between two stages, this bounds the memory of
-    /// the whole pipeline. Default: 33554432 (32 MiB)
+    /// three batches in memory when cutting adapts (`cut_when_idle`), and
+    /// `queue_depth` between two stages otherwise, this bounds the memory
+    /// of the whole pipeline. Default: 8388608 (8 MiB)
     #[serde(
         rename = "batchMaxBytes",
         deserialize_with = "crate::values::at_least_one"
@@ -81,9 +84,11 @@ pub struct Settings {
     #[serde(skip)]
     pub queue_depth: usize,
     /// ... or as soon as no earlier batch is still being converted or
-    /// written. Under a backlog the store is busy, so batches still fill up
-    /// to their limits; at a low rate a message waits for the write in
-    /// progress instead of the timer. Default: true
+    /// written; and with two batches ahead, not on the timer, nor past the
+    /// limits (the batcher stops taking messages until one is committed).
+    /// Under a backlog the store is busy, so batches fill up to their
+    /// limits; at a low rate a message waits for the write in progress
+    /// instead of the timer. Default: true
     #[serde(rename = "batchCutWhenIdle")]
     pub cut_when_idle: bool,
 }
@@ -91,10 +96,10 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            batch_size: 10_000,
+            batch_size: 40_000,
             batch_duration: Duration::from_millis(500),
-            batch_max_messages: 10_000,
-            batch_max_bytes: 32 * 1024 * 1024,
+            batch_max_messages: 40_000,
+            batch_max_bytes: 8 * 1024 * 1024,
             queue_depth: 2,
             cut_when_idle: true,
         }
@@ -221,12 +226,36 @@ struct DecodedBatch {
     messages: Vec<Decoded>,
 }
 
-/// A batch after conversion: what to write, for which generation, and each
-/// message as judged (its instructions moved into `instructions`).
+/// A batch after conversion: what to write, for which generation, each
+/// message as judged (its instructions moved into `instructions`), and what
+/// converting them counted, summed over the batch.
 struct ConvertedBatch {
     generation: Generation,
-    judged: Vec<Judged>,
+    messages: Vec<MessageOutcome>,
     instructions: InstructionSet,
+    counted: Counted,
+}
+
+/// What converting a batch's messages counted, summed: kept per batch
+/// rather than per message, where a message's maps weighed more than its
+/// payload (a 40,000-event batch held 65 MB of them).
+#[derive(Default)]
+struct Counted {
+    events_by_kind: BTreeMap<&'static str, u64>,
+    sanitised: BTreeMap<Action, u64>,
+    observed: telemetry::Observed,
+}
+
+impl Counted {
+    fn add(&mut self, j: Judged) {
+        for (k, n) in j.events_by_kind {
+            *self.events_by_kind.entry(k).or_insert(0) += n;
+        }
+        for (a, n) in j.sanitised {
+            *self.sanitised.entry(a).or_insert(0) += n;
+        }
+        self.observed.absorb(j.observed);
+    }
 }
 
 impl ConvertedBatch {
@@ -238,22 +267,24 @@ impl ConvertedBatch {
     ) -> ConvertedBatch {
         let mut c = ConvertedBatch {
             generation,
-            judged: Vec::new(),
+            messages: Vec::new(),
             instructions: InstructionSet::default(),
+            counted: Counted::default(),
         };
         for m in messages {
             let mut j = judge(m, converter);
             c.instructions.extend(std::mem::take(&mut j.instructions));
-            c.judged.push(j);
+            c.messages.push(std::mem::take(&mut j.message));
+            c.counted.add(j);
         }
         c
     }
 
     /// The messages again as received, to be judged anew.
     fn into_decoded(self) -> impl Iterator<Item = Decoded> {
-        self.judged.into_iter().map(|j| Decoded {
-            only: j.message.only,
-            ..Decoded::new(j.message.origin, j.message.payload, j.message.publish_time)
+        self.messages.into_iter().map(|m| Decoded {
+            only: m.only,
+            ..Decoded::new(m.origin, m.payload, m.publish_time)
         })
     }
 }
@@ -274,7 +305,7 @@ async fn write_planned(
             Ok(write) => return Ok((c, write)),
             Err(StoreError::SchemaChanged { from, to }) => {
                 tracing::info!(
-                    messages = c.judged.len(),
+                    messages = c.messages.len(),
                     "batch converted for schema generation {from} is converted again for {to}"
                 );
                 let converter = converter.clone().with_generation(to);
@@ -309,9 +340,6 @@ pub struct MessageOutcome {
     pub payload: Vec<u8>,
     pub publish_time: Option<Timestamp>,
     pub problems: Vec<Problem>,
-    /// Keys of the rows this message asked for, to trace failed rows back.
-    pub job_ids: BTreeSet<String>,
-    pub run_ids: BTreeSet<String>,
     /// The indexes of the events judged ([`Decoded::only`]); `None`: all.
     pub only: Option<Vec<usize>>,
 }
@@ -360,7 +388,6 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
                     .event_index
                     .map(|i| original(j.message.only.as_deref(), i));
             }
-            (j.message.job_ids, j.message.run_ids) = keys(&c.instructions);
             j.instructions = c.instructions;
             j.events_by_kind = c.events_by_kind;
             j.sanitised = c.sanitised;
@@ -370,12 +397,16 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
 }
 
 /// The one place where what conversion counted becomes metrics and logs.
-fn count_judged(j: &Judged) {
-    telemetry::events(&j.events_by_kind);
-    telemetry::sanitised(&j.sanitised);
-    for problem in &j.message.problems {
+fn count_converted(counted: &Counted, messages: &[MessageOutcome]) {
+    telemetry::events(&counted.events_by_kind);
+    telemetry::sanitised(&counted.sanitised);
+    messages.iter().for_each(count_problems);
+}
+
+fn count_problems(m: &MessageOutcome) {
+    for problem in &m.problems {
         let unapplied = unapplied(problem);
-        match &j.message.origin {
+        match &m.origin {
             Some(origin) => {
                 let at = Located {
                     origin: origin.clone(),
@@ -486,13 +517,24 @@ pub fn dead_letters(
     converter: &Converter,
 ) -> Vec<DeadLetter> {
     let mut out = Vec::new();
+    // Which message asked for a failed row is found by converting it again
+    // (kept keys per message weighed more than the message), so only
+    // batches with a failed row or an unmatched update pay for it.
+    let traced = !write.failed.is_empty() || !write.unmatched.is_empty();
     for m in messages {
+        let keys = if traced {
+            event_keys(m, converter)
+        } else {
+            Vec::new()
+        };
         let mine = |table: Table, key: &String| {
-            if keyed_by_run(table) {
-                m.run_ids.contains(key)
-            } else {
-                m.job_ids.contains(key)
-            }
+            keys.iter().any(|(jobs, runs)| {
+                if keyed_by_run(table) {
+                    runs.contains(key)
+                } else {
+                    jobs.contains(key)
+                }
+            })
         };
         let mut reasons: Vec<deadletter::Reason> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
@@ -520,7 +562,7 @@ pub fn dead_letters(
             .filter(|(t, k)| mine(*t, k))
             .collect();
         if !failed.is_empty() && !all {
-            for (i, (jobs, runs)) in event_keys(m, converter).iter().enumerate() {
+            for (i, (jobs, runs)) in keys.iter().enumerate() {
                 let asks = |(t, k): &(Table, &String)| {
                     if keyed_by_run(*t) {
                         runs.contains(*k)
@@ -617,11 +659,10 @@ pub async fn redrive(
             generation,
         );
         let (c, write) = write_planned(store, converter, c).await?;
-        c.judged.iter().for_each(count_judged);
+        count_converted(&c.counted, &c.messages);
         count_written(&write);
         let written = converter.with_generation(c.generation);
-        let messages: Vec<MessageOutcome> = c.judged.into_iter().map(|j| j.message).collect();
-        match dead_letters(&messages, &write, &written).pop() {
+        match dead_letters(&c.messages, &write, &written).pop() {
             None => {
                 dead.delete(id).await?;
                 out.applied.push(id);
@@ -723,10 +764,24 @@ async fn batcher(
     };
     let mut fill = Fill::default();
     let mut idle = pending.subscribe();
+    let adaptive = settings.cut_when_idle;
     loop {
         let waiting = !batch.messages.is_empty();
-        if waiting && settings.cut_when_idle && *idle.borrow_and_update() == 0 {
-            // Nothing ahead: take what has arrived already and cut.
+        let full = fill.full(batch.messages.len(), &settings);
+        let ahead = *idle.borrow_and_update();
+        // Adaptive cutting: a batch is cut at once when nothing is ahead of
+        // it (the store is idle), and on its timer or limits only while at
+        // most one batch is ahead (being converted or written, so converting
+        // this one overlaps writing that one). With two ahead, cutting it
+        // would only queue it: it keeps filling up to its limits, then stops
+        // taking messages until one is committed. So batches grow with the
+        // backlog (more of a job's updates fold into one row version) and at
+        // most three batches are in memory: one written, one converted, one
+        // filling.
+        let may_cut = !adaptive || ahead <= 1;
+        let expired = fill.deadline.is_some_and(|d| d <= Instant::now());
+        if waiting && adaptive && (ahead == 0 || (may_cut && (expired || full))) {
+            // Take what has arrived already and cut.
             while !fill.full(batch.messages.len(), &settings) {
                 let Ok(msg) = source.try_recv() else { break };
                 add(&mut batch, &mut fill, msg, &settings);
@@ -734,18 +789,25 @@ async fn batcher(
             flush(&mut batch, &mut fill, &out, &pending).await?;
             continue;
         }
+        if full {
+            // Adaptive, two batches ahead: wait for a commit.
+            if idle.changed().await.is_err() {
+                break;
+            }
+            continue;
+        }
         let msg = tokio::select! {
             m = source.recv() => m,
-            _ = sleep_until(fill.deadline) => {
+            _ = sleep_until(fill.deadline), if may_cut => {
                 flush(&mut batch, &mut fill, &out, &pending).await?;
                 continue;
             }
             // The store finished a batch: look again.
-            _ = idle.changed(), if waiting && settings.cut_when_idle => continue,
+            _ = idle.changed(), if waiting && adaptive => continue,
         };
         let Some(msg) = msg else { break };
         add(&mut batch, &mut fill, msg, &settings);
-        if fill.full(batch.messages.len(), &settings) {
+        if !adaptive && fill.full(batch.messages.len(), &settings) {
             flush(&mut batch, &mut fill, &out, &pending).await?;
         }
     }
@@ -830,16 +892,10 @@ async fn storing(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let c_generation = c.generation;
-        let mut events_by_kind = BTreeMap::new();
-        let mut messages = Vec::with_capacity(c.judged.len());
-        for j in c.judged {
-            count_judged(&j);
-            telemetry::events_committed(&j.observed, committed_ms);
-            for (k, n) in j.events_by_kind {
-                *events_by_kind.entry(k).or_insert(0) += n;
-            }
-            messages.push(j.message);
-        }
+        count_converted(&c.counted, &c.messages);
+        telemetry::events_committed(&c.counted.observed, committed_ms);
+        let events_by_kind = c.counted.events_by_kind;
+        let messages = c.messages;
         count_written(&write);
         let written = converter.with_generation(c_generation);
         let letters = dead_letters(&messages, &write, &written);
@@ -953,11 +1009,9 @@ mod tests {
             ]),
         );
         assert!(j.message.problems.is_empty());
-        assert_eq!(
-            j.message.job_ids,
-            BTreeSet::from(["j1".into(), "j2".into()])
-        );
-        assert_eq!(j.message.run_ids, BTreeSet::from(["r1".into()]));
+        let (jobs, runs) = keys(&j.instructions);
+        assert_eq!(jobs, BTreeSet::from(["j1".into(), "j2".into()]));
+        assert_eq!(runs, BTreeSet::from(["r1".into()]));
         assert_eq!(
             j.events_by_kind,
             BTreeMap::from([("job_run_leased", 1), ("job_succeeded", 1)])
@@ -1062,7 +1116,7 @@ mod tests {
             &conv(),
         );
         assert_eq!(again.events_by_kind.values().sum::<u64>(), 2);
-        assert_eq!(again.message.run_ids, BTreeSet::from(["r2".into()]));
+        assert_eq!(keys(&again.instructions).1, BTreeSet::from(["r2".into()]));
         let letters = dead_letters(std::slice::from_ref(&again.message), &unknown_r2, &conv());
         assert_eq!(letters[0].unapplied_events, Some(vec![2]));
 
@@ -1147,6 +1201,55 @@ mod tests {
             .expect("cut once idle")
             .unwrap();
         assert_eq!(indexes(second), [1, 2, 3]);
+        drop(tx);
+        task.await.unwrap().unwrap();
+    }
+
+    /// With two batches ahead, neither the timer nor a full batch cuts: the
+    /// batch fills to its limit, then the batcher takes no more messages
+    /// until a commit; with one ahead the expired timer cuts at once.
+    #[tokio::test]
+    async fn with_two_batches_ahead_the_batch_fills_and_then_waits() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out) = mpsc::channel(16);
+        let pending = Arc::new(watch::channel(2usize).0);
+        let settings = Settings {
+            batch_duration: Duration::from_millis(50),
+            batch_max_messages: 3,
+            ..Settings::default()
+        };
+        let task = tokio::spawn(batcher(rx, out_tx, settings, pending.clone()));
+        let msg = |i: u64| Message {
+            payload: vec![],
+            origin: origin(i),
+            publish_time: None,
+        };
+        for i in 0..5 {
+            tx.send(msg(i)).await.unwrap();
+        }
+        // Well past the timer: nothing cut, and the source holds the rest.
+        let wait = tokio::time::timeout(Duration::from_millis(400), out.recv());
+        assert!(wait.await.is_err(), "cut with two batches ahead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            tx.capacity(),
+            16 - 2,
+            "the batcher took messages past a full batch"
+        );
+        pending.send_modify(|n| *n -= 1);
+        let five = Duration::from_secs(5);
+        let first = tokio::time::timeout(five, out.recv())
+            .await
+            .expect("cut once one batch is ahead")
+            .unwrap();
+        assert_eq!(first.messages.len(), 3);
+        assert_eq!(*pending.borrow(), 2);
+        pending.send_modify(|n| *n -= 1);
+        let second = tokio::time::timeout(five, out.recv())
+            .await
+            .expect("the timer cuts with one batch ahead")
+            .unwrap();
+        assert_eq!(second.messages.len(), 2);
         drop(tx);
         task.await.unwrap().unwrap();
     }

@@ -263,13 +263,14 @@ fn timestamp_ms(t: &Timestamp) -> i64 {
         .saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
-/// What the metrics need from one message's events, taken when it is
-/// judged: its queue, its events by upstream's name, and their `created`
-/// times (the publish time standing in, as in conversion).
+/// What the metrics need from events, taken when they are judged: their
+/// count by queue and upstream's name, and their `created` times (the
+/// publish time standing in, as in conversion). One message's, or a whole
+/// batch's summed with [`Observed::absorb`] (kept per batch, not per
+/// message: a map per message weighed more than the message).
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    pub queue: String,
-    pub by_msg_type: BTreeMap<&'static str, u64>,
+    pub by_queue: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Unix milliseconds.
     pub created_ms: Vec<i64>,
 }
@@ -277,18 +278,33 @@ pub struct Observed {
 impl Observed {
     /// Pure: what `seq` (the events judged of a message) holds.
     pub fn of(seq: &EventSequence, publish_time: Option<&Timestamp>) -> Observed {
-        let mut o = Observed {
-            queue: String::from_utf8_lossy(&seq.queue).into_owned(),
-            ..Observed::default()
-        };
+        let mut o = Observed::default();
+        if seq.events.is_empty() {
+            return o;
+        }
+        let by_msg_type = o
+            .by_queue
+            .entry(String::from_utf8_lossy(&seq.queue).into_owned())
+            .or_default();
         for e in &seq.events {
             let name = upstream::msg_type(convert::event_kind(e));
-            *o.by_msg_type.entry(name).or_insert(0) += 1;
+            *by_msg_type.entry(name).or_insert(0) += 1;
             if let Some(t) = e.created.as_ref().or(publish_time) {
                 o.created_ms.push(timestamp_ms(t));
             }
         }
         o
+    }
+
+    /// Adds `other`'s counts and times to these.
+    pub fn absorb(&mut self, other: Observed) {
+        for (queue, by_msg_type) in other.by_queue {
+            let mine = self.by_queue.entry(queue).or_default();
+            for (name, n) in by_msg_type {
+                *mine.entry(name).or_insert(0) += n;
+            }
+        }
+        self.created_ms.extend(other.created_ms);
     }
 }
 
@@ -328,12 +344,12 @@ fn queue_label(queue: &str) -> String {
     q
 }
 
-/// A message's events, once their batch is committed: upstream's
+/// Events, once their batch is committed: upstream's
 /// `events_processed`, and how long after `created` they were committed.
 pub fn events_committed(o: &Observed, now_ms: i64) {
-    if !o.by_msg_type.is_empty() {
-        let queue = queue_label(&o.queue);
-        for (msg_type, n) in &o.by_msg_type {
+    for (queue, by_msg_type) in &o.by_queue {
+        let queue = queue_label(queue);
+        for (msg_type, n) in by_msg_type {
             upstream::EVENTS_PROCESSED
                 .with_label_values(&[&queue, "jobSet", msg_type])
                 .inc_by(*n);
