@@ -248,12 +248,8 @@ struct Counted {
 
 impl Counted {
     fn add(&mut self, j: Judged) {
-        for (k, n) in j.events_by_kind {
-            *self.events_by_kind.entry(k).or_insert(0) += n;
-        }
-        for (a, n) in j.sanitised {
-            *self.sanitised.entry(a).or_insert(0) += n;
-        }
+        telemetry::add_counts(&mut self.events_by_kind, j.events_by_kind);
+        telemetry::add_counts(&mut self.sanitised, j.sanitised);
         self.observed.absorb(j.observed);
     }
 }
@@ -500,6 +496,16 @@ fn keyed_by_run(table: Table) -> bool {
     table == Table::JobRun
 }
 
+/// Whether an event with these (job ids, run ids) asks for `table`'s row
+/// `key`.
+fn asks_for((jobs, runs): &(BTreeSet<String>, BTreeSet<String>), table: Table, key: &str) -> bool {
+    if keyed_by_run(table) {
+        runs.contains(key)
+    } else {
+        jobs.contains(key)
+    }
+}
+
 /// The dead letters of a committed batch: every message with an unapplied
 /// problem, a row that failed even on its own, or an update that found no
 /// row (an event for an unknown job or run, or one that arrived before the
@@ -527,15 +533,7 @@ pub fn dead_letters(
         } else {
             Vec::new()
         };
-        let mine = |table: Table, key: &String| {
-            keys.iter().any(|(jobs, runs)| {
-                if keyed_by_run(table) {
-                    runs.contains(key)
-                } else {
-                    jobs.contains(key)
-                }
-            })
-        };
+        let mine = |table: Table, key: &String| keys.iter().any(|k| asks_for(k, table, key));
         let mut reasons: Vec<deadletter::Reason> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         // Indexes in the whole message; `all` once the message itself failed.
@@ -562,15 +560,8 @@ pub fn dead_letters(
             .filter(|(t, k)| mine(*t, k))
             .collect();
         if !failed.is_empty() && !all {
-            for (i, (jobs, runs)) in keys.iter().enumerate() {
-                let asks = |(t, k): &(Table, &String)| {
-                    if keyed_by_run(*t) {
-                        runs.contains(*k)
-                    } else {
-                        jobs.contains(*k)
-                    }
-                };
-                if failed.iter().any(asks) {
+            for (i, event) in keys.iter().enumerate() {
+                if failed.iter().any(|(t, k)| asks_for(event, *t, k)) {
                     events.insert(original(m.only.as_deref(), i));
                 }
             }
@@ -958,6 +949,15 @@ mod tests {
         }
     }
 
+    /// An empty message from record `index`, for the batcher.
+    fn msg(index: u64) -> Message {
+        Message {
+            payload: vec![],
+            origin: origin(index),
+            publish_time: None,
+        }
+    }
+
     fn conv() -> Converter {
         Converter::new(Default::default())
     }
@@ -1154,23 +1154,44 @@ mod tests {
         assert_eq!(letters[0].error, "event 1: newer Armada");
     }
 
+    /// A batcher under test: its input, its output, the count of batches
+    /// cut and not yet written, and its task.
+    struct Harness {
+        tx: mpsc::Sender<Message>,
+        out: mpsc::Receiver<DecodedBatch>,
+        pending: Arc<watch::Sender<usize>>,
+        task: JoinHandle<anyhow::Result<()>>,
+    }
+
+    /// A batcher on channels of 16, with `ahead` batches already cut and
+    /// not yet written.
+    fn spawn_batcher(settings: Settings, ahead: usize) -> Harness {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, out) = mpsc::channel(16);
+        let pending = Arc::new(watch::channel(ahead).0);
+        let task = tokio::spawn(batcher(rx, out_tx, settings, pending.clone()));
+        Harness {
+            tx,
+            out,
+            pending,
+            task,
+        }
+    }
+
     /// Cut at once while nothing is being written; while a batch is, fill
     /// up until it is done (the timer here is far away).
     #[tokio::test]
     async fn batches_are_cut_when_the_store_is_idle() {
-        let (tx, rx) = mpsc::channel(16);
-        let (out_tx, mut out) = mpsc::channel(16);
-        let pending = Arc::new(watch::channel(0usize).0);
         let settings = Settings {
             batch_duration: Duration::from_secs(3600),
             ..Settings::default()
         };
-        let task = tokio::spawn(batcher(rx, out_tx, settings, pending.clone()));
-        let msg = |i: u64| Message {
-            payload: vec![],
-            origin: origin(i),
-            publish_time: None,
-        };
+        let Harness {
+            tx,
+            mut out,
+            pending,
+            task,
+        } = spawn_batcher(settings, 0);
         let indexes = |b: DecodedBatch| -> Vec<u64> {
             b.messages
                 .iter()
@@ -1208,20 +1229,17 @@ mod tests {
     /// no more messages until a commit; with one ahead it is cut.
     #[tokio::test]
     async fn with_two_batches_ahead_a_full_batch_waits() {
-        let (tx, rx) = mpsc::channel(16);
-        let (out_tx, mut out) = mpsc::channel(16);
-        let pending = Arc::new(watch::channel(2usize).0);
         let settings = Settings {
             batch_duration: Duration::from_secs(3600),
             batch_max_messages: 3,
             ..Settings::default()
         };
-        let task = tokio::spawn(batcher(rx, out_tx, settings, pending.clone()));
-        let msg = |i: u64| Message {
-            payload: vec![],
-            origin: origin(i),
-            publish_time: None,
-        };
+        let Harness {
+            tx,
+            mut out,
+            pending,
+            task,
+        } = spawn_batcher(settings, 2);
         for i in 0..5 {
             tx.send(msg(i)).await.unwrap();
         }

@@ -136,9 +136,10 @@ impl Summary {
 
     fn add(&mut self, c: &Committed) {
         self.records += c.origins.len() as u64;
-        for (k, n) in &c.events_by_kind {
-            *self.events_by_kind.entry(k).or_insert(0) += n;
-        }
+        crate::telemetry::add_counts(
+            &mut self.events_by_kind,
+            c.events_by_kind.iter().map(|(k, n)| (*k, *n)),
+        );
         for p in &c.problems {
             let map = if p.problem.skipped {
                 &mut self.skipped

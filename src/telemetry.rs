@@ -299,12 +299,16 @@ impl Observed {
     /// Adds `other`'s counts and times to these.
     pub fn absorb(&mut self, other: Observed) {
         for (queue, by_msg_type) in other.by_queue {
-            let mine = self.by_queue.entry(queue).or_default();
-            for (name, n) in by_msg_type {
-                *mine.entry(name).or_insert(0) += n;
-            }
+            add_counts(self.by_queue.entry(queue).or_default(), by_msg_type);
         }
         self.created_ms.extend(other.created_ms);
+    }
+}
+
+/// Adds each count of `from` to `into`'s count of the same key.
+pub fn add_counts<K: Ord>(into: &mut BTreeMap<K, u64>, from: impl IntoIterator<Item = (K, u64)>) {
+    for (k, n) in from {
+        *into.entry(k).or_insert(0) += n;
     }
 }
 
