@@ -176,6 +176,9 @@ pub struct BenchArgs {
     /// Seconds of publishing at each latency rate.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+    /// Messages/s of the first latency measurement, instead of half the catch-up rate.
+    #[arg(long)]
+    latency_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -987,6 +990,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         live: !args.no_live,
         pulsar_url: args.pulsar_url,
         latency_secs: args.latency_secs,
+        latency_rate: args.latency_rate,
         config_files: args.settings.config.clone(),
     };
     let figures = crate::bench::run(cfg, opts).await?;
