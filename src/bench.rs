@@ -58,6 +58,8 @@ pub struct Options {
     /// The rate of the first latency measurement instead of half the
     /// catch-up rate (to compare builds at one rate).
     pub latency_rate: Option<f64>,
+    /// Also keep the generated recording here.
+    pub save_workload: Option<PathBuf>,
     /// The `--config` files, handed to every child.
     pub config_files: Vec<PathBuf>,
 }
@@ -259,6 +261,9 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
         .await
         .context("workload writer")??;
     f.generate_s = started.elapsed().as_secs_f64();
+    if let Some(keep) = &opts.save_workload {
+        std::fs::copy(&file, keep).map_err(|e| anyhow!("cannot write {}: {e}", keep.display()))?;
+    }
     f.events = produced.events;
     f.messages = produced.sequences;
     f.jobs = produced.rows.job;

@@ -179,6 +179,9 @@ pub struct BenchArgs {
     /// Messages/s of the first latency measurement, instead of half the catch-up rate.
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Also keep the generated workload as a recording in this file (to replay or profile it alone).
+    #[arg(long, value_name = "FILE")]
+    save_workload: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -991,6 +994,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pulsar_url: args.pulsar_url,
         latency_secs: args.latency_secs,
         latency_rate: args.latency_rate,
+        save_workload: args.save_workload,
         config_files: args.settings.config.clone(),
     };
     let figures = crate::bench::run(cfg, opts).await?;

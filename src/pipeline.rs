@@ -46,7 +46,7 @@ use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
 use crate::model::{Generation, InstructionSet};
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
-use crate::store::{Store, StoreError, Table, WriteReport};
+use crate::store::{PreparedBatch, Store, StoreError, Table, WriteReport};
 use crate::{metrics, telemetry};
 
 /// How batches are cut, with upstream's keys and defaults.
@@ -232,7 +232,8 @@ struct DecodedBatch {
 struct ConvertedBatch {
     generation: Generation,
     messages: Vec<MessageOutcome>,
-    instructions: InstructionSet,
+    /// The messages' instructions, merged and split for the store.
+    prepared: PreparedBatch,
     counted: Counted,
 }
 
@@ -261,18 +262,20 @@ impl ConvertedBatch {
         converter: &Converter,
         generation: Generation,
     ) -> ConvertedBatch {
+        let mut instructions = InstructionSet::default();
         let mut c = ConvertedBatch {
             generation,
             messages: Vec::new(),
-            instructions: InstructionSet::default(),
+            prepared: PreparedBatch::default(),
             counted: Counted::default(),
         };
         for m in messages {
             let mut j = judge(m, converter);
-            c.instructions.extend(std::mem::take(&mut j.instructions));
+            instructions.extend(std::mem::take(&mut j.instructions));
             c.messages.push(std::mem::take(&mut j.message));
             c.counted.add(j);
         }
+        c.prepared = Store::prepare(instructions);
         c
     }
 
@@ -296,8 +299,8 @@ async fn write_planned(
     mut c: ConvertedBatch,
 ) -> Result<(ConvertedBatch, WriteReport), StoreError> {
     loop {
-        let set = std::mem::take(&mut c.instructions);
-        match store.write(set, c.generation).await {
+        let prepared = std::mem::take(&mut c.prepared);
+        match store.write_prepared(prepared, c.generation).await {
             Ok(write) => return Ok((c, write)),
             Err(StoreError::SchemaChanged { from, to }) => {
                 tracing::info!(

@@ -139,6 +139,14 @@ pub struct Unmatched {
     pub key: String,
 }
 
+/// A batch merged, folded and split into parts, ready for
+/// [`Store::write_prepared`].
+#[derive(Debug, Default)]
+pub struct PreparedBatch {
+    parts: Vec<partition::Part>,
+    rows: usize,
+}
+
 /// What [`Store::write`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteReport {
@@ -514,10 +522,15 @@ impl Store {
         set: InstructionSet,
         generation: Generation,
     ) -> Result<WriteReport, StoreError> {
-        let started = Instant::now();
-        if set.is_empty() {
-            return Ok(WriteReport::default());
-        }
+        self.write_prepared(Store::prepare(set), generation).await
+    }
+
+    /// Merges `set`'s updates per key, folds them into the batch's
+    /// creations and splits the batch into the parts written concurrently.
+    /// Pure: the pipeline runs it before the store is free (while the
+    /// previous batch is written), and the merged batch weighs less than
+    /// its events' instructions while it waits.
+    pub fn prepare(set: InstructionSet) -> PreparedBatch {
         let job_updates = conflate::conflate_job_updates(set.jobs_to_update);
         let run_updates = conflate::conflate_run_updates(set.runs_to_update);
         let (jobs, folded_jobs) = conflate::fold_job_updates(
@@ -538,7 +551,23 @@ impl Store {
             folded_runs,
         };
         let rows = batch.rows();
-        let parts = partition::partition(batch, parts_for(rows));
+        PreparedBatch {
+            parts: partition::partition(batch, parts_for(rows)),
+            rows,
+        }
+    }
+
+    /// [`Store::write`] of a batch already prepared.
+    pub async fn write_prepared(
+        &self,
+        prepared: PreparedBatch,
+        generation: Generation,
+    ) -> Result<WriteReport, StoreError> {
+        let started = Instant::now();
+        if prepared.rows == 0 {
+            return Ok(WriteReport::default());
+        }
+        let parts = prepared.parts;
         // Concurrently, each part in its own transaction(s) on its own
         // connection; the batch counts as written only once all have
         // committed.
@@ -579,6 +608,8 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch written"
         );
+        // Freeing a large batch takes a while; not before the next write.
+        tokio::task::spawn_blocking(move || drop(parts));
         Ok(report)
     }
 
