@@ -804,6 +804,9 @@ async fn live(
     let started = Instant::now();
     let (pid, port) = env.start_run(&db, &url, &topic, "run")?;
     let client = env.connect(&db).await?;
+    // As for the consumer above: a broker that stops dispatching (pulsar-lite
+    // did on large backlogs) ends the measurement rather than hanging it.
+    let (mut last_got, mut last_change) = (-1.0, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if started.elapsed() > Duration::from_secs(3600) {
@@ -814,6 +817,14 @@ async fn live(
         };
         let got = m.get("lookout_ingester_messages_received_total")
             + m.get("lookout_ingester_duplicates_skipped_total");
+        if got > last_got {
+            (last_got, last_change) = (got, Instant::now());
+        } else if got < f.messages as f64 && last_change.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "run received nothing for 60s ({got} of {} messages)",
+                f.messages
+            );
+        }
         if got < f.messages as f64 || m.get("lookout_ingester_messages_in_flight") != 0.0 {
             continue;
         }

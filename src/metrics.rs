@@ -259,7 +259,7 @@ pub static BATCH_MESSAGES: LazyLock<Histogram> = LazyLock::new(|| {
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "queue_depth",
-        "Items waiting in a pipeline queue: received messages, batches cut, batches converted, batches committed",
+        "Items waiting in a pipeline queue: received messages, pieces of batches to convert (256 messages or 256 KiB each), batches converted, batches committed",
         &["stage"],
     )
 });

@@ -221,10 +221,23 @@ pub fn count_events(payload: &[u8]) -> Option<usize> {
     Some(events)
 }
 
-/// Messages cut into one batch by the batcher, not yet converted.
-struct DecodedBatch {
+/// Consecutive messages of the batch being filled, not yet converted;
+/// `last` when the batch is cut after them. The batcher hands a batch on in
+/// pieces as it fills, so that the converter converts it meanwhile and, once
+/// it is cut, only its last piece and merging it are left before the store
+/// can take it (converting a whole batch at the cut kept the store idle
+/// that long, a tenth of each cycle under a steady load).
+struct Piece {
     messages: Vec<Decoded>,
+    last: bool,
 }
+
+/// A piece is handed on at this many messages or payload bytes.
+const PIECE_MESSAGES: usize = 256;
+const PIECE_BYTES: usize = 256 * 1024;
+/// Pieces that may wait for the converter (2 MiB at most): the converter
+/// keeps up, and when it waits for the store the batcher waits too.
+const PIECES_QUEUED: usize = 8;
 
 /// A batch after conversion: what to write, for which generation, each
 /// message as judged (its instructions moved into `instructions`), and what
@@ -262,21 +275,9 @@ impl ConvertedBatch {
         converter: &Converter,
         generation: Generation,
     ) -> ConvertedBatch {
-        let mut instructions = InstructionSet::default();
-        let mut c = ConvertedBatch {
-            generation,
-            messages: Vec::new(),
-            prepared: PreparedBatch::default(),
-            counted: Counted::default(),
-        };
-        for m in messages {
-            let mut j = judge(m, converter);
-            instructions.extend(std::mem::take(&mut j.instructions));
-            c.messages.push(std::mem::take(&mut j.message));
-            c.counted.add(j);
-        }
-        c.prepared = Store::prepare(instructions);
-        c
+        let mut p = Planning::new(generation);
+        p.add(messages, converter);
+        p.finish()
     }
 
     /// The messages again as received, to be judged anew.
@@ -285,6 +286,42 @@ impl ConvertedBatch {
             only: m.only,
             ..Decoded::new(m.origin, m.payload, m.publish_time)
         })
+    }
+}
+
+/// A batch being converted, piece by piece.
+struct Planning {
+    batch: ConvertedBatch,
+    instructions: InstructionSet,
+}
+
+impl Planning {
+    fn new(generation: Generation) -> Planning {
+        Planning {
+            batch: ConvertedBatch {
+                generation,
+                messages: Vec::new(),
+                prepared: PreparedBatch::default(),
+                counted: Counted::default(),
+            },
+            instructions: InstructionSet::default(),
+        }
+    }
+
+    fn add(&mut self, messages: impl IntoIterator<Item = Decoded>, converter: &Converter) {
+        for m in messages {
+            let mut j = judge(m, converter);
+            self.instructions
+                .extend(std::mem::take(&mut j.instructions));
+            self.batch.messages.push(std::mem::take(&mut j.message));
+            self.batch.counted.add(j);
+        }
+    }
+
+    /// Merges and splits the instructions for the store.
+    fn finish(mut self) -> ConvertedBatch {
+        self.batch.prepared = Store::prepare(self.instructions);
+        self.batch
     }
 }
 
@@ -707,7 +744,7 @@ pub fn spawn(
     settings: Settings,
 ) -> (mpsc::Receiver<Committed>, Stages) {
     let depth = settings.queue_depth.max(1);
-    let (batch_tx, batch_rx) = mpsc::channel(depth);
+    let (batch_tx, batch_rx) = mpsc::channel(PIECES_QUEUED);
     // One converted batch waiting is enough to keep the store busy (the
     // converter is the faster stage), and a converted batch, with its
     // rows and every message's outcome, weighs several raw ones.
@@ -734,34 +771,41 @@ pub fn spawn(
 /// What the batch being filled holds, to decide when to cut it.
 #[derive(Default)]
 struct Fill {
+    messages: usize,
     events: usize,
     bytes: usize,
     deadline: Option<Instant>,
 }
 
 impl Fill {
-    fn full(&self, messages: usize, settings: &Settings) -> bool {
+    fn full(&self, settings: &Settings) -> bool {
         self.events >= settings.batch_size
-            || messages >= settings.batch_max_messages
+            || self.messages >= settings.batch_max_messages
             || self.bytes >= settings.batch_max_bytes
     }
 }
 
+/// The batch being filled: what it holds, and its messages not yet handed
+/// on to the converter.
+#[derive(Default)]
+struct Filling {
+    fill: Fill,
+    piece: Vec<Decoded>,
+    piece_bytes: usize,
+}
+
 async fn batcher(
     mut source: mpsc::Receiver<Message>,
-    out: mpsc::Sender<DecodedBatch>,
+    out: mpsc::Sender<Piece>,
     settings: Settings,
     pending: Arc<watch::Sender<usize>>,
 ) -> anyhow::Result<()> {
-    let mut batch = DecodedBatch {
-        messages: Vec::new(),
-    };
-    let mut fill = Fill::default();
+    let mut batch = Filling::default();
     let mut idle = pending.subscribe();
     let adaptive = settings.cut_when_idle;
     loop {
-        let waiting = !batch.messages.is_empty();
-        let full = fill.full(batch.messages.len(), &settings);
+        let waiting = batch.fill.messages > 0;
+        let full = batch.fill.full(&settings);
         let ahead = *idle.borrow_and_update();
         // Adaptive cutting: a batch is cut at once when nothing is ahead of
         // it (the store is idle), on its timer, and at its limits while at
@@ -772,14 +816,14 @@ async fn batcher(
         // written, one converted, one filling). Holding a batch past its
         // timer too made batches larger still, but tripled the p99 latency
         // at half the maximum rate, so the timer is kept.
-        let expired = fill.deadline.is_some_and(|d| d <= Instant::now());
+        let expired = batch.fill.deadline.is_some_and(|d| d <= Instant::now());
         if waiting && adaptive && (ahead == 0 || expired || (ahead <= 1 && full)) {
             // Take what has arrived already and cut.
-            while !fill.full(batch.messages.len(), &settings) {
+            while !batch.fill.full(&settings) {
                 let Ok(msg) = source.try_recv() else { break };
-                add(&mut batch, &mut fill, msg, &settings);
+                add(&mut batch, msg, &settings, &out).await?;
             }
-            flush(&mut batch, &mut fill, &out, &pending).await?;
+            cut(&mut batch, &out, &pending).await?;
             continue;
         }
         if full {
@@ -791,20 +835,20 @@ async fn batcher(
         }
         let msg = tokio::select! {
             m = source.recv() => m,
-            _ = sleep_until(fill.deadline) => {
-                flush(&mut batch, &mut fill, &out, &pending).await?;
+            _ = sleep_until(batch.fill.deadline) => {
+                cut(&mut batch, &out, &pending).await?;
                 continue;
             }
             // The store finished a batch: look again.
             _ = idle.changed(), if waiting && adaptive => continue,
         };
         let Some(msg) = msg else { break };
-        add(&mut batch, &mut fill, msg, &settings);
-        if !adaptive && fill.full(batch.messages.len(), &settings) {
-            flush(&mut batch, &mut fill, &out, &pending).await?;
+        add(&mut batch, msg, &settings, &out).await?;
+        if !adaptive && batch.fill.full(&settings) {
+            cut(&mut batch, &out, &pending).await?;
         }
     }
-    flush(&mut batch, &mut fill, &out, &pending).await
+    cut(&mut batch, &out, &pending).await
 }
 
 /// Until `deadline`, or for ever without one.
@@ -815,54 +859,87 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Decodes a received message into the batch being filled.
-fn add(batch: &mut DecodedBatch, fill: &mut Fill, msg: Message, settings: &Settings) {
+/// Adds a received message to the batch being filled, handing its piece on
+/// when that is large enough.
+async fn add(
+    batch: &mut Filling,
+    msg: Message,
+    settings: &Settings,
+    out: &mpsc::Sender<Piece>,
+) -> anyhow::Result<()> {
     metrics::MESSAGES_RECEIVED.inc();
     metrics::IN_FLIGHT.inc();
     let decoded = Decoded::new(Some(msg.origin), msg.payload, msg.publish_time);
+    let fill = &mut batch.fill;
+    fill.messages += 1;
     fill.events += decoded.events;
     fill.bytes += decoded.payload.len();
-    batch.messages.push(decoded);
+    batch.piece_bytes += decoded.payload.len();
+    batch.piece.push(decoded);
     if fill.deadline.is_none() {
         fill.deadline = Some(Instant::now() + settings.batch_duration);
     }
+    if batch.piece.len() >= PIECE_MESSAGES || batch.piece_bytes >= PIECE_BYTES {
+        hand_on(batch, false, out).await?;
+    }
+    Ok(())
 }
 
-async fn flush(
-    batch: &mut DecodedBatch,
-    fill: &mut Fill,
-    out: &mpsc::Sender<DecodedBatch>,
-    pending: &watch::Sender<usize>,
-) -> anyhow::Result<()> {
-    *fill = Fill::default();
-    if batch.messages.is_empty() {
-        return Ok(());
-    }
-    let full = std::mem::replace(
-        batch,
-        DecodedBatch {
-            messages: Vec::new(),
-        },
-    );
-    pending.send_modify(|n| *n += 1);
-    out.send(full)
+async fn hand_on(batch: &mut Filling, last: bool, out: &mpsc::Sender<Piece>) -> anyhow::Result<()> {
+    batch.piece_bytes = 0;
+    let messages = std::mem::take(&mut batch.piece);
+    out.send(Piece { messages, last })
         .await
         .map_err(|_| anyhow::anyhow!("converter stage stopped"))
 }
 
+/// Cuts the batch being filled (if it holds anything).
+async fn cut(
+    batch: &mut Filling,
+    out: &mpsc::Sender<Piece>,
+    pending: &watch::Sender<usize>,
+) -> anyhow::Result<()> {
+    if batch.fill.messages == 0 {
+        return Ok(());
+    }
+    batch.fill = Fill::default();
+    pending.send_modify(|n| *n += 1);
+    hand_on(batch, true, out).await
+}
+
+/// Converts each batch as its pieces come, and hands it on once cut.
 async fn converting(
-    mut input: mpsc::Receiver<DecodedBatch>,
+    mut input: mpsc::Receiver<Piece>,
     out: mpsc::Sender<ConvertedBatch>,
     mut converter: Converter,
     store: Arc<Store>,
 ) -> anyhow::Result<()> {
-    while let Some(batch) = input.recv().await {
-        let generation = current_generation(&store).await?;
-        if converter.generation() != generation {
-            converter = converter.with_generation(generation);
+    let mut planning: Option<Planning> = None;
+    while let Some(piece) = input.recv().await {
+        let p = match &mut planning {
+            Some(p) => p,
+            None => {
+                // A batch is converted for the generation of its first piece.
+                let generation = current_generation(&store).await?;
+                if converter.generation() != generation {
+                    converter = converter.with_generation(generation);
+                }
+                planning.insert(Planning::new(generation))
+            }
+        };
+        p.add(piece.messages, &converter);
+        if piece.last {
+            if let Some(p) = planning.take() {
+                if out.send(p.finish()).await.is_err() {
+                    anyhow::bail!("store stage stopped");
+                }
+            }
         }
-        let c = ConvertedBatch::plan(batch.messages, &converter, generation);
-        if out.send(c).await.is_err() {
+    }
+    // The batcher cuts what it holds before it ends; should a batch still
+    // be open, it is written rather than lost.
+    if let Some(p) = planning {
+        if out.send(p.finish()).await.is_err() {
             anyhow::bail!("store stage stopped");
         }
     }
@@ -1161,9 +1238,25 @@ mod tests {
     /// cut and not yet written, and its task.
     struct Harness {
         tx: mpsc::Sender<Message>,
-        out: mpsc::Receiver<DecodedBatch>,
+        out: mpsc::Receiver<Piece>,
+        /// Pieces received of a batch not yet cut.
+        partial: Vec<Decoded>,
         pending: Arc<watch::Sender<usize>>,
         task: JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Harness {
+        /// The next batch cut within `within`, its pieces put together.
+        async fn batch(&mut self, within: Duration) -> Option<Vec<Decoded>> {
+            let by = tokio::time::Instant::now() + within;
+            loop {
+                let piece = tokio::time::timeout_at(by, self.out.recv()).await.ok()??;
+                self.partial.extend(piece.messages);
+                if piece.last {
+                    return Some(std::mem::take(&mut self.partial));
+                }
+            }
+        }
     }
 
     /// A batcher on channels of 16, with `ahead` batches already cut and
@@ -1176,9 +1269,19 @@ mod tests {
         Harness {
             tx,
             out,
+            partial: Vec::new(),
             pending,
             task,
         }
+    }
+
+    fn indexes(b: &[Decoded]) -> Vec<u64> {
+        b.iter()
+            .filter_map(|m| match &m.origin {
+                Some(Origin::File { index, .. }) => Some(*index),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Cut at once while nothing is being written; while a batch is, fill
@@ -1189,43 +1292,59 @@ mod tests {
             batch_duration: Duration::from_secs(3600),
             ..Settings::default()
         };
-        let Harness {
-            tx,
-            mut out,
-            pending,
-            task,
-        } = spawn_batcher(settings, 0);
-        let indexes = |b: DecodedBatch| -> Vec<u64> {
-            b.messages
-                .iter()
-                .filter_map(|m| match &m.origin {
-                    Some(Origin::File { index, .. }) => Some(*index),
-                    _ => None,
-                })
-                .collect()
-        };
+        let mut h = spawn_batcher(settings, 0);
         let five = Duration::from_secs(5);
-        tx.send(msg(0)).await.unwrap();
-        let first = tokio::time::timeout(five, out.recv())
-            .await
-            .expect("cut without the timer")
-            .unwrap();
-        assert_eq!(indexes(first), [0]);
-        assert_eq!(*pending.borrow(), 1, "the batcher counts what it cut");
+        h.tx.send(msg(0)).await.unwrap();
+        let first = h.batch(five).await.expect("cut without the timer");
+        assert_eq!(indexes(&first), [0]);
+        assert_eq!(*h.pending.borrow(), 1, "the batcher counts what it cut");
         // The store is busy with batch 0: messages wait.
         for i in 1..4 {
-            tx.send(msg(i)).await.unwrap();
+            h.tx.send(msg(i)).await.unwrap();
         }
-        let wait = tokio::time::timeout(Duration::from_millis(300), out.recv());
-        assert!(wait.await.is_err(), "cut while the store was busy");
-        pending.send_modify(|n| *n -= 1);
-        let second = tokio::time::timeout(five, out.recv())
+        let wait = h.batch(Duration::from_millis(300)).await;
+        assert!(wait.is_none(), "cut while the store was busy");
+        h.pending.send_modify(|n| *n -= 1);
+        let second = h.batch(five).await.expect("cut once idle");
+        assert_eq!(indexes(&second), [1, 2, 3]);
+        drop(h.tx);
+        h.task.await.unwrap().unwrap();
+    }
+
+    /// A batch filling while the store is busy goes to the converter in
+    /// pieces before it is cut, in order, and is whole once cut.
+    #[tokio::test]
+    async fn a_filling_batch_is_handed_on_in_pieces() {
+        let settings = Settings {
+            batch_duration: Duration::from_secs(3600),
+            ..Settings::default()
+        };
+        let mut h = spawn_batcher(settings, 1);
+        let n = PIECE_MESSAGES as u64 + 10;
+        let tx = h.tx.clone();
+        let feeder = tokio::spawn(async move {
+            for i in 0..n {
+                tx.send(msg(i)).await.unwrap();
+            }
+        });
+        let five = Duration::from_secs(5);
+        let piece = tokio::time::timeout(five, h.out.recv())
             .await
-            .expect("cut once idle")
+            .expect("a piece before the cut")
             .unwrap();
-        assert_eq!(indexes(second), [1, 2, 3]);
-        drop(tx);
-        task.await.unwrap().unwrap();
+        assert!(!piece.last, "the batch was cut with the store busy");
+        assert_eq!(
+            indexes(&piece.messages),
+            (0..PIECE_MESSAGES as u64).collect::<Vec<_>>()
+        );
+        h.partial = piece.messages;
+        feeder.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.pending.send_modify(|n| *n = 0);
+        let batch = h.batch(five).await.expect("cut once idle");
+        assert_eq!(indexes(&batch), (0..n).collect::<Vec<_>>());
+        drop(h.tx);
+        h.task.await.unwrap().unwrap();
     }
 
     /// With two batches ahead a full batch is not cut and the batcher takes
@@ -1237,40 +1356,29 @@ mod tests {
             batch_max_messages: 3,
             ..Settings::default()
         };
-        let Harness {
-            tx,
-            mut out,
-            pending,
-            task,
-        } = spawn_batcher(settings, 2);
+        let mut h = spawn_batcher(settings, 2);
         for i in 0..5 {
-            tx.send(msg(i)).await.unwrap();
+            h.tx.send(msg(i)).await.unwrap();
         }
         // Nothing cut, and the source holds the rest.
-        let wait = tokio::time::timeout(Duration::from_millis(400), out.recv());
-        assert!(wait.await.is_err(), "cut with two batches ahead");
+        let wait = h.batch(Duration::from_millis(400)).await;
+        assert!(wait.is_none(), "cut with two batches ahead");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            tx.capacity(),
+            h.tx.capacity(),
             16 - 2,
             "the batcher took messages past a full batch"
         );
-        pending.send_modify(|n| *n -= 1);
+        h.pending.send_modify(|n| *n -= 1);
         let five = Duration::from_secs(5);
-        let first = tokio::time::timeout(five, out.recv())
-            .await
-            .expect("cut once one batch is ahead")
-            .unwrap();
-        assert_eq!(first.messages.len(), 3);
-        assert_eq!(*pending.borrow(), 2);
-        pending.send_modify(|n| *n = 0);
-        let second = tokio::time::timeout(five, out.recv())
-            .await
-            .expect("cut once idle")
-            .unwrap();
-        assert_eq!(second.messages.len(), 2);
-        drop(tx);
-        task.await.unwrap().unwrap();
+        let first = h.batch(five).await.expect("cut once one batch is ahead");
+        assert_eq!(first.len(), 3);
+        assert_eq!(*h.pending.borrow(), 2);
+        h.pending.send_modify(|n| *n = 0);
+        let second = h.batch(five).await.expect("cut once idle");
+        assert_eq!(second.len(), 2);
+        drop(h.tx);
+        h.task.await.unwrap().unwrap();
     }
 
     #[test]
@@ -1281,19 +1389,20 @@ mod tests {
             batch_max_bytes: 100,
             ..Settings::default()
         };
-        let fill = |events, bytes| Fill {
+        let fill = |messages, events, bytes| Fill {
+            messages,
             events,
             bytes,
             deadline: None,
         };
-        assert!(!fill(0, 0).full(2, &settings));
+        assert!(!fill(2, 0, 0).full(&settings));
         assert!(
-            fill(0, 0).full(3, &settings),
+            fill(3, 0, 0).full(&settings),
             "messages without events count"
         );
-        assert!(fill(10, 0).full(1, &settings));
-        assert!(fill(0, 100).full(1, &settings));
-        assert!(!fill(9, 99).full(2, &settings));
+        assert!(fill(1, 10, 0).full(&settings));
+        assert!(fill(1, 0, 100).full(&settings));
+        assert!(!fill(2, 9, 99).full(&settings));
     }
 
     #[test]
