@@ -1,12 +1,13 @@
 //! The ingestion pipeline shared by live mode and replay:
 //!
 //! ```text
-//! messages ─► batcher (decode, cut by events, messages, bytes or time) ─► converter ─► store ─► committed reports
+//! messages ─► batcher (count events, cut by events, messages, bytes or time)
+//!   ─► pieces of the filling batch ─► converter (decode, convert, merge) ─► store ─► committed reports
 //! ```
 //!
 //! Stages run as tasks joined by bounded channels, so memory stays bounded
-//! when Postgres is slower than the source, and converting batch N+1 overlaps
-//! storing batch N. Batches leave in the order they were cut; a report is
+//! when Postgres is slower than the source, and converting batch N+1 (piece
+//! by piece, while it fills) overlaps storing batch N. Batches leave in the order they were cut; a report is
 //! sent only after its batch is committed, carrying the origin of every
 //! message in it, so the caller can acknowledge exactly those.
 //!
