@@ -223,11 +223,11 @@ pub fn count_events(payload: &[u8]) -> Option<usize> {
 }
 
 /// Consecutive messages of the batch being filled, not yet converted;
-/// `last` when the batch is cut after them. The batcher hands a batch on in
-/// pieces as it fills, so that the converter converts it meanwhile and, once
-/// it is cut, only its last piece and merging it are left before the store
-/// can take it (converting a whole batch at the cut kept the store idle
-/// that long, a tenth of each cycle under a steady load).
+/// `last` when the batch is cut after them. Under a steady load the batcher
+/// hands a batch on in pieces as it fills, so that the converter converts it
+/// meanwhile and, once it is cut, only its last piece and merging it are
+/// left before the store can take it (converting a whole batch at the cut
+/// kept the store idle that long, a tenth of each cycle); see [`add`].
 struct Piece {
     messages: Vec<Decoded>,
     last: bool,
@@ -822,7 +822,7 @@ async fn batcher(
             // Take what has arrived already and cut.
             while !batch.fill.full(&settings) {
                 let Ok(msg) = source.try_recv() else { break };
-                add(&mut batch, msg, &settings, &out).await?;
+                add(&mut batch, msg, &settings, &out, ahead <= 1).await?;
             }
             cut(&mut batch, &out, &pending).await?;
             continue;
@@ -844,7 +844,8 @@ async fn batcher(
             _ = idle.changed(), if waiting && adaptive => continue,
         };
         let Some(msg) = msg else { break };
-        add(&mut batch, msg, &settings, &out).await?;
+        let ahead = *idle.borrow();
+        add(&mut batch, msg, &settings, &out, ahead <= 1).await?;
         if !adaptive && batch.fill.full(&settings) {
             cut(&mut batch, &out, &pending).await?;
         }
@@ -861,12 +862,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Adds a received message to the batch being filled, handing its piece on
-/// when that is large enough.
+/// when that is large enough and `in_pieces`. The batcher hands pieces on
+/// while at most one batch is ahead (a steady load, where the batch is cut
+/// once the store is idle and the store would wait for its conversion);
+/// with two ahead (a backlog) the batch is converted whole once cut, while
+/// the batch ahead of it is written, as before pieces: converting it early
+/// only held a third batch converted, which made replay slower.
 async fn add(
     batch: &mut Filling,
     msg: Message,
     settings: &Settings,
     out: &mpsc::Sender<Piece>,
+    in_pieces: bool,
 ) -> anyhow::Result<()> {
     metrics::MESSAGES_RECEIVED.inc();
     metrics::IN_FLIGHT.inc();
@@ -880,7 +887,7 @@ async fn add(
     if fill.deadline.is_none() {
         fill.deadline = Some(Instant::now() + settings.batch_duration);
     }
-    if batch.piece.len() >= PIECE_MESSAGES || batch.piece_bytes >= PIECE_BYTES {
+    if in_pieces && (batch.piece.len() >= PIECE_MESSAGES || batch.piece_bytes >= PIECE_BYTES) {
         hand_on(batch, false, out).await?;
     }
     Ok(())
@@ -1344,6 +1351,32 @@ mod tests {
         h.pending.send_modify(|n| *n = 0);
         let batch = h.batch(five).await.expect("cut once idle");
         assert_eq!(indexes(&batch), (0..n).collect::<Vec<_>>());
+        drop(h.tx);
+        h.task.await.unwrap().unwrap();
+    }
+
+    /// Under a backlog (two batches ahead) the filling batch stays in the
+    /// batcher and goes on whole once cut.
+    #[tokio::test]
+    async fn with_two_batches_ahead_a_batch_goes_on_whole() {
+        let settings = Settings {
+            batch_duration: Duration::from_secs(3600),
+            ..Settings::default()
+        };
+        let mut h = spawn_batcher(settings, 2);
+        let n = PIECE_MESSAGES as u64 + 10;
+        for i in 0..n {
+            h.tx.send(msg(i)).await.unwrap();
+        }
+        let early = tokio::time::timeout(Duration::from_millis(300), h.out.recv()).await;
+        assert!(early.is_err(), "a piece went on with two batches ahead");
+        h.pending.send_modify(|n| *n = 0);
+        let piece = tokio::time::timeout(Duration::from_secs(5), h.out.recv())
+            .await
+            .expect("cut once idle")
+            .unwrap();
+        assert!(piece.last);
+        assert_eq!(indexes(&piece.messages), (0..n).collect::<Vec<_>>());
         drop(h.tx);
         h.task.await.unwrap().unwrap();
     }
