@@ -1005,8 +1005,9 @@ async fn scrape(port: u16) -> Option<Scrape> {
 /// published at that rate for `latency_secs`. A message that submits jobs
 /// is committed when `job` holds the last job it submits (messages commit
 /// in topic order, in whole batches), looked up every 10 ms; its latency is
-/// that moment minus when it was handed to the producer. Messages without submissions (most: jobs are submitted in
-/// batches) are published but not timed.
+/// that moment minus when it was handed to the producer. Messages without
+/// submissions (most: jobs are submitted in batches) are published but not
+/// timed.
 /// Returns p50, p95 and p99 in ms.
 async fn latency(
     env: &Env,

@@ -241,7 +241,7 @@ const PIECE_BYTES: usize = 256 * 1024;
 const PIECES_QUEUED: usize = 8;
 
 /// A batch after conversion: what to write, for which generation, each
-/// message as judged (its instructions moved into `instructions`), and what
+/// message as judged (its instructions merged into `prepared`), and what
 /// converting them counted, summed over the batch.
 struct ConvertedBatch {
     generation: Generation,
@@ -1253,7 +1253,21 @@ mod tests {
         task: JoinHandle<anyhow::Result<()>>,
     }
 
+    /// Default settings with the batch timer far away.
+    fn without_timer() -> Settings {
+        Settings {
+            batch_duration: Duration::from_secs(3600),
+            ..Settings::default()
+        }
+    }
+
     impl Harness {
+        /// Closes the input and waits for the batcher to end cleanly.
+        async fn end(self) {
+            drop(self.tx);
+            self.task.await.unwrap().unwrap();
+        }
+
         /// The next batch cut within `within`, its pieces put together.
         async fn batch(&mut self, within: Duration) -> Option<Vec<Decoded>> {
             let by = tokio::time::Instant::now() + within;
@@ -1296,10 +1310,7 @@ mod tests {
     /// up until it is done (the timer here is far away).
     #[tokio::test]
     async fn batches_are_cut_when_the_store_is_idle() {
-        let settings = Settings {
-            batch_duration: Duration::from_secs(3600),
-            ..Settings::default()
-        };
+        let settings = without_timer();
         let mut h = spawn_batcher(settings, 0);
         let five = Duration::from_secs(5);
         h.tx.send(msg(0)).await.unwrap();
@@ -1315,18 +1326,14 @@ mod tests {
         h.pending.send_modify(|n| *n -= 1);
         let second = h.batch(five).await.expect("cut once idle");
         assert_eq!(indexes(&second), [1, 2, 3]);
-        drop(h.tx);
-        h.task.await.unwrap().unwrap();
+        h.end().await;
     }
 
     /// A batch filling while the store is busy goes to the converter in
     /// pieces before it is cut, in order, and is whole once cut.
     #[tokio::test]
     async fn a_filling_batch_is_handed_on_in_pieces() {
-        let settings = Settings {
-            batch_duration: Duration::from_secs(3600),
-            ..Settings::default()
-        };
+        let settings = without_timer();
         let mut h = spawn_batcher(settings, 1);
         let n = PIECE_MESSAGES as u64 + 10;
         let tx = h.tx.clone();
@@ -1351,18 +1358,14 @@ mod tests {
         h.pending.send_modify(|n| *n = 0);
         let batch = h.batch(five).await.expect("cut once idle");
         assert_eq!(indexes(&batch), (0..n).collect::<Vec<_>>());
-        drop(h.tx);
-        h.task.await.unwrap().unwrap();
+        h.end().await;
     }
 
     /// Under a backlog (two batches ahead) the filling batch stays in the
     /// batcher and goes on whole once cut.
     #[tokio::test]
     async fn with_two_batches_ahead_a_batch_goes_on_whole() {
-        let settings = Settings {
-            batch_duration: Duration::from_secs(3600),
-            ..Settings::default()
-        };
+        let settings = without_timer();
         let mut h = spawn_batcher(settings, 2);
         let n = PIECE_MESSAGES as u64 + 10;
         for i in 0..n {
@@ -1377,8 +1380,7 @@ mod tests {
             .unwrap();
         assert!(piece.last);
         assert_eq!(indexes(&piece.messages), (0..n).collect::<Vec<_>>());
-        drop(h.tx);
-        h.task.await.unwrap().unwrap();
+        h.end().await;
     }
 
     /// With two batches ahead a full batch is not cut and the batcher takes
@@ -1386,9 +1388,8 @@ mod tests {
     #[tokio::test]
     async fn with_two_batches_ahead_a_full_batch_waits() {
         let settings = Settings {
-            batch_duration: Duration::from_secs(3600),
             batch_max_messages: 3,
-            ..Settings::default()
+            ..without_timer()
         };
         let mut h = spawn_batcher(settings, 2);
         for i in 0..5 {
@@ -1411,8 +1412,7 @@ mod tests {
         h.pending.send_modify(|n| *n = 0);
         let second = h.batch(five).await.expect("cut once idle");
         assert_eq!(second.len(), 2);
-        drop(h.tx);
-        h.task.await.unwrap().unwrap();
+        h.end().await;
     }
 
     #[test]

@@ -16,11 +16,9 @@ pub fn zlib(data: &[u8], min_compression_size: usize) -> std::io::Result<Vec<u8>
         return Ok(stored(data));
     }
     FAST.with_borrow_mut(|c| {
+        // Whatever the last call left (an error included), start afresh.
         c.reset();
-        let out = deflate_all(c, data);
-        // Leave it reset either way; an error must not poison the next call.
-        c.reset();
-        out
+        deflate_all(c, data)
     })
 }
 
