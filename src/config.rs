@@ -811,6 +811,7 @@ pub fn show(cfg: &Config) -> String {
         ),
         ("batchMaxBytes", num(cfg.pipeline.batch_max_bytes as u64)),
         ("batchCutWhenIdle", Value::Bool(cfg.pipeline.cut_when_idle)),
+        ("batchHoldOpen", num(cfg.pipeline.hold_open)),
         (
             "batchDuration",
             text(&format!("{:?}", cfg.pipeline.batch_duration)),

@@ -4,6 +4,7 @@
 //! Data flows top to bottom through these modules:
 //! `source` (Pulsar, replay file) → `pipeline` (decode, batch) →
 //! `convert` (pure: events to row instructions in `model`) →
+//! `hold` (pure: under a backlog, open jobs' rows wait for their end) →
 //! `store` (Postgres writer) → acknowledgement back to the source.
 //! `migrate`, `report` (reads the tables back: `report failures`),
 //! `metrics` (with `telemetry`, which counts and logs each failure once)
@@ -18,6 +19,7 @@ pub mod convert;
 pub mod deadletter;
 pub mod health;
 pub mod heartbeat;
+pub mod hold;
 pub mod http;
 pub mod live;
 pub mod logging;

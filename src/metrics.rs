@@ -188,6 +188,21 @@ pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Job and run rows held back across batches under a backlog (see
+/// `hold`), and the bytes held for them.
+pub static HELD_ROWS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "rows_held",
+        "Rows of open jobs and runs held back across batches under a backlog, not yet written",
+    )
+});
+pub static HELD_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "held_bytes",
+        "Bytes of held rows and of the messages kept for them",
+    )
+});
+
 /// The Lookout schema generation the ingester writes for (31..35; 0 until
 /// it is known).
 pub static SCHEMA_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -321,6 +336,8 @@ fn all() -> Vec<Box<dyn Collector>> {
         Box::new(BATCHES.clone()),
         Box::new(BATCH_WRITE_SECONDS.clone()),
         Box::new(IN_FLIGHT.clone()),
+        Box::new(HELD_ROWS.clone()),
+        Box::new(HELD_BYTES.clone()),
         Box::new(SCHEMA_GENERATION.clone()),
         Box::new(SCHEMA_HOT_COLD.clone()),
         Box::new(LAG_SECONDS.clone()),

@@ -31,7 +31,7 @@
 //! acknowledged for it, and what is counted is the judgement that was
 //! written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use crate::convert::sanitize::Action;
 use crate::convert::{Converter, Problem, Reason};
 use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
+use crate::hold::{self, Held, Keys, Tagged};
 use crate::model::{Generation, InstructionSet};
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
@@ -92,7 +93,39 @@ pub struct Settings {
     /// Default: true
     #[serde(rename = "batchCutWhenIdle")]
     pub cut_when_idle: bool,
+    /// Under a backlog (a batch cut at its limits), the rows of jobs and
+    /// runs still open at the end of a batch are held back for up to this
+    /// many batches, and written with the batch in which they end, as one
+    /// row each instead of a creation and updates (see `hold`). The
+    /// messages they came from are acknowledged only once they are written.
+    /// 0: never. Default: 4
+    #[serde(rename = "batchHoldOpen")]
+    pub hold_open: u64,
+    /// Every batch is behind (`replay`: a recording is history), rather
+    /// than those whose newest message was published more than [`BEHIND`]
+    /// ago. Not configurable. Default: false
+    #[serde(skip)]
+    pub always_behind: bool,
 }
+
+/// A batch whose newest message was published longer ago than this is
+/// behind the topic (a backlog): the rows of its open jobs may be held
+/// ([`Settings::hold_open`]). A batch closer to the present writes
+/// everything, so that a job shows in Lookout one batch after its events
+/// under a steady load, whatever the rate.
+pub const BEHIND: Duration = Duration::from_secs(10);
+
+/// Held rows may take this many times `batchMaxBytes` (their instructions,
+/// estimated): at 1,000,000 events of the benchmark's workload that holds
+/// every open job and run for the four batches; half of it held only half
+/// of them and replay took a third longer.
+const HOLD_BATCHES_OF_BYTES: usize = 4;
+
+/// Messages that may wait for their acknowledgement because rows they asked
+/// for are held, from the longest held on (`run`): below Pulsar's default
+/// `maxUnackedMessagesPerConsumer` (50,000), at which a broker stops sending
+/// to the consumer until it acknowledges (the batches in flight count too).
+const HOLD_MESSAGES: u64 = 30_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -103,6 +136,8 @@ impl Default for Settings {
             batch_max_bytes: 8 * 1024 * 1024,
             queue_depth: 2,
             cut_when_idle: true,
+            hold_open: 4,
+            always_behind: false,
         }
     }
 }
@@ -231,6 +266,9 @@ pub fn count_events(payload: &[u8]) -> Option<usize> {
 struct Piece {
     messages: Vec<Decoded>,
     last: bool,
+    /// `last`, and the batch is behind the topic ([`BEHIND`]): the rows of
+    /// its open jobs may be held back.
+    backlog: bool,
 }
 
 /// A piece is handed on at this many messages or payload bytes.
@@ -249,6 +287,18 @@ struct ConvertedBatch {
     /// The messages' instructions, merged and split for the store.
     prepared: PreparedBatch,
     counted: Counted,
+    /// Messages of earlier batches whose held rows this batch writes
+    /// ([`hold`]; their problems were counted with their own batch), and
+    /// the keys of those rows.
+    released: Vec<hold::Released<KeptMessages>>,
+    released_keys: Keys,
+    /// The batch's number, and the lowest batch number that still has rows
+    /// held once it is committed (every batch below may be acknowledged).
+    number: u64,
+    floor: u64,
+    /// Cut by the batcher (counted in its `pending`), not a release of held
+    /// rows by the converter.
+    cut: bool,
 }
 
 /// What converting a batch's messages counted, summed: kept per batch
@@ -276,44 +326,70 @@ impl ConvertedBatch {
         converter: &Converter,
         generation: Generation,
     ) -> ConvertedBatch {
-        let mut p = Planning::new(generation);
+        let mut p = Planning::new(generation, 0);
         p.add(messages, converter);
         p.finish()
     }
 
-    /// The messages again as received, to be judged anew.
-    fn into_decoded(self) -> impl Iterator<Item = Decoded> {
-        self.messages.into_iter().map(|m| Decoded {
-            only: m.only,
-            ..Decoded::new(m.origin, m.payload, m.publish_time)
-        })
+    /// Converts the batch again for `generation` with `converter`: its
+    /// messages in full, and the released messages for the released keys
+    /// only (their other rows were written with their own batch).
+    fn replan(self, converter: &Converter, generation: Generation) -> ConvertedBatch {
+        let mut p = Planning::new(generation, 0);
+        for m in released_messages(&self.released) {
+            let set = judge(m.into_decoded(), converter).instructions;
+            p.instructions
+                .extend(hold::restrict(set, &self.released_keys), 0);
+        }
+        p.add(
+            self.messages.into_iter().map(MessageOutcome::into_decoded),
+            converter,
+        );
+        ConvertedBatch {
+            released: self.released,
+            released_keys: self.released_keys,
+            number: self.number,
+            floor: self.floor,
+            cut: self.cut,
+            ..p.finish()
+        }
     }
 }
 
 /// A batch being converted, piece by piece.
 struct Planning {
     batch: ConvertedBatch,
-    instructions: InstructionSet,
+    /// Each tagged with its message's number: `first` + its index in the
+    /// batch.
+    instructions: Tagged,
+    first: u64,
 }
 
 impl Planning {
-    fn new(generation: Generation) -> Planning {
+    fn new(generation: Generation, first: u64) -> Planning {
         Planning {
             batch: ConvertedBatch {
                 generation,
                 messages: Vec::new(),
                 prepared: PreparedBatch::default(),
                 counted: Counted::default(),
+                released: Vec::new(),
+                released_keys: Keys::default(),
+                number: 0,
+                floor: 0,
+                cut: true,
             },
-            instructions: InstructionSet::default(),
+            instructions: Tagged::default(),
+            first,
         }
     }
 
     fn add(&mut self, messages: impl IntoIterator<Item = Decoded>, converter: &Converter) {
         for m in messages {
             let mut j = judge(m, converter);
+            let number = self.first + self.batch.messages.len() as u64;
             self.instructions
-                .extend(std::mem::take(&mut j.instructions));
+                .extend(std::mem::take(&mut j.instructions), number);
             self.batch.messages.push(std::mem::take(&mut j.message));
             self.batch.counted.add(j);
         }
@@ -321,7 +397,29 @@ impl Planning {
 
     /// Merges and splits the instructions for the store.
     fn finish(mut self) -> ConvertedBatch {
-        self.batch.prepared = Store::prepare(self.instructions);
+        self.batch.prepared = Store::prepare(std::mem::take(&mut self.instructions.set));
+        self.batch
+    }
+
+    /// [`Planning::finish`], after `held` took back the rows that stay
+    /// held (only if `hold`) and added those it releases.
+    fn finish_holding(
+        mut self,
+        held: &mut Held<KeptMessages>,
+        hold: bool,
+        limits: hold::Limits,
+    ) -> ConvertedBatch {
+        let own = std::mem::take(&mut self.instructions);
+        let messages = &self.batch.messages;
+        let numbers = self.first..self.first + messages.len() as u64;
+        let passed = held.pass(own, numbers, hold, limits, || KeptMessages::new(messages));
+        metrics::HELD_ROWS.set(passed.held_rows as i64);
+        metrics::HELD_BYTES.set(passed.held_bytes as i64);
+        self.batch.prepared = Store::prepare(passed.write);
+        self.batch.released = passed.released;
+        self.batch.released_keys = passed.released_keys;
+        self.batch.number = passed.batch;
+        self.batch.floor = passed.floor;
         self.batch
     }
 }
@@ -346,14 +444,14 @@ async fn write_planned(
                     "batch converted for schema generation {from} is converted again for {to}"
                 );
                 let converter = converter.clone().with_generation(to);
-                c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
+                c = c.replan(&converter, to);
             }
             // Tables or columns gone mid-stream: `run` waits for them
             // (nothing acknowledged), then writes the batch for what is there.
             Err(StoreError::Schema(_)) if store.waits_for_schema() => {
                 let to = store.detect_waiting().await?.generation;
                 let converter = converter.clone().with_generation(to);
-                c = ConvertedBatch::plan(c.into_decoded(), &converter, to);
+                c = c.replan(&converter, to);
             }
             Err(e) => return Err(e),
         }
@@ -379,6 +477,132 @@ pub struct MessageOutcome {
     pub problems: Vec<Problem>,
     /// The indexes of the events judged ([`Decoded::only`]); `None`: all.
     pub only: Option<Vec<usize>>,
+}
+
+impl MessageOutcome {
+    /// The message again as received, to be judged anew.
+    fn into_decoded(self) -> Decoded {
+        Decoded {
+            only: self.only,
+            ..Decoded::new(self.origin, self.payload, self.publish_time)
+        }
+    }
+}
+
+/// A batch's messages, kept while rows they asked for are held ([`hold`]):
+/// their payloads compressed together (zstd at level 1 makes a batch of
+/// the benchmark's messages about a tenth of its size in a few tens of
+/// milliseconds), needed again only if a held row fails or the schema
+/// generation changes.
+pub struct KeptMessages {
+    payloads: Payloads,
+    /// Per message, in order.
+    index: Vec<KeptHeader>,
+}
+
+/// What is kept of a message besides its payload.
+struct KeptHeader {
+    origin: Option<Origin>,
+    publish_time: Option<Timestamp>,
+    only: Option<Vec<usize>>,
+    len: usize,
+}
+
+enum Payloads {
+    Zstd(Vec<u8>),
+    /// Compressing failed (out of memory): kept as they are.
+    Raw(Vec<u8>),
+}
+
+impl KeptMessages {
+    const LEVEL: i32 = 1;
+
+    fn new(messages: &[MessageOutcome]) -> KeptMessages {
+        use std::io::Write as _;
+        let index = (messages.iter())
+            .map(|m| KeptHeader {
+                origin: m.origin.clone(),
+                publish_time: m.publish_time,
+                only: m.only.clone(),
+                len: m.payload.len(),
+            })
+            .collect();
+        let compressed = zstd::stream::Encoder::new(Vec::new(), Self::LEVEL).and_then(|mut e| {
+            for m in messages {
+                e.write_all(&m.payload)?;
+            }
+            e.finish()
+        });
+        let payloads = match compressed {
+            Ok(mut z) => {
+                z.shrink_to_fit();
+                Payloads::Zstd(z)
+            }
+            Err(e) => {
+                tracing::warn!("kept messages are not compressed: {e}");
+                Payloads::Raw(
+                    messages
+                        .iter()
+                        .flat_map(|m| m.payload.iter().copied())
+                        .collect(),
+                )
+            }
+        };
+        KeptMessages { payloads, index }
+    }
+
+    /// The messages numbered `numbers` (the first of the block is `first`),
+    /// without their problems: those were counted with their own batch.
+    fn messages(&self, first: u64, numbers: &[u64]) -> Vec<MessageOutcome> {
+        let all = match &self.payloads {
+            Payloads::Raw(raw) => std::borrow::Cow::Borrowed(raw.as_slice()),
+            Payloads::Zstd(z) => match zstd::stream::decode_all(z.as_slice()) {
+                Ok(all) => std::borrow::Cow::Owned(all),
+                Err(e) => {
+                    // Written by this process a moment ago: cannot happen
+                    // short of memory corruption; say so loudly.
+                    tracing::error!("kept messages cannot be read back: {e}");
+                    std::borrow::Cow::Owned(Vec::new())
+                }
+            },
+        };
+        let mut out = Vec::with_capacity(numbers.len());
+        let mut at = 0usize;
+        let mut wanted = numbers.iter().peekable();
+        for (i, h) in self.index.iter().enumerate() {
+            let n = first + i as u64;
+            let payload = all.get(at..at + h.len).unwrap_or_default();
+            at += h.len;
+            if wanted.peek() == Some(&&n) {
+                wanted.next();
+                out.push(MessageOutcome {
+                    origin: h.origin.clone(),
+                    payload: payload.to_vec(),
+                    publish_time: h.publish_time,
+                    problems: Vec::new(),
+                    only: h.only.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl hold::Block for KeptMessages {
+    fn weight(&self) -> usize {
+        const PER_MESSAGE: usize = 64;
+        let payloads = match &self.payloads {
+            Payloads::Zstd(b) | Payloads::Raw(b) => b.capacity(),
+        };
+        payloads + self.index.len() * PER_MESSAGE
+    }
+}
+
+/// The messages of `released`, in order.
+fn released_messages(released: &[hold::Released<KeptMessages>]) -> Vec<MessageOutcome> {
+    (released.iter())
+        .flat_map(|r| r.block.messages(r.first, &r.numbers))
+        .collect()
 }
 
 /// One message judged by [`judge`]: its outcome so far, the rows it asks
@@ -756,6 +980,19 @@ pub fn spawn(
     telemetry::watch_queue("batched", &batch_tx);
     telemetry::watch_queue("converted", &conv_tx);
     telemetry::watch_queue("committed", &done_tx);
+    let limits = hold::Limits {
+        max_age: settings.hold_open,
+        // Held rows take about what four batches' worth of payloads
+        // convert to; the kept messages, compressed, come on top.
+        max_bytes: (settings.batch_max_bytes).saturating_mul(HOLD_BATCHES_OF_BYTES),
+        // `replay` acknowledges nothing.
+        max_messages: if settings.always_behind {
+            u64::MAX
+        } else {
+            HOLD_MESSAGES
+        },
+    };
+    let idle = settings.batch_duration;
     let tasks = vec![
         tokio::spawn(batcher(source, batch_tx, settings, pending.clone())),
         tokio::spawn(converting(
@@ -763,6 +1000,9 @@ pub fn spawn(
             conv_tx,
             converter.clone(),
             store.clone(),
+            limits,
+            idle,
+            pending.subscribe(),
         )),
         tokio::spawn(storing(conv_rx, done_tx, converter, store, dead, pending)),
     ];
@@ -776,9 +1016,27 @@ struct Fill {
     events: usize,
     bytes: usize,
     deadline: Option<Instant>,
+    /// The newest publish time of its messages.
+    newest: Option<Timestamp>,
 }
 
 impl Fill {
+    /// Whether the batch is behind the topic (see [`BEHIND`]) at `now`.
+    fn behind(&self, settings: &Settings, now: std::time::SystemTime) -> bool {
+        if settings.always_behind {
+            return true;
+        }
+        let Some(newest) = self.newest else {
+            return false;
+        };
+        let published = std::time::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(newest.seconds).unwrap_or(0),
+                u32::try_from(newest.nanos).unwrap_or(0),
+            );
+        now.duration_since(published).is_ok_and(|lag| lag > BEHIND)
+    }
+
     fn full(&self, settings: &Settings) -> bool {
         self.events >= settings.batch_size
             || self.messages >= settings.batch_max_messages
@@ -824,7 +1082,7 @@ async fn batcher(
                 let Ok(msg) = source.try_recv() else { break };
                 add(&mut batch, msg, &settings, &out, ahead <= 1).await?;
             }
-            cut(&mut batch, &out, &pending).await?;
+            cut(&mut batch, &settings, &out, &pending).await?;
             continue;
         }
         if full {
@@ -837,7 +1095,7 @@ async fn batcher(
         let msg = tokio::select! {
             m = source.recv() => m,
             _ = sleep_until(batch.fill.deadline) => {
-                cut(&mut batch, &out, &pending).await?;
+                cut(&mut batch, &settings, &out, &pending).await?;
                 continue;
             }
             // The store finished a batch: look again.
@@ -847,10 +1105,10 @@ async fn batcher(
         let ahead = *idle.borrow();
         add(&mut batch, msg, &settings, &out, ahead <= 1).await?;
         if !adaptive && batch.fill.full(&settings) {
-            cut(&mut batch, &out, &pending).await?;
+            cut(&mut batch, &settings, &out, &pending).await?;
         }
     }
-    cut(&mut batch, &out, &pending).await
+    cut(&mut batch, &settings, &out, &pending).await
 }
 
 /// Until `deadline`, or for ever without one.
@@ -882,48 +1140,101 @@ async fn add(
     fill.messages += 1;
     fill.events += decoded.events;
     fill.bytes += decoded.payload.len();
+    if let Some(t) = decoded.publish_time {
+        if fill
+            .newest
+            .is_none_or(|n| (t.seconds, t.nanos) > (n.seconds, n.nanos))
+        {
+            fill.newest = Some(t);
+        }
+    }
     batch.piece_bytes += decoded.payload.len();
     batch.piece.push(decoded);
     if fill.deadline.is_none() {
         fill.deadline = Some(Instant::now() + settings.batch_duration);
     }
     if in_pieces && (batch.piece.len() >= PIECE_MESSAGES || batch.piece_bytes >= PIECE_BYTES) {
-        hand_on(batch, false, out).await?;
+        hand_on(batch, false, false, out).await?;
     }
     Ok(())
 }
 
-async fn hand_on(batch: &mut Filling, last: bool, out: &mpsc::Sender<Piece>) -> anyhow::Result<()> {
+async fn hand_on(
+    batch: &mut Filling,
+    last: bool,
+    backlog: bool,
+    out: &mpsc::Sender<Piece>,
+) -> anyhow::Result<()> {
     batch.piece_bytes = 0;
     let messages = std::mem::take(&mut batch.piece);
-    out.send(Piece { messages, last })
-        .await
-        .map_err(|_| anyhow::anyhow!("converter stage stopped"))
+    out.send(Piece {
+        messages,
+        last,
+        backlog,
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("converter stage stopped"))
 }
 
 /// Cuts the batch being filled (if it holds anything).
 async fn cut(
     batch: &mut Filling,
+    settings: &Settings,
     out: &mpsc::Sender<Piece>,
     pending: &watch::Sender<usize>,
 ) -> anyhow::Result<()> {
     if batch.fill.messages == 0 {
         return Ok(());
     }
+    let backlog = batch.fill.behind(settings, std::time::SystemTime::now());
     batch.fill = Fill::default();
     pending.send_modify(|n| *n += 1);
-    hand_on(batch, true, out).await
+    hand_on(batch, true, backlog, out).await
 }
 
-/// Converts each batch as its pieces come, and hands it on once cut.
+/// Converts each batch as its pieces come, and hands it on once cut, with
+/// the rows of open jobs held back while batches come full (see [`hold`]).
+/// Held rows are released by the next batch that is not behind, or, when
+/// the store is idle (`pending` is 0) and no piece came for `idle`, by a
+/// batch of their own, so that a quiet topic does not keep them (and their
+/// messages' acknowledgement) waiting.
 async fn converting(
     mut input: mpsc::Receiver<Piece>,
     out: mpsc::Sender<ConvertedBatch>,
     mut converter: Converter,
     store: Arc<Store>,
+    limits: hold::Limits,
+    idle: Duration,
+    pending: watch::Receiver<usize>,
 ) -> anyhow::Result<()> {
     let mut planning: Option<Planning> = None;
-    while let Some(piece) = input.recv().await {
+    let mut held: Held<KeptMessages> = Held::default();
+    // The number of the next message.
+    let mut next: u64 = 0;
+    let send = |c: ConvertedBatch| async {
+        out.send(c)
+            .await
+            .map_err(|_| anyhow::anyhow!("store stage stopped"))
+    };
+    loop {
+        let piece = if planning.is_none() && !held.is_empty() {
+            match tokio::time::timeout(idle, input.recv()).await {
+                Ok(piece) => piece,
+                // The batcher waits for the store, not for messages.
+                Err(_) if *pending.borrow() > 0 => continue,
+                Err(_) => {
+                    let generation = converter.generation();
+                    let mut c =
+                        Planning::new(generation, next).finish_holding(&mut held, false, limits);
+                    c.cut = false;
+                    send(c).await?;
+                    continue;
+                }
+            }
+        } else {
+            input.recv().await
+        };
+        let Some(piece) = piece else { break };
         let p = match &mut planning {
             Some(p) => p,
             None => {
@@ -931,25 +1242,37 @@ async fn converting(
                 let generation = current_generation(&store).await?;
                 if converter.generation() != generation {
                     converter = converter.with_generation(generation);
+                    // Held rows too: they are written with this batch.
+                    held.rebuild(|block, first, numbers| {
+                        let messages = block.messages(first, numbers);
+                        (numbers.iter().copied())
+                            .zip(messages)
+                            .map(|(n, m)| (n, judge(m.into_decoded(), &converter).instructions))
+                            .collect()
+                    });
                 }
-                planning.insert(Planning::new(generation))
+                planning.insert(Planning::new(generation, next))
             }
         };
         p.add(piece.messages, &converter);
         if piece.last {
             if let Some(p) = planning.take() {
-                if out.send(p.finish()).await.is_err() {
-                    anyhow::bail!("store stage stopped");
-                }
+                next += p.batch.messages.len() as u64;
+                send(p.finish_holding(&mut held, piece.backlog, limits)).await?;
             }
         }
     }
     // The batcher cuts what it holds before it ends; should a batch still
-    // be open, it is written rather than lost.
+    // be open, it is written rather than lost. Then what is held.
     if let Some(p) = planning {
-        if out.send(p.finish()).await.is_err() {
-            anyhow::bail!("store stage stopped");
-        }
+        next += p.batch.messages.len() as u64;
+        send(p.finish_holding(&mut held, false, limits)).await?;
+    }
+    if !held.is_empty() {
+        let mut c =
+            Planning::new(converter.generation(), next).finish_holding(&mut held, false, limits);
+        c.cut = false;
+        send(c).await?;
     }
     Ok(())
 }
@@ -962,10 +1285,14 @@ async fn storing(
     dead: Arc<DeadLetters>,
     pending: Arc<watch::Sender<usize>>,
 ) -> anyhow::Result<()> {
+    // Committed batches whose messages still have rows held (by number),
+    // each with its count of messages.
+    let mut waiting: VecDeque<(u64, usize, Committed)> = VecDeque::new();
     while let Some(c) = input.recv().await {
         // The store counts batches and their write time itself.
         let started = std::time::Instant::now();
         let (c, write) = write_planned(&store, &converter, c).await?;
+        let (number, floor, cut) = (c.number, c.floor, c.cut);
         let committed_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -976,11 +1303,17 @@ async fn storing(
         let messages = c.messages;
         count_written(&write);
         let written = converter.with_generation(c_generation);
-        let letters = dead_letters(&messages, &write, &written);
+        let mut letters = dead_letters(&messages, &write, &written);
+        // Held rows written now that failed trace back to the messages kept
+        // for them, for those rows only.
+        let held = released_only(&write, &c.released_keys);
+        if !held.failed.is_empty() || !held.unmatched.is_empty() {
+            let released = released_messages(&c.released);
+            letters.extend(dead_letters(&released, &held, &written));
+        }
         letters.iter().for_each(telemetry::dead_letter_kept);
         // Only once the dead letters are safe may the batch be acknowledged.
         dead.record(&letters).await?;
-        metrics::IN_FLIGHT.sub(messages.len() as i64);
         telemetry::batch_committed(&telemetry::BatchCommitted {
             messages: messages.len(),
             events: events_by_kind.values().sum(),
@@ -992,6 +1325,7 @@ async fn storing(
                 .filter_map(|m| m.publish_time)
                 .min_by_key(|t| (t.seconds, t.nanos)),
         });
+        let count = messages.len();
         let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
         let mut last_publish: Option<Timestamp> = None;
@@ -1016,12 +1350,53 @@ async fn storing(
             dead_letters: letters.len(),
             last_publish,
         };
-        if out.send(done).await.is_err() {
-            anyhow::bail!("acknowledger stopped");
+        waiting.push_back((number, count, done));
+        // In order, and only the batches with nothing held any more.
+        while waiting.front().is_some_and(|(n, _, _)| *n < floor) {
+            let Some((_, count, done)) = waiting.pop_front() else {
+                break;
+            };
+            metrics::IN_FLIGHT.sub(count as i64);
+            if out.send(done).await.is_err() {
+                anyhow::bail!("acknowledger stopped");
+            }
         }
-        pending.send_modify(|n| *n = n.saturating_sub(1));
+        if cut {
+            pending.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+    // The converter releases everything it holds before it ends, so
+    // nothing waits here; should a batch still, it is not acknowledged.
+    if !waiting.is_empty() {
+        tracing::error!(
+            batches = waiting.len(),
+            "committed batches with rows still held at the end were not acknowledged"
+        );
     }
     Ok(())
+}
+
+/// The failures of `write` among the rows of `keys` (the released held
+/// rows), to trace them to the messages kept for those rows only.
+fn released_only(write: &WriteReport, keys: &Keys) -> WriteReport {
+    let of = |table: Table, key: &str| {
+        if keyed_by_run(table) {
+            keys.runs.contains(key)
+        } else {
+            keys.jobs.contains(key)
+        }
+    };
+    WriteReport {
+        failed: (write.failed.iter())
+            .filter(|f| of(f.table, &f.key))
+            .cloned()
+            .collect(),
+        unmatched: (write.unmatched.iter())
+            .filter(|u| of(u.table, &u.key))
+            .cloned()
+            .collect(),
+        ..WriteReport::default()
+    }
 }
 
 #[cfg(test)]
@@ -1427,7 +1802,7 @@ mod tests {
             messages,
             events,
             bytes,
-            deadline: None,
+            ..Fill::default()
         };
         assert!(!fill(2, 0, 0).full(&settings));
         assert!(
@@ -1437,6 +1812,29 @@ mod tests {
         assert!(fill(1, 10, 0).full(&settings));
         assert!(fill(1, 0, 100).full(&settings));
         assert!(!fill(2, 9, 99).full(&settings));
+    }
+
+    #[test]
+    fn a_batch_is_behind_once_its_newest_message_is_older_than_behind() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |seconds| Timestamp { seconds, nanos: 0 };
+        let with = |newest| Fill {
+            newest,
+            ..Fill::default()
+        };
+        let live = Settings::default();
+        assert!(with(Some(at(989))).behind(&live, now));
+        assert!(!with(Some(at(990))).behind(&live, now));
+        // Published "later" than now (a clock ahead of ours): not behind.
+        assert!(!with(Some(at(2_000))).behind(&live, now));
+        // No publish time: nothing says it is behind.
+        assert!(!with(None).behind(&live, now));
+        let replay = Settings {
+            always_behind: true,
+            ..Settings::default()
+        };
+        assert!(with(None).behind(&replay, now));
+        assert!(with(Some(at(1_000))).behind(&replay, now));
     }
 
     #[test]

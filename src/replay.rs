@@ -435,6 +435,11 @@ pub async fn replay_with(
             }
         });
     }
+    // A recording is history: every batch is behind the topic.
+    let settings = pipeline::Settings {
+        always_behind: true,
+        ..settings
+    };
     let (mut committed, stages) = pipeline::spawn(rx, converter, store, dead, settings);
     // The bar shows how far into the files the committed records reach,
     // not how far reading has run ahead of them.

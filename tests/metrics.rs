@@ -137,6 +137,8 @@ const OURS: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     ("lookout_ingester_messages_in_flight", "gauge", &[]),
+    ("lookout_ingester_rows_held", "gauge", &[]),
+    ("lookout_ingester_held_bytes", "gauge", &[]),
     (
         "lookout_ingester_row_fallbacks_total",
         "counter",
