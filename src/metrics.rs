@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn each_name_is_registered_exactly_once() {
         let names = names();
-        assert_eq!(names.len(), 29 + 12);
+        assert_eq!(names.len(), 31 + 12);
         let unique: std::collections::BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         // A fresh registry takes every metric once and refuses a second copy.
