@@ -932,15 +932,22 @@ pub async fn redrive(
     Ok(out)
 }
 
+/// A stage could not hand on its output: the stage after it stopped (and
+/// says why itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} stopped")]
+pub struct Stopped(&'static str);
+
 /// The running stage tasks of a pipeline.
 pub struct Stages {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Stages {
-    /// Waits for every stage; the first error wins. Stages end when their
-    /// input closes, so close the source first (and keep draining the
-    /// committed receiver until it closes).
+    /// Waits for every stage; the first error wins, but one that only says
+    /// the next stage stopped ([`Stopped`]) yields to that stage's own.
+    /// Stages end when their input closes, so close the source first (and
+    /// keep draining the committed receiver until it closes).
     pub async fn join(self) -> anyhow::Result<()> {
         let mut first: anyhow::Result<()> = Ok(());
         for t in self.tasks {
@@ -950,7 +957,9 @@ impl Stages {
                     "pipeline stage panicked or was cancelled: {e}"
                 )),
             };
-            if first.is_ok() {
+            let secondary =
+                |r: &anyhow::Result<()>| r.as_ref().err().is_some_and(|e| e.is::<Stopped>());
+            if first.is_ok() || (secondary(&first) && r.is_err() && !secondary(&r)) {
                 first = r;
             }
         }
@@ -1173,7 +1182,7 @@ async fn hand_on(
         backlog,
     })
     .await
-    .map_err(|_| anyhow::anyhow!("converter stage stopped"))
+    .map_err(|_| Stopped("converter stage").into())
 }
 
 /// Cuts the batch being filled (if it holds anything).
@@ -1214,7 +1223,7 @@ async fn converting(
     let send = |c: ConvertedBatch| async {
         out.send(c)
             .await
-            .map_err(|_| anyhow::anyhow!("store stage stopped"))
+            .map_err(|_| anyhow::Error::from(Stopped("store stage")))
     };
     loop {
         let piece = if planning.is_none() && !held.is_empty() {
@@ -1358,7 +1367,7 @@ async fn storing(
             };
             metrics::IN_FLIGHT.sub(count as i64);
             if out.send(done).await.is_err() {
-                anyhow::bail!("acknowledger stopped");
+                return Err(Stopped("acknowledger").into());
             }
         }
         if cut {
