@@ -319,14 +319,15 @@ impl<B: Block> Held<B> {
         }
         self.blocks = blocks;
 
-        let before = self.keys();
+        let gone = |since: &HashMap<String, u64>, kept: &HashSet<String>| {
+            (since.keys())
+                .filter(|k| !kept.contains(*k))
+                .cloned()
+                .collect()
+        };
         let released_keys = Keys {
-            jobs: (before.jobs.into_iter())
-                .filter(|k| !kept.jobs.contains(k))
-                .collect(),
-            runs: (before.runs.into_iter())
-                .filter(|k| !kept.runs.contains(k))
-                .collect(),
+            jobs: gone(&self.jobs_since, &kept.jobs),
+            runs: gone(&self.runs_since, &kept.runs),
         };
         self.jobs_since.retain(|k, _| kept.jobs.contains(k));
         self.runs_since.retain(|k, _| kept.runs.contains(k));
@@ -561,24 +562,8 @@ mod tests {
     fn create(id: &str) -> InstructionSet {
         InstructionSet {
             jobs_to_create: vec![CreateJob {
-                job_id: id.into(),
-                queue: "q".into(),
-                owner: "o".into(),
-                namespace: "n".into(),
-                jobset: "s".into(),
-                cpu: 1,
-                memory: 2,
-                ephemeral_storage: 3,
-                gpu: 0,
-                priority: 5,
-                submitted: t(1),
-                state: QUEUED,
-                last_transition_time: t(1),
-                last_transition_time_seconds: 1,
                 job_spec: vec![0; 100],
-                priority_class: None,
-                annotations: Default::default(),
-                external_job_uri: String::new(),
+                ..crate::store::test_job(id, QUEUED)
             }],
             ..Default::default()
         }

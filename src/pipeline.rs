@@ -93,8 +93,8 @@ pub struct Settings {
     /// Default: true
     #[serde(rename = "batchCutWhenIdle")]
     pub cut_when_idle: bool,
-    /// Under a backlog (a batch cut at its limits), the rows of jobs and
-    /// runs still open at the end of a batch are held back for up to this
+    /// In a batch behind the topic ([`BEHIND`]), the rows of jobs and
+    /// runs still open at its end are held back for up to this
     /// many batches, and written with the batch in which they end, as one
     /// row each instead of a creation and updates (see `hold`). The
     /// messages they came from are acknowledged only once they are written.
@@ -268,7 +268,7 @@ struct Piece {
     last: bool,
     /// `last`, and the batch is behind the topic ([`BEHIND`]): the rows of
     /// its open jobs may be held back.
-    backlog: bool,
+    behind: bool,
 }
 
 /// A piece is handed on at this many messages or payload bytes.
@@ -399,6 +399,21 @@ impl Planning {
     fn finish(mut self) -> ConvertedBatch {
         self.batch.prepared = Store::prepare(std::mem::take(&mut self.instructions.set));
         self.batch
+    }
+
+    /// A batch of no messages of its own that writes everything `held`
+    /// holds, converted for `converter`'s generation (as the held rows
+    /// are); its first message would be `next`.
+    fn release(
+        held: &mut Held<KeptMessages>,
+        converter: &Converter,
+        next: u64,
+        limits: hold::Limits,
+    ) -> ConvertedBatch {
+        ConvertedBatch {
+            cut: false,
+            ..Planning::new(converter.generation(), next).finish_holding(held, false, limits)
+        }
     }
 
     /// [`Planning::finish`], after `held` took back the rows that stay
@@ -1120,6 +1135,15 @@ async fn batcher(
     cut(&mut batch, &settings, &out, &pending).await
 }
 
+/// The later of two publish times (either may be missing).
+fn newest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(x), Some(y)) if (y.seconds, y.nanos) > (x.seconds, x.nanos) => Some(y),
+        (Some(x), _) => Some(x),
+        (None, y) => y,
+    }
+}
+
 /// Until `deadline`, or for ever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -1149,14 +1173,7 @@ async fn add(
     fill.messages += 1;
     fill.events += decoded.events;
     fill.bytes += decoded.payload.len();
-    if let Some(t) = decoded.publish_time {
-        if fill
-            .newest
-            .is_none_or(|n| (t.seconds, t.nanos) > (n.seconds, n.nanos))
-        {
-            fill.newest = Some(t);
-        }
-    }
+    fill.newest = newest(fill.newest, decoded.publish_time);
     batch.piece_bytes += decoded.payload.len();
     batch.piece.push(decoded);
     if fill.deadline.is_none() {
@@ -1171,7 +1188,7 @@ async fn add(
 async fn hand_on(
     batch: &mut Filling,
     last: bool,
-    backlog: bool,
+    behind: bool,
     out: &mpsc::Sender<Piece>,
 ) -> anyhow::Result<()> {
     batch.piece_bytes = 0;
@@ -1179,7 +1196,7 @@ async fn hand_on(
     out.send(Piece {
         messages,
         last,
-        backlog,
+        behind,
     })
     .await
     .map_err(|_| Stopped("converter stage").into())
@@ -1195,14 +1212,14 @@ async fn cut(
     if batch.fill.messages == 0 {
         return Ok(());
     }
-    let backlog = batch.fill.behind(settings, std::time::SystemTime::now());
+    let behind = batch.fill.behind(settings, std::time::SystemTime::now());
     batch.fill = Fill::default();
     pending.send_modify(|n| *n += 1);
-    hand_on(batch, true, backlog, out).await
+    hand_on(batch, true, behind, out).await
 }
 
 /// Converts each batch as its pieces come, and hands it on once cut, with
-/// the rows of open jobs held back while batches come full (see [`hold`]).
+/// the rows of open jobs held back while batches are behind (see [`hold`]).
 /// Held rows are released by the next batch that is not behind, or, when
 /// the store is idle (`pending` is 0) and no piece came for `idle`, by a
 /// batch of their own, so that a quiet topic does not keep them (and their
@@ -1232,11 +1249,7 @@ async fn converting(
                 // The batcher waits for the store, not for messages.
                 Err(_) if *pending.borrow() > 0 => continue,
                 Err(_) => {
-                    let generation = converter.generation();
-                    let mut c =
-                        Planning::new(generation, next).finish_holding(&mut held, false, limits);
-                    c.cut = false;
-                    send(c).await?;
+                    send(Planning::release(&mut held, &converter, next, limits)).await?;
                     continue;
                 }
             }
@@ -1267,7 +1280,7 @@ async fn converting(
         if piece.last {
             if let Some(p) = planning.take() {
                 next += p.batch.messages.len() as u64;
-                send(p.finish_holding(&mut held, piece.backlog, limits)).await?;
+                send(p.finish_holding(&mut held, piece.behind, limits)).await?;
             }
         }
     }
@@ -1278,10 +1291,7 @@ async fn converting(
         send(p.finish_holding(&mut held, false, limits)).await?;
     }
     if !held.is_empty() {
-        let mut c =
-            Planning::new(converter.generation(), next).finish_holding(&mut held, false, limits);
-        c.cut = false;
-        send(c).await?;
+        send(Planning::release(&mut held, &converter, next, limits)).await?;
     }
     Ok(())
 }
@@ -1339,11 +1349,7 @@ async fn storing(
         let mut problems = Vec::new();
         let mut last_publish: Option<Timestamp> = None;
         for m in messages {
-            if let Some(t) = m.publish_time {
-                if last_publish.is_none_or(|l| (t.seconds, t.nanos) > (l.seconds, l.nanos)) {
-                    last_publish = Some(t);
-                }
-            }
+            last_publish = newest(last_publish, m.publish_time);
             let Some(origin) = m.origin else { continue };
             problems.extend(m.problems.into_iter().map(|problem| Located {
                 origin: origin.clone(),

@@ -423,7 +423,8 @@ pub(crate) mod tests {
         assert_eq!(out[0].job_run_state, Some(crate::model::run_state::RUNNING));
     }
 
-    /// A job creation with fixed values (also for `partition`'s tests).
+    /// A job creation with fixed values (also for `partition`'s and
+    /// `hold`'s tests).
     pub(crate) fn create(id: &str, state: i16) -> CreateJob {
         CreateJob {
             job_id: id.into(),

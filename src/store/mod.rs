@@ -44,6 +44,9 @@ pub mod schema;
 mod step;
 mod wait;
 
+/// A job creation with fixed values, for tests here and in `hold`.
+#[cfg(test)]
+pub(crate) use conflate::tests::create as test_job;
 pub(crate) use step::STEPS;
 pub use step::{Operation, Table};
 pub use wait::{SchemaReport, SCHEMA_RECHECK_INTERVAL};
