@@ -8,6 +8,15 @@
 //! older message can never be re-applied after a newer one was acknowledged.
 //! Shared subscriptions cannot acknowledge cumulatively; every message is
 //! acknowledged on its own, in order.
+//!
+//! A broker acknowledges whole entries, and a producer that batches (as
+//! Armada's do, with zlib compression) puts many messages in one entry. An
+//! acknowledgement naming a message inside a batch releases all of it (the
+//! client sends no batch-index ack set), including messages not yet
+//! committed, which a crash would then lose. So a batch's entry is only
+//! named once its last message is committed; before that a cumulative
+//! acknowledgement names the entry before it, as Pulsar's Java and Go
+//! clients do without batch-index acknowledgement.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,11 +29,11 @@ pub fn plan(origins: &[Origin], ordered: bool) -> Vec<Ack> {
         return origins
             .iter()
             .filter_map(|o| match o {
-                Origin::Pulsar { topic, id } => Some(Ack::Individual {
+                Origin::Pulsar { topic, id } if ends_its_entry(id) => Some(Ack::Individual {
                     topic: topic.clone(),
                     id: *id,
                 }),
-                Origin::File { .. } => None,
+                _ => None,
             })
             .collect();
     }
@@ -39,8 +48,40 @@ pub fn plan(origins: &[Origin], ordered: bool) -> Vec<Ack> {
     }
     highest
         .into_iter()
-        .map(|(topic, id)| Ack::Cumulative { topic, id })
+        .filter_map(|(topic, id)| {
+            Some(Ack::Cumulative {
+                topic,
+                id: whole_entries(id)?,
+            })
+        })
         .collect()
+}
+
+/// True when acknowledging `id` releases nothing uncommitted: it is not in
+/// a producer's batch, or it is the batch's last message (messages are
+/// committed in the order received, so the rest of its batch is too). An
+/// unknown batch size counts as more to come.
+fn ends_its_entry(id: &PulsarId) -> bool {
+    id.batch_index < 0
+        || id
+            .batch_size
+            .is_some_and(|n| id.batch_index.saturating_add(1) >= n)
+}
+
+/// What a cumulative acknowledgement up to `id` may name: `id` itself when
+/// that releases nothing uncommitted, else the entry before its batch
+/// (nothing when the batch opens its ledger: the entries before it were
+/// acknowledged when their own batches were committed).
+fn whole_entries(id: PulsarId) -> Option<PulsarId> {
+    if ends_its_entry(&id) {
+        return Some(id);
+    }
+    Some(PulsarId {
+        entry: id.entry.checked_sub(1)?,
+        batch_index: -1,
+        batch_size: None,
+        ..id
+    })
 }
 
 #[cfg(test)]
@@ -89,6 +130,73 @@ mod tests {
         let acks = plan(&[p("t", 5), p("t", 3)], false);
         assert_eq!(acks.len(), 2);
         assert!(matches!(&acks[0], Ack::Individual { id, .. } if id.entry == 5));
+    }
+
+    fn batched(topic: &str, entry: u64, index: i32, size: i32) -> Origin {
+        Origin::Pulsar {
+            topic: Arc::from(topic),
+            id: PulsarId {
+                ledger: 1,
+                entry,
+                partition: -1,
+                batch_index: index,
+                batch_size: Some(size),
+            },
+        }
+    }
+
+    fn cumulative(acks: &[Ack]) -> Vec<(u64, i32)> {
+        acks.iter()
+            .map(|a| match a {
+                Ack::Cumulative { id, .. } => (id.entry, id.batch_index),
+                Ack::Individual { .. } => panic!("ordered plans are cumulative"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_entry_is_acknowledged_only_once_its_last_message_is_committed() {
+        // Messages 0..=3 of entry 8's ten: the ack names entry 7, so that
+        // messages 4..=9 are redelivered after a crash.
+        let part: Vec<Origin> = (0..4).map(|i| batched("t", 8, i, 10)).collect();
+        assert_eq!(cumulative(&plan(&part, true)), vec![(7, -1)]);
+        // The whole batch committed: entry 8 itself.
+        let rest: Vec<Origin> = (4..10).map(|i| batched("t", 8, i, 10)).collect();
+        assert_eq!(cumulative(&plan(&rest, true)), vec![(8, 9)]);
+        // A batch that opens its ledger: nothing yet.
+        assert!(plan(&[batched("t", 0, 2, 5)], true).is_empty());
+        // An unknown batch size is not taken as complete.
+        let unknown = Origin::Pulsar {
+            topic: Arc::from("t"),
+            id: PulsarId {
+                ledger: 1,
+                entry: 3,
+                partition: -1,
+                batch_index: 4,
+                batch_size: None,
+            },
+        };
+        assert_eq!(cumulative(&plan(&[unknown], true)), vec![(2, -1)]);
+    }
+
+    #[test]
+    fn shared_acks_name_an_entry_once_its_batch_is_committed() {
+        let acks = plan(
+            &[
+                batched("t", 8, 8, 10),
+                batched("t", 8, 9, 10),
+                batched("t", 9, 0, 3),
+            ],
+            false,
+        );
+        let got: Vec<(u64, i32)> = acks
+            .iter()
+            .map(|a| match a {
+                Ack::Individual { id, .. } => (id.entry, id.batch_index),
+                Ack::Cumulative { .. } => panic!("shared plans are individual"),
+            })
+            .collect();
+        assert_eq!(got, vec![(8, 9)]);
     }
 
     #[test]

@@ -275,6 +275,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
 
     // 2. Replay.
     let replay_db = env.create_db("replay").await?;
+    env.settle().await;
     let started = Instant::now();
     let out = env
         .child(&["replay"], &[file.as_os_str()], &replay_db, "replay")
@@ -303,8 +304,9 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
     ));
 
     // 3. The ceiling.
-    let (one, parallel) = copy_ceiling(env, &client, &replay_db).await?;
+    let (one, parallel) = copy_ceiling(env, &client).await?;
     drop(client);
+    env.drop_db(replay_db).await?;
     f.copy_one_connection_rows_per_s = rate(f.replay_rows, one);
     f.copy_ceiling_rows_per_s = rate(f.replay_rows, parallel);
     f.replay_to_ceiling_ratio = ratio(f.replay_rows_per_s, f.copy_ceiling_rows_per_s);
@@ -385,11 +387,7 @@ async fn count_rows(client: &tokio_postgres::Client) -> anyhow::Result<FinalRows
 /// Copies the replayed tables out, then times copying them into a fresh
 /// database at the same generation: on one connection, then (after
 /// emptying the tables) one connection per table at once. Seconds of each.
-async fn copy_ceiling(
-    env: &Env,
-    replay: &tokio_postgres::Client,
-    _replay_db: &Db,
-) -> anyhow::Result<(f64, f64)> {
+async fn copy_ceiling(env: &Env, replay: &tokio_postgres::Client) -> anyhow::Result<(f64, f64)> {
     for t in TABLES {
         let stream = replay
             .copy_out(&format!("COPY {t} TO STDOUT (FORMAT binary)"))
@@ -408,6 +406,7 @@ async fn copy_ceiling(
     }
     let db = env.create_db("ceiling").await?;
     let one = env.connect(&db).await?;
+    env.settle().await;
     let started = Instant::now();
     for t in TABLES {
         copy_in(&one, t, &env.dir).await?;
@@ -420,6 +419,7 @@ async fn copy_ceiling(
     for _ in TABLES {
         clients.push(env.connect(&db).await?);
     }
+    env.settle().await;
     let started = Instant::now();
     let copies = clients
         .iter()
@@ -428,7 +428,10 @@ async fn copy_ceiling(
     for r in futures::future::join_all(copies).await {
         r?;
     }
-    Ok((one_s, started.elapsed().as_secs_f64()))
+    let parallel_s = started.elapsed().as_secs_f64();
+    drop((one, clients));
+    env.drop_db(db).await?;
+    Ok((one_s, parallel_s))
 }
 
 async fn copy_in(client: &tokio_postgres::Client, table: &str, dir: &Path) -> anyhow::Result<()> {
@@ -531,6 +534,50 @@ impl Env {
             );
         }
         Ok(db)
+    }
+
+    /// The last `n` lines of a child's log, on one line.
+    fn log_tail(&self, file: &str, n: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join(" | ")
+    }
+
+    /// Drops a database this run created once its part is measured, so that
+    /// autovacuum and the checkpointer do not work on it during later parts.
+    async fn drop_db(&self, db: Db) -> anyhow::Result<()> {
+        let (_, admin) = self.database("postgres")?;
+        let admin = pg::connect(&admin).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                db.name
+            ))
+            .await
+            .map_err(|e| anyhow!("cannot drop database {}: {}", db.name, pg::error_chain(&e)))?;
+        lock(&self.owned).databases.retain(|n| *n != db.name);
+        Ok(())
+    }
+
+    /// Before a timed part: a CHECKPOINT, so that the part does not pay for
+    /// flushing what the parts before it wrote (a 1M-event run writes
+    /// gigabytes of WAL, and a checkpoint it triggered would still be
+    /// writing during the next part). Without the privilege (superuser or
+    /// `pg_checkpoint`) it says so and goes on.
+    async fn settle(&self) {
+        let r = match self.database("postgres") {
+            Ok((_, admin)) => match pg::connect(&admin).await {
+                Ok(admin) => admin
+                    .batch_execute("CHECKPOINT")
+                    .await
+                    .map_err(|e| pg::error_chain(&e)),
+                Err(e) => Err(format!("{e:#}")),
+            },
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(e) = r {
+            progress(&format!("no checkpoint before the next part: {e}"));
+        }
     }
 
     /// A `lookout-ingester` command with the run's config files, the
@@ -801,6 +848,7 @@ async fn live(
     f.consume_ceiling_messages_per_s = Some(rate(f.messages, consumed));
     progress(&format!("receive-and-acknowledge consumer: {consumed:.2}s"));
 
+    env.settle().await;
     let started = Instant::now();
     let (pid, port) = env.start_run(&db, &url, &topic, "run")?;
     let client = env.connect(&db).await?;
@@ -821,8 +869,10 @@ async fn live(
             (last_got, last_change) = (got, Instant::now());
         } else if got < f.messages as f64 && last_change.elapsed() > Duration::from_secs(60) {
             bail!(
-                "run received nothing for 60s ({got} of {} messages)",
-                f.messages
+                "run received nothing for 60s ({got} of {} messages; {} in flight); its last lines: {}",
+                f.messages,
+                m.get("lookout_ingester_messages_in_flight"),
+                env.log_tail("run.err", 5)
             );
         }
         if got < f.messages as f64 || m.get("lookout_ingester_messages_in_flight") != 0.0 {
@@ -840,6 +890,8 @@ async fn live(
         Some(ratio(rate(f.messages, secs), rate(f.messages, consumed)));
     f.live_peak_rss_mib = Some(rss as f64 / 1024.0);
     progress(&format!("run caught up in {secs:.2}s"));
+    drop(client);
+    env.drop_db(db).await?;
 
     let half = opts
         .latency_rate
@@ -1019,6 +1071,7 @@ async fn latency(
 ) -> anyhow::Result<[f64; 3]> {
     let topic = format!("bench-{}-latency-{what}", env.tag);
     let db = env.create_db(&format!("latency_{what}")).await?;
+    env.settle().await;
     let (pid, port) = env.start_run(&db, url, &topic, &format!("latency-{what}"))?;
     // Ready: subscribed and the database answering.
     let ready_by = Instant::now() + Duration::from_secs(60);
@@ -1112,6 +1165,7 @@ async fn latency(
     drop(producer);
     let batches = scrape(port).await.map(|m| m.batches()).unwrap_or_default();
     env.stop(pid, Duration::from_secs(15)).await?;
+    env.drop_db(db).await?;
     ms.sort_by(f64::total_cmp);
     progress(&format!(
         "latency at {rate_per_s:.0} messages/s: {} messages timed, p50 {:.0} ms, p99 {:.0} ms; {batches}",

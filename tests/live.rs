@@ -134,6 +134,74 @@ async fn sigkill_mid_stream_then_restart_gives_the_same_tables() {
     broker.stop().await;
 }
 
+/// Armada's producers batch and compress: many messages share one entry,
+/// and the broker acknowledges entries. A batch of ours that ends inside a
+/// producer's batch must not acknowledge its entry: a crash would lose the
+/// rest of it. Here the ingester commits the submissions (published
+/// first), then blocks on its first `job_run` insert, held by the test, and
+/// is killed; the next run must still find the leases that share an entry
+/// with the last submissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_a_producer_batch_loses_nothing() {
+    use lookout_ingester::proto::armadaevents::event_sequence::event::Event as Kind;
+    let broker = Broker::start().await;
+    // Every submission first (300, one job each, in entries of 50), then
+    // the rest, each job's events in order.
+    let (mut seqs, rest): (Vec<_>, Vec<_>) = sample::generate(26, 300).into_iter().partition(|s| {
+        s.events
+            .iter()
+            .any(|e| matches!(e.event, Some(Kind::SubmitJob(_))))
+    });
+    seqs.extend(rest);
+    // Few enough after the submissions that the ingester, blocked, still
+    // receives them all and so keeps acknowledging (a full pipeline stops
+    // the consumer loop, acknowledgements included, until it drains).
+    seqs.truncate(330);
+    let expected = baseline(&seqs, broker.dir.path()).await;
+    broker.publish_batched("events", payloads(&seqs), 50).await;
+    let db = TestDb::migrated().await;
+    // Inserts into job_run wait while the test holds advisory lock 26.
+    let lock = db.client().await;
+    lock.batch_execute(
+        "CREATE FUNCTION wait_for_test() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_advisory_xact_lock(26); RETURN NEW; END $$;
+         CREATE TRIGGER wait_for_test BEFORE INSERT ON job_run
+             FOR EACH ROW EXECUTE FUNCTION wait_for_test();
+         SELECT pg_advisory_lock(26);",
+    )
+    .await
+    .unwrap();
+    let args = ["--batch-size", "7", "--batch-duration", "20ms"];
+    let ing = ingest(&db, &broker, "ing.log", &args);
+    // The submissions are committed once the job count stops growing.
+    let (mut last, mut since) = (-1, Instant::now());
+    let start = Instant::now();
+    while last <= 0 || since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            ing.log_tail(20)
+        );
+        let n = job_count(&db).await;
+        if n != last {
+            (last, since) = (n, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last > 0, "nothing was committed\n{}", ing.log_tail(20));
+    ing.sigkill().await;
+    // The killed ingester's backend may still wait in the trigger; unlocked,
+    // its transaction ends uncommitted, as its client is gone.
+    lock.batch_execute("SELECT pg_advisory_unlock(26)")
+        .await
+        .unwrap();
+    let ing = ingest(&db, &broker, "ing2.log", &args);
+    wait_equal(&db.url, &expected, Duration::from_secs(60), Some(&ing)).await;
+    ing.sigkill().await;
+    db.drop_db().await;
+    broker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_gives_the_same_tables() {
     let mut broker = Broker::start().await;

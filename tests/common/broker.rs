@@ -102,6 +102,35 @@ impl Broker {
         assert_eq!(sent, n);
     }
 
+    /// Publishes as Armada's producers do: batched (`per_batch` messages to
+    /// an entry) and zlib-compressed.
+    pub async fn publish_batched(&self, topic: &str, payloads: Vec<Vec<u8>>, per_batch: u32) {
+        use pulsar::compression::{Compression, CompressionZlib};
+        let client = lookout_ingester::source::pulsar::client(&self.pulsar(topic))
+            .await
+            .expect("client");
+        let mut producer = client
+            .producer()
+            .with_topic(topic)
+            .with_options(pulsar::producer::ProducerOptions {
+                batch_size: Some(per_batch),
+                batch_timeout: Some(Duration::from_secs(5)),
+                compression: Some(Compression::Zlib(CompressionZlib::default())),
+                ..Default::default()
+            })
+            .build()
+            .await
+            .expect("producer");
+        let mut receipts = Vec::new();
+        for p in payloads {
+            receipts.push(producer.send_non_blocking(p).await.expect("send"));
+        }
+        producer.send_batch().await.expect("flush the last batch");
+        for r in receipts {
+            r.await.expect("receipt");
+        }
+    }
+
     pub async fn stop(mut self) {
         self.kill().await;
         self.proxy.shutdown().await;
