@@ -86,8 +86,16 @@ pub struct Figures {
     pub live_events_per_s: Option<f64>,
     pub live_messages_per_s: Option<f64>,
     pub consume_ceiling_messages_per_s: Option<f64>,
+    /// Times the receive-and-acknowledge consumer was subscribed again
+    /// after pulsar-lite stopped dispatching, and the seconds it waited.
+    pub consume_stalls: Option<u32>,
+    pub consume_stalled_s: Option<f64>,
     pub live_to_consume_ceiling_ratio: Option<f64>,
     pub live_peak_rss_mib: Option<f64>,
+    /// Times `run` was started again after pulsar-lite stopped dispatching,
+    /// and the seconds of those stalls left out of its time.
+    pub live_restarts: Option<u32>,
+    pub live_stalled_s: Option<f64>,
     pub latency_rate_per_s: Option<f64>,
     pub live_p50_latency_ms: Option<f64>,
     pub live_p95_latency_ms: Option<f64>,
@@ -149,14 +157,28 @@ impl Figures {
             rows.extend([
                 (
                     "receive-and-ack consumer".into(),
-                    opt(self.consume_ceiling_messages_per_s, " messages/s"),
+                    match self.consume_stalls {
+                        Some(n) if n > 0 => format!(
+                            "{} ({n} broker stalls, {:.0} s left out)",
+                            opt(self.consume_ceiling_messages_per_s, " messages/s"),
+                            self.consume_stalled_s.unwrap_or(0.0)
+                        ),
+                        _ => opt(self.consume_ceiling_messages_per_s, " messages/s"),
+                    },
                 ),
                 (
                     "run catching up".into(),
                     format!(
-                        "{} ({})",
+                        "{} ({}){}",
                         opt(self.live_messages_per_s, " messages/s"),
-                        opt(self.live_events_per_s, " events/s")
+                        opt(self.live_events_per_s, " events/s"),
+                        match self.live_restarts {
+                            Some(n) if n > 0 => format!(
+                                ", {n} restarts after broker stalls, {:.0} s left out",
+                                self.live_stalled_s.unwrap_or(0.0)
+                            ),
+                            _ => String::new(),
+                        }
                     ),
                 ),
                 (
@@ -844,17 +866,28 @@ async fn live(
     }
     progress(&format!("published {} messages to {topic}", f.messages));
 
-    let consumed = consume_only(&pulsar_config(&url, &topic), f.messages).await?;
+    let (consumed, stalls, stalled) =
+        consume_only(&pulsar_config(&url, &topic), f.messages).await?;
     f.consume_ceiling_messages_per_s = Some(rate(f.messages, consumed));
-    progress(&format!("receive-and-acknowledge consumer: {consumed:.2}s"));
+    (f.consume_stalls, f.consume_stalled_s) = (Some(stalls), Some(stalled));
+    progress(&format!(
+        "receive-and-acknowledge consumer: {consumed:.2}s ({stalls} broker stalls, {stalled:.1}s left out)"
+    ));
 
     env.settle().await;
     let started = Instant::now();
-    let (pid, port) = env.start_run(&db, &url, &topic, "run")?;
+    let (mut pid, mut port) = env.start_run(&db, &url, &topic, "run")?;
     let client = env.connect(&db).await?;
-    // As for the consumer above: a broker that stops dispatching (pulsar-lite
-    // did on large backlogs) ends the measurement rather than hanging it.
+    // Done once it has received as many messages as were published (counting
+    // redeliveries, so the tables are checked too) with none in flight.
+    // As for the consumer above: when pulsar-lite stops dispatching (nothing
+    // received for RUN_STALL, nothing in flight, not done), `run` is stopped (it
+    // acknowledges what it committed) and started again, at most
+    // RUN_RESTARTS times; the stall's wait is left out of the time, the
+    // restart itself is not. `acked` counts what earlier processes
+    // acknowledged, so the new one has the rest to receive.
     let (mut last_got, mut last_change) = (-1.0, Instant::now());
+    let (mut acked, mut restarts, mut stalled, mut rss) = (0.0, 0u32, Duration::ZERO, 0i64);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if started.elapsed() > Duration::from_secs(3600) {
@@ -863,33 +896,53 @@ async fn live(
         let Some(m) = scrape(port).await else {
             continue;
         };
-        let got = m.get("lookout_ingester_messages_received_total")
+        let got = acked
+            + m.get("lookout_ingester_messages_received_total")
             + m.get("lookout_ingester_duplicates_skipped_total");
+        let in_flight = m.get("lookout_ingester_messages_in_flight");
         if got > last_got {
             (last_got, last_change) = (got, Instant::now());
-        } else if got < f.messages as f64 && last_change.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "run received nothing for 60s ({got} of {} messages; {} in flight); its last lines: {}",
-                f.messages,
-                m.get("lookout_ingester_messages_in_flight"),
-                env.log_tail("run.err", 5)
-            );
         }
-        if got < f.messages as f64 || m.get("lookout_ingester_messages_in_flight") != 0.0 {
-            continue;
-        }
-        if count_rows(&client).await? == *expected {
+        let received_all = got >= f.messages as f64 && in_flight == 0.0;
+        let quiet = in_flight == 0.0 && last_change.elapsed() > RUN_STALL;
+        if received_all && count_rows(&client).await? == *expected {
             break;
         }
+        if quiet {
+            if restarts >= RUN_RESTARTS {
+                bail!(
+                    "run received nothing for {RUN_STALL:?} ({got} of {} messages), {restarts} restarts; its last lines: {}",
+                    f.messages,
+                    env.log_tail("run.err", 5)
+                );
+            }
+            restarts += 1;
+            stalled += RUN_STALL;
+            acked += m.get("armada_lookout_ingester_v2_pulsar_messages_processed");
+            progress(&format!(
+                "run received nothing for {RUN_STALL:?} ({got} of {} messages); starting it again",
+                f.messages
+            ));
+            let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
+            rss = rss.max(r);
+            (pid, port) = env.start_run(&db, &url, &topic, &format!("run-{restarts}"))?;
+            (last_got, last_change) = (-1.0, Instant::now());
+        }
     }
-    let secs = started.elapsed().as_secs_f64();
-    let (_, rss) = env.stop(pid, Duration::from_secs(15)).await?;
+    let secs = started.elapsed().saturating_sub(stalled).as_secs_f64();
+    let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
+    let rss = rss.max(r);
+    f.live_restarts = Some(restarts);
+    f.live_stalled_s = Some(stalled.as_secs_f64());
     f.live_messages_per_s = Some(rate(f.messages, secs));
     f.live_events_per_s = Some(rate(f.events, secs));
     f.live_to_consume_ceiling_ratio =
         Some(ratio(rate(f.messages, secs), rate(f.messages, consumed)));
     f.live_peak_rss_mib = Some(rss as f64 / 1024.0);
-    progress(&format!("run caught up in {secs:.2}s"));
+    progress(&format!(
+        "run caught up in {secs:.2}s ({restarts} restarts after broker stalls, {:.0}s left out)",
+        stalled.as_secs_f64()
+    ));
     drop(client);
     env.drop_db(db).await?;
 
@@ -946,33 +999,55 @@ impl Env {
 /// subscription type `run` uses, acknowledging cumulatively every 1,000
 /// messages (as `run` acknowledges a committed batch); seconds until it has
 /// seen `messages` distinct messages.
-async fn consume_only(cfg: &PulsarConfig, messages: u64) -> anyhow::Result<f64> {
+///
+/// pulsar-lite sometimes stops dispatching to a consumer in the middle of a
+/// large backlog, without an error or a disconnect (see "A local broker").
+/// After [`CONSUMER_STALL`] without a message the consumer is closed and
+/// subscribed again (the broker rewinds to the last acknowledgement), at
+/// most [`CONSUMER_RESUBSCRIPTIONS`] times; the seconds spent waiting are
+/// left out of the returned time (the ceiling is the consumer's, not the
+/// broker's pauses) and returned with the count.
+async fn consume_only(cfg: &PulsarConfig, messages: u64) -> anyhow::Result<(f64, u32, f64)> {
     let started = Instant::now();
     let client = crate::source::pulsar::client(cfg).await?;
-    let mut consumer: pulsar::Consumer<Vec<u8>, _> = client
-        .consumer()
-        .with_topic(cfg.topic.clone())
-        .with_subscription("bench-consume-only")
-        .with_subscription_type(pulsar::SubType::Failover)
-        .with_batch_size(cfg.receiver_queue_size)
-        .with_options(
-            pulsar::ConsumerOptions::default()
-                .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
-        )
-        .build()
-        .await?;
+    let subscribe = || async {
+        let c: pulsar::Consumer<Vec<u8>, _> = client
+            .consumer()
+            .with_topic(cfg.topic.clone())
+            .with_subscription("bench-consume-only")
+            .with_subscription_type(pulsar::SubType::Failover)
+            .with_batch_size(cfg.receiver_queue_size)
+            .with_options(
+                pulsar::ConsumerOptions::default()
+                    .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
+            )
+            .build()
+            .await?;
+        anyhow::Ok(c)
+    };
+    let mut consumer = subscribe().await?;
     let mut seen = BTreeSet::new();
     let mut since_ack = 0u32;
+    let (mut stalls, mut stalled) = (0u32, Duration::ZERO);
     while (seen.len() as u64) < messages {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the consumer received nothing for 60s ({} of {messages})",
+        let m = match tokio::time::timeout(CONSUMER_STALL, consumer.next()).await {
+            Ok(m) => m.ok_or_else(|| anyhow!("the consumer stream ended"))??,
+            Err(_) if stalls < CONSUMER_RESUBSCRIPTIONS => {
+                stalls += 1;
+                stalled += CONSUMER_STALL;
+                progress(&format!(
+                    "the consumer received nothing for {CONSUMER_STALL:?} ({} of {messages}); subscribing again",
                     seen.len()
-                )
-            })?
-            .ok_or_else(|| anyhow!("the consumer stream ended"))??;
+                ));
+                let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
+                consumer = subscribe().await?;
+                continue;
+            }
+            Err(_) => bail!(
+                "the consumer received nothing for {CONSUMER_STALL:?} ({} of {messages}), {stalls} times",
+                seen.len()
+            ),
+        };
         let id = m.message_id();
         seen.insert((id.ledger_id, id.entry_id, id.batch_index.unwrap_or(-1)));
         since_ack += 1;
@@ -981,10 +1056,18 @@ async fn consume_only(cfg: &PulsarConfig, messages: u64) -> anyhow::Result<f64> 
             since_ack = 0;
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().saturating_sub(stalled).as_secs_f64();
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
-    Ok(secs)
+    Ok((secs, stalls, stalled.as_secs_f64()))
 }
+
+/// Silence (nothing in flight) after which `run`'s catch-up is restarted.
+const RUN_STALL: Duration = Duration::from_secs(10);
+const RUN_RESTARTS: u32 = 5;
+
+/// Silence after which the receive-and-acknowledge consumer subscribes again.
+const CONSUMER_STALL: Duration = Duration::from_secs(5);
+const CONSUMER_RESUBSCRIPTIONS: u32 = 10;
 
 /// A /metrics scrape.
 struct Scrape(String);

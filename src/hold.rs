@@ -33,7 +33,9 @@
 //!   converts their held part again ([`Held::rebuild`]).
 
 use crate::model::{job_state, run_state, InstructionSet};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::idhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What may be held.
@@ -210,8 +212,8 @@ impl<B> Default for Held<B> {
         Held {
             held: Tagged::default(),
             blocks: BTreeMap::new(),
-            jobs_since: HashMap::new(),
-            runs_since: HashMap::new(),
+            jobs_since: HashMap::default(),
+            runs_since: HashMap::default(),
             batch: 0,
             recent: std::collections::VecDeque::new(),
         }
@@ -370,7 +372,7 @@ impl<B: Block> Held<B> {
     fn choose(&self, all: &Tagged, limits: Limits) -> Keys {
         let set = &all.set;
         // State after the instructions, of each job and run created here.
-        let mut jobs: HashMap<&str, (i16, usize)> = HashMap::new();
+        let mut jobs: HashMap<&str, (i16, usize)> = HashMap::default();
         for j in &set.jobs_to_create {
             jobs.entry(j.job_id.as_str())
                 .or_insert((j.state, job_size(j)));
@@ -386,7 +388,7 @@ impl<B: Block> Held<B> {
                 }
             }
         }
-        let mut runs: HashMap<&str, (bool, usize)> = HashMap::new();
+        let mut runs: HashMap<&str, (bool, usize)> = HashMap::default();
         for r in &set.runs_to_create {
             runs.entry(r.run_id.as_str())
                 .or_insert((run_open(r.job_run_state), RUN_SIZE));
@@ -403,7 +405,7 @@ impl<B: Block> Held<B> {
             }
         }
         // The messages from each recent batch on.
-        let mut from: HashMap<u64, u64> = HashMap::new();
+        let mut from: HashMap<u64, u64> = HashMap::default();
         let mut total = 0u64;
         for &(batch, messages) in self.recent.iter().rev() {
             total += messages;

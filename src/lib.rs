@@ -21,6 +21,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod hold;
 pub mod http;
+pub mod idhash;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -10,8 +10,8 @@
 //! Unlike upstream, every field is carried over (upstream loses
 //! `cancel_reason`, `cancel_user` and a run's `pending`).
 
+use crate::idhash::{HashMap, HashSet};
 use crate::model::{job_state, CreateJob, CreateJobError, CreateJobRun, UpdateJob, UpdateJobRun};
-use std::collections::{HashMap, HashSet};
 
 /// Replaces `slot` with `new` when `new` is set: "later non-None value wins".
 fn take<T>(slot: &mut Option<T>, new: Option<T>) {
@@ -61,7 +61,8 @@ fn conflate_by<T>(
     key: impl Fn(&T) -> &str,
     mut merge: impl FnMut(&mut T, T),
 ) -> Vec<T> {
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut index: HashMap<String, usize> =
+        HashMap::with_capacity_and_hasher(items.len(), Default::default());
     let mut out: Vec<T> = Vec::with_capacity(items.len());
     for item in items {
         match index.get(key(&item)) {
@@ -161,7 +162,7 @@ pub(crate) fn fold_job_updates(
     updates: &[UpdateJob],
 ) -> (Vec<NewJob>, HashSet<String>) {
     let by_id: HashMap<&str, &UpdateJob> = updates.iter().map(|u| (u.job_id.as_str(), u)).collect();
-    let mut folded = HashSet::new();
+    let mut folded = HashSet::default();
     let jobs = jobs
         .into_iter()
         .map(|job| {
@@ -186,7 +187,7 @@ pub(crate) fn fold_run_updates(
 ) -> (Vec<NewRun>, HashSet<String>) {
     let by_id: HashMap<&str, &UpdateJobRun> =
         updates.iter().map(|u| (u.run_id.as_str(), u)).collect();
-    let mut folded = HashSet::new();
+    let mut folded = HashSet::default();
     let runs = runs
         .into_iter()
         .map(|run| {
@@ -519,7 +520,7 @@ pub(crate) mod tests {
         assert_eq!(runs[0].run, run("r1"));
         assert_eq!(runs[0].update, finished);
         assert_eq!(runs[1].update, UpdateJobRun::default());
-        assert_eq!(folded, HashSet::from(["r1".to_string()]));
+        assert_eq!(folded, HashSet::from_iter(["r1".to_string()]));
     }
 
     #[test]

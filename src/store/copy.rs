@@ -28,7 +28,9 @@ use super::step::{Operation, Step, STEPS};
 use crate::model::{CreateJobError, Generation, UpdateJob, UpdateJobRun};
 use futures::pin_mut;
 use regex::Regex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::idhash::HashSet;
 use std::sync::LazyLock;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};

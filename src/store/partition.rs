@@ -18,7 +18,7 @@
 
 use super::copy::Conflated;
 use super::{Table, Unmatched};
-use std::collections::HashMap;
+use crate::idhash::HashMap;
 
 /// One part of a batch.
 #[derive(Debug, Default)]
@@ -270,7 +270,7 @@ mod tests {
         let folded_runs = whole.folded_runs.len();
         let parts = partition(whole, 2);
         assert_eq!(parts.len(), 2);
-        let mut owner: HashMap<String, usize> = HashMap::new();
+        let mut owner: HashMap<String, usize> = HashMap::default();
         for (p, part) in parts.iter().enumerate() {
             assert!(!part.batch.jobs.is_empty(), "part {p} is empty");
             for j in &part.batch.jobs {
