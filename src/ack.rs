@@ -89,14 +89,20 @@ mod tests {
     use super::*;
 
     fn p(topic: &str, entry: u64) -> Origin {
+        origin(topic, entry, -1, None)
+    }
+
+    /// Message `index` of a producer batch of `size` in `entry` (-1, None:
+    /// not batched).
+    fn origin(topic: &str, entry: u64, index: i32, size: Option<i32>) -> Origin {
         Origin::Pulsar {
             topic: Arc::from(topic),
             id: PulsarId {
                 ledger: 1,
                 entry,
                 partition: -1,
-                batch_index: -1,
-                batch_size: None,
+                batch_index: index,
+                batch_size: size,
             },
         }
     }
@@ -133,16 +139,7 @@ mod tests {
     }
 
     fn batched(topic: &str, entry: u64, index: i32, size: i32) -> Origin {
-        Origin::Pulsar {
-            topic: Arc::from(topic),
-            id: PulsarId {
-                ledger: 1,
-                entry,
-                partition: -1,
-                batch_index: index,
-                batch_size: Some(size),
-            },
-        }
+        origin(topic, entry, index, Some(size))
     }
 
     fn cumulative(acks: &[Ack]) -> Vec<(u64, i32)> {
@@ -166,16 +163,7 @@ mod tests {
         // A batch that opens its ledger: nothing yet.
         assert!(plan(&[batched("t", 0, 2, 5)], true).is_empty());
         // An unknown batch size is not taken as complete.
-        let unknown = Origin::Pulsar {
-            topic: Arc::from("t"),
-            id: PulsarId {
-                ledger: 1,
-                entry: 3,
-                partition: -1,
-                batch_index: 4,
-                batch_size: None,
-            },
-        };
+        let unknown = origin("t", 3, 4, None);
         assert_eq!(cumulative(&plan(&[unknown], true)), vec![(2, -1)]);
     }
 
