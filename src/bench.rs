@@ -502,9 +502,14 @@ struct ChildOut {
 
 impl ChildOut {
     fn tail(&self) -> String {
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        last_lines(&self.stderr, 5)
     }
+}
+
+/// The last `n` lines of `text`, on one line.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 impl Env {
@@ -531,8 +536,7 @@ impl Env {
     /// a database named after the run and `what`.
     async fn create_db(&self, what: &str) -> anyhow::Result<Db> {
         let name = format!("lookout_bench_{}_{what}", self.tag);
-        let (_, admin) = self.database("postgres")?;
-        let admin = pg::connect(&admin).await?;
+        let admin = self.admin().await?;
         lock(&self.owned).databases.push(name.clone());
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
@@ -560,23 +564,25 @@ impl Env {
 
     /// The last `n` lines of a child's log, on one line.
     fn log_tail(&self, file: &str, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join(" | ")
+        last_lines(
+            &std::fs::read_to_string(self.dir.join(file)).unwrap_or_default(),
+            n,
+        )
+    }
+
+    /// A connection to the server's `postgres` database, for creating,
+    /// dropping and checkpointing.
+    async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (_, admin) = self.database("postgres")?;
+        pg::connect(&admin).await
     }
 
     /// Drops a database this run created once its part is measured, so that
     /// autovacuum and the checkpointer do not work on it during later parts.
     async fn drop_db(&self, db: Db) -> anyhow::Result<()> {
-        let (_, admin) = self.database("postgres")?;
-        let admin = pg::connect(&admin).await?;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                db.name
-            ))
+        drop_database(&self.admin().await?, &db.name)
             .await
-            .map_err(|e| anyhow!("cannot drop database {}: {}", db.name, pg::error_chain(&e)))?;
+            .map_err(|e| anyhow!(e))?;
         lock(&self.owned).databases.retain(|n| *n != db.name);
         Ok(())
     }
@@ -587,14 +593,11 @@ impl Env {
     /// writing during the next part). Without the privilege (superuser or
     /// `pg_checkpoint`) it says so and goes on.
     async fn settle(&self) {
-        let r = match self.database("postgres") {
-            Ok((_, admin)) => match pg::connect(&admin).await {
-                Ok(admin) => admin
-                    .batch_execute("CHECKPOINT")
-                    .await
-                    .map_err(|e| pg::error_chain(&e)),
-                Err(e) => Err(format!("{e:#}")),
-            },
+        let r = match self.admin().await {
+            Ok(admin) => admin
+                .batch_execute("CHECKPOINT")
+                .await
+                .map_err(|e| pg::error_chain(&e)),
             Err(e) => Err(format!("{e:#}")),
         };
         if let Err(e) = r {
@@ -697,27 +700,14 @@ impl Env {
             let _ = tokio::task::spawn_blocking(move || wait4(pid)).await;
         }
         if !databases.is_empty() {
-            match self.database("postgres") {
-                Ok((_, admin)) => match pg::connect(&admin).await {
-                    Ok(admin) => {
-                        for name in databases {
-                            if let Err(e) = admin
-                                .batch_execute(&format!(
-                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                                ))
-                                .await
-                            {
-                                progress(&format!(
-                                    "cannot drop database {name}: {}",
-                                    pg::error_chain(&e)
-                                ));
-                            }
+            match self.admin().await {
+                Ok(admin) => {
+                    for name in databases {
+                        if let Err(e) = drop_database(&admin, &name).await {
+                            progress(&e);
                         }
                     }
-                    Err(e) => progress(&format!(
-                        "cannot drop the bench databases {databases:?}: {e:#}"
-                    )),
-                },
+                }
                 Err(e) => progress(&format!(
                     "cannot drop the bench databases {databases:?}: {e:#}"
                 )),
@@ -727,6 +717,15 @@ impl Env {
             progress(&format!("cannot remove {}: {e}", self.dir.display()));
         }
     }
+}
+
+/// Drops `name` (connections to it too); the error names the database and
+/// carries the server's message.
+async fn drop_database(admin: &tokio_postgres::Client, name: &str) -> Result<(), String> {
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .map_err(|e| format!("cannot drop database {name}: {}", pg::error_chain(&e)))
 }
 
 fn lock(m: &Mutex<Owned>) -> std::sync::MutexGuard<'_, Owned> {
@@ -876,7 +875,8 @@ async fn live(
 
     env.settle().await;
     let started = Instant::now();
-    let (mut pid, mut port) = env.start_run(&db, &url, &topic, "run")?;
+    let mut log = String::from("run");
+    let (mut pid, mut port) = env.start_run(&db, &url, &topic, &log)?;
     let client = env.connect(&db).await?;
     // Done once it has received as many messages as were published (counting
     // redeliveries, so the tables are checked too) with none in flight.
@@ -913,7 +913,7 @@ async fn live(
                 bail!(
                     "run received nothing for {RUN_STALL:?} ({got} of {} messages), {restarts} restarts; its last lines: {}",
                     f.messages,
-                    env.log_tail("run.err", 5)
+                    env.log_tail(&format!("{log}.err"), 5)
                 );
             }
             restarts += 1;
@@ -925,7 +925,8 @@ async fn live(
             ));
             let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
             rss = rss.max(r);
-            (pid, port) = env.start_run(&db, &url, &topic, &format!("run-{restarts}"))?;
+            log = format!("run-{restarts}");
+            (pid, port) = env.start_run(&db, &url, &topic, &log)?;
             (last_got, last_change) = (-1.0, Instant::now());
         }
     }

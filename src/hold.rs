@@ -32,10 +32,9 @@
 //!   [`Passed::released_keys`]), and so that a change of schema generation
 //!   converts their held part again ([`Held::rebuild`]).
 
+use crate::idhash::{HashMap, HashSet};
 use crate::model::{job_state, run_state, InstructionSet};
 use std::collections::BTreeMap;
-
-use crate::idhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What may be held.

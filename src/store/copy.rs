@@ -25,12 +25,11 @@
 use super::conflate::{NewJob, NewRun};
 use super::retry::{classify, describe, ErrorClass, RetryableError};
 use super::step::{Operation, Step, STEPS};
+use crate::idhash::HashSet;
 use crate::model::{CreateJobError, Generation, UpdateJob, UpdateJobRun};
 use futures::pin_mut;
 use regex::Regex;
 use std::collections::BTreeMap;
-
-use crate::idhash::HashSet;
 use std::sync::LazyLock;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
