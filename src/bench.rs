@@ -39,6 +39,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::config::{self, Config, PulsarConfig};
 use crate::pg::{self, PgSettings};
 use crate::proto::armadaevents::event_sequence::event::Event as Kind;
+use crate::record::Entries;
 use crate::source::file::RecordWriter;
 use crate::workload::{FinalRows, Options as WorkloadOptions, Workload};
 
@@ -58,6 +59,8 @@ pub struct Options {
     /// The rate of the first latency measurement instead of half the
     /// catch-up rate (to compare builds at one rate).
     pub latency_rate: Option<f64>,
+    /// How the live parts' messages go into broker entries.
+    pub entries: crate::record::Entries,
     /// Also keep the generated recording here.
     pub save_workload: Option<PathBuf>,
     /// The `--config` files, handed to every child.
@@ -71,6 +74,8 @@ pub struct Figures {
     pub messages: u64,
     pub jobs: u64,
     pub failure_info: bool,
+    /// Messages per broker entry in the live parts (1: unbatched).
+    pub producer_batch: u32,
     pub final_rows: u64,
     pub generate_s: f64,
     pub copy_one_connection_rows_per_s: f64,
@@ -103,6 +108,15 @@ pub struct Figures {
     pub live_1k_p50_latency_ms: Option<f64>,
     pub live_1k_p95_latency_ms: Option<f64>,
     pub live_1k_p99_latency_ms: Option<f64>,
+    /// The catch-up on the backlog published as Armada publishes
+    /// (`producer_batch` messages per entry); the `live_*` and `consume_*`
+    /// figures above are for one message per entry.
+    pub batched_consume_messages_per_s: Option<f64>,
+    pub batched_live_messages_per_s: Option<f64>,
+    pub batched_live_events_per_s: Option<f64>,
+    pub batched_live_peak_rss_mib: Option<f64>,
+    /// Consumer resubscriptions and `run` restarts after broker stalls.
+    pub batched_live_restarts: Option<u32>,
 }
 
 impl Figures {
@@ -156,7 +170,7 @@ impl Figures {
         if self.live_events_per_s.is_some() {
             rows.extend([
                 (
-                    "receive-and-ack consumer".into(),
+                    "one message per entry: receive-and-ack consumer".into(),
                     match self.consume_stalls {
                         Some(n) if n > 0 => format!(
                             "{} ({n} broker stalls, {:.0} s left out)",
@@ -167,7 +181,7 @@ impl Figures {
                     },
                 ),
                 (
-                    "run catching up".into(),
+                    "one message per entry: run catching up".into(),
                     format!(
                         "{} ({}){}",
                         opt(self.live_messages_per_s, " messages/s"),
@@ -182,17 +196,53 @@ impl Figures {
                     ),
                 ),
                 (
-                    "run / consumer".into(),
+                    "one message per entry: run / consumer".into(),
                     self.live_to_consume_ceiling_ratio
                         .map_or("-".into(), |v| format!("{v:.3}")),
                 ),
                 (
-                    "run peak RSS".into(),
+                    "one message per entry: run peak RSS".into(),
                     self.live_peak_rss_mib
                         .map_or("-".into(), |v| format!("{v:.1} MiB")),
                 ),
+            ]);
+            if self.batched_live_messages_per_s.is_some() {
+                let as_armada = format!("up to {} per entry, zlib", self.producer_batch);
+                rows.extend([
+                    (
+                        format!("{as_armada}: receive-and-ack consumer"),
+                        opt(self.batched_consume_messages_per_s, " messages/s"),
+                    ),
+                    (
+                        format!("{as_armada}: run catching up"),
+                        format!(
+                            "{} ({}){}",
+                            opt(self.batched_live_messages_per_s, " messages/s"),
+                            opt(self.batched_live_events_per_s, " events/s"),
+                            match self.batched_live_restarts {
+                                Some(n) if n > 0 => format!(", {n} restarts after broker stalls"),
+                                _ => String::new(),
+                            }
+                        ),
+                    ),
+                    (
+                        format!("{as_armada}: run peak RSS"),
+                        self.batched_live_peak_rss_mib
+                            .map_or("-".into(), |v| format!("{v:.1} MiB")),
+                    ),
+                ]);
+            }
+            rows.extend([
                 (
-                    format!("latency at {}", opt(self.latency_rate_per_s, " msgs/s")),
+                    format!(
+                        "latency at {}{}",
+                        opt(self.latency_rate_per_s, " msgs/s"),
+                        if self.producer_batch > 1 {
+                            ", batched"
+                        } else {
+                            ""
+                        }
+                    ),
                     format!(
                         "p50 {} p95 {} p99 {}",
                         opt(self.live_p50_latency_ms, " ms"),
@@ -273,6 +323,10 @@ pub async fn run(cfg: Config, opts: Options) -> anyhow::Result<Figures> {
 async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
     let mut f = Figures {
         failure_info: opts.workload.failure_info,
+        producer_batch: match opts.entries {
+            crate::record::Entries::Single => 1,
+            crate::record::Entries::Batched(n) => n,
+        },
         ..Figures::default()
     };
     // 1. The workload.
@@ -841,6 +895,20 @@ fn pulsar_config(url: &str, topic: &str) -> PulsarConfig {
     }
 }
 
+/// One catch-up: the backlog published in one shape, the consumer's
+/// ceiling on it, and `run` catching up on it.
+struct CatchUp {
+    /// Seconds of the receive-and-acknowledge consumer, stalls left out.
+    consumed_s: f64,
+    consume_stalls: u32,
+    consume_stalled_s: f64,
+    /// Seconds of `run`, stalls left out.
+    run_s: f64,
+    restarts: u32,
+    stalled_s: f64,
+    rss_kib: i64,
+}
+
 async fn live(
     env: &Env,
     opts: &Options,
@@ -849,34 +917,102 @@ async fn live(
     f: &mut Figures,
 ) -> anyhow::Result<()> {
     let url = broker(env, opts).await?;
-    let topic = format!("bench-{}", env.tag);
-    let db = env.create_db("live").await?;
-    let url_arg = ["--pulsar-url", url.as_str(), "--topic", topic.as_str()];
+    // One message per entry first: the shape of the earlier rounds, and
+    // the one where the consumer's ceiling is the broker path's (batched,
+    // the consumer unpacks a thousand messages per entry and is no
+    // ceiling for anything that writes them).
+    let single = catch_up(env, &url, file, expected, f, Entries::Single).await?;
+    let messages_per_s = rate(f.messages, single.run_s);
+    f.consume_ceiling_messages_per_s = Some(rate(f.messages, single.consumed_s));
+    (f.consume_stalls, f.consume_stalled_s) =
+        (Some(single.consume_stalls), Some(single.consume_stalled_s));
+    f.live_restarts = Some(single.restarts);
+    f.live_stalled_s = Some(single.stalled_s);
+    f.live_messages_per_s = Some(messages_per_s);
+    f.live_events_per_s = Some(rate(f.events, single.run_s));
+    f.live_to_consume_ceiling_ratio =
+        Some(ratio(messages_per_s, rate(f.messages, single.consumed_s)));
+    f.live_peak_rss_mib = Some(single.rss_kib as f64 / 1024.0);
+    // Then as Armada publishes, which sets the latency part's rate: the
+    // sustained maximum on Armada's topics.
+    let mut sustained = messages_per_s;
+    if let Entries::Batched(_) = opts.entries {
+        let b = catch_up(env, &url, file, expected, f, opts.entries).await?;
+        sustained = rate(f.messages, b.run_s);
+        f.batched_consume_messages_per_s = Some(rate(f.messages, b.consumed_s));
+        f.batched_live_messages_per_s = Some(sustained);
+        f.batched_live_events_per_s = Some(rate(f.events, b.run_s));
+        f.batched_live_peak_rss_mib = Some(b.rss_kib as f64 / 1024.0);
+        f.batched_live_restarts = Some(b.restarts + b.consume_stalls);
+    }
+
+    let half = opts
+        .latency_rate
+        .unwrap_or(sustained / 2.0)
+        .max(1.0)
+        .round();
+    let seed = opts.workload.seed.wrapping_add(1);
+    let at_half = latency(env, opts, &url, half, seed, "half").await?;
+    f.latency_rate_per_s = Some(half);
+    (
+        f.live_p50_latency_ms,
+        f.live_p95_latency_ms,
+        f.live_p99_latency_ms,
+    ) = (Some(at_half[0]), Some(at_half[1]), Some(at_half[2]));
+    let at_1k = latency(env, opts, &url, 1000.0, seed.wrapping_add(1), "1k").await?;
+    (
+        f.live_1k_p50_latency_ms,
+        f.live_1k_p95_latency_ms,
+        f.live_1k_p99_latency_ms,
+    ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
+    Ok(())
+}
+
+/// Publishes the workload to a fresh topic in the shape `entries`, reads it
+/// with the receive-and-acknowledge consumer, then times `run` catching up
+/// on it into a fresh database.
+async fn catch_up(
+    env: &Env,
+    url: &str,
+    file: &Path,
+    expected: &FinalRows,
+    f: &Figures,
+    entries: Entries,
+) -> anyhow::Result<CatchUp> {
+    let (batch, shape) = match entries {
+        Entries::Single => (1, "one message per entry".to_string()),
+        Entries::Batched(n) => (n, format!("up to {n} messages per entry")),
+    };
+    let topic = format!("bench-{}-{batch}", env.tag);
+    let db = env.create_db(&format!("live_{batch}")).await?;
+    let url_arg = ["--pulsar-url", url, "--topic", topic.as_str()];
+    let batch = batch.to_string();
     let out = env
         .child(
-            &[&["publish"][..], &url_arg].concat(),
+            &[&["publish", "--batch", batch.as_str()][..], &url_arg].concat(),
             &[file.as_os_str()],
             &db,
-            "publish",
+            &format!("publish-{batch}"),
         )
         .await?;
     if out.code != Some(0) {
         bail!("publish exited with {:?}: {}", out.code, out.tail());
     }
-    progress(&format!("published {} messages to {topic}", f.messages));
-
-    let (consumed, stalls, stalled) =
-        consume_only(&pulsar_config(&url, &topic), f.messages).await?;
-    f.consume_ceiling_messages_per_s = Some(rate(f.messages, consumed));
-    (f.consume_stalls, f.consume_stalled_s) = (Some(stalls), Some(stalled));
     progress(&format!(
-        "receive-and-acknowledge consumer: {consumed:.2}s ({stalls} broker stalls, {stalled:.1}s left out)"
+        "published {} messages to {topic}, {shape}",
+        f.messages
+    ));
+
+    let (consumed_s, consume_stalls, consume_stalled_s) =
+        consume_only(&pulsar_config(url, &topic), f.messages).await?;
+    progress(&format!(
+        "receive-and-acknowledge consumer: {consumed_s:.2}s ({consume_stalls} broker stalls, {consume_stalled_s:.1}s left out)"
     ));
 
     env.settle().await;
     let started = Instant::now();
-    let mut log = String::from("run");
-    let (mut pid, mut port) = env.start_run(&db, &url, &topic, &log)?;
+    let mut log = format!("run-{batch}");
+    let (mut pid, mut port) = env.start_run(&db, url, &topic, &log)?;
     let client = env.connect(&db).await?;
     // Done once it has received as many messages as were published (counting
     // redeliveries, so the tables are checked too) with none in flight.
@@ -925,48 +1061,28 @@ async fn live(
             ));
             let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
             rss = rss.max(r);
-            log = format!("run-{restarts}");
-            (pid, port) = env.start_run(&db, &url, &topic, &log)?;
+            log = format!("run-{batch}-{restarts}");
+            (pid, port) = env.start_run(&db, url, &topic, &log)?;
             (last_got, last_change) = (-1.0, Instant::now());
         }
     }
-    let secs = started.elapsed().saturating_sub(stalled).as_secs_f64();
+    let run_s = started.elapsed().saturating_sub(stalled).as_secs_f64();
     let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
-    let rss = rss.max(r);
-    f.live_restarts = Some(restarts);
-    f.live_stalled_s = Some(stalled.as_secs_f64());
-    f.live_messages_per_s = Some(rate(f.messages, secs));
-    f.live_events_per_s = Some(rate(f.events, secs));
-    f.live_to_consume_ceiling_ratio =
-        Some(ratio(rate(f.messages, secs), rate(f.messages, consumed)));
-    f.live_peak_rss_mib = Some(rss as f64 / 1024.0);
     progress(&format!(
-        "run caught up in {secs:.2}s ({restarts} restarts after broker stalls, {:.0}s left out)",
+        "run caught up in {run_s:.2}s ({restarts} restarts after broker stalls, {:.0}s left out)",
         stalled.as_secs_f64()
     ));
     drop(client);
     env.drop_db(db).await?;
-
-    let half = opts
-        .latency_rate
-        .unwrap_or_else(|| rate(f.messages, secs) / 2.0)
-        .max(1.0)
-        .round();
-    let seed = opts.workload.seed.wrapping_add(1);
-    let at_half = latency(env, opts, &url, half, seed, "half").await?;
-    f.latency_rate_per_s = Some(half);
-    (
-        f.live_p50_latency_ms,
-        f.live_p95_latency_ms,
-        f.live_p99_latency_ms,
-    ) = (Some(at_half[0]), Some(at_half[1]), Some(at_half[2]));
-    let at_1k = latency(env, opts, &url, 1000.0, seed.wrapping_add(1), "1k").await?;
-    (
-        f.live_1k_p50_latency_ms,
-        f.live_1k_p95_latency_ms,
-        f.live_1k_p99_latency_ms,
-    ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
-    Ok(())
+    Ok(CatchUp {
+        consumed_s,
+        consume_stalls,
+        consume_stalled_s,
+        run_s,
+        restarts,
+        stalled_s: stalled.as_secs_f64(),
+        rss_kib: rss.max(r),
+    })
 }
 
 impl Env {
@@ -1168,12 +1284,19 @@ async fn latency(
     let client = env.connect(&db).await?;
     let cfg = pulsar_config(url, &topic);
     let pulsar = crate::source::pulsar::client(&cfg).await?;
-    let mut producer = pulsar.producer().with_topic(topic.clone()).build().await?;
+    let mut producer = pulsar
+        .producer()
+        .with_topic(topic.clone())
+        .with_options(opts.entries.producer_options())
+        .build()
+        .await?;
     // Receipts are awaited apart from sending, so sending keeps its pace;
-    // but at most 64 wait, or pulsar-rs refuses sends (SlowDown) once its
-    // 100-message outbound queue is full, as it did when the broker lagged.
+    // but only so many wait, or pulsar-rs refuses sends (SlowDown) once its
+    // 100-entry outbound queue is full, as it did when the broker lagged.
+    // Batched, a whole entry's receipts come at once, so the window holds
+    // many entries (64 receipts held a batching producer to ~6k msgs/s).
     let (receipts_tx, mut receipts_rx) =
-        tokio::sync::mpsc::channel::<pulsar::producer::SendFuture>(64);
+        tokio::sync::mpsc::channel::<pulsar::producer::SendFuture>(opts.entries.window());
     let receipts = tokio::spawn(async move {
         while let Some(r) = receipts_rx.recv().await {
             r.await?;

@@ -52,6 +52,11 @@ pub enum Command {
         /// Recorded event files (plain or gzip), published in order, one message per record.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Put up to N messages in one broker entry, zlib-compressed, sent
+        /// after 10 ms or 4 MiB at most, as Armada's server and scheduler
+        /// publish (N = 1000); 1 is one message per entry.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        batch: u32,
     },
     /// Bring the Lookout schema to generation 031, or to --to N (or show its state with --status).
     Migrate {
@@ -182,6 +187,10 @@ pub struct BenchArgs {
     /// Also keep the generated workload as a recording in this file (to replay or profile it alone).
     #[arg(long, value_name = "FILE")]
     save_workload: Option<PathBuf>,
+    /// Messages per broker entry in the live parts, as `publish --batch`:
+    /// 1000 publishes as Armada does, 1 one message per entry (earlier rounds).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    producer_batch: u32,
 }
 
 #[derive(Args, Debug)]
@@ -699,7 +708,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { settings } => run_live(&settings).await,
         Command::Record(args) => record(args).await,
-        Command::Publish { settings, files } => publish(&settings, &files).await,
+        Command::Publish {
+            settings,
+            files,
+            batch,
+        } => publish(&settings, &files, record::Entries::of(batch)).await,
         Command::Migrate {
             settings,
             status,
@@ -773,9 +786,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 async fn publish(
     settings: &SettingArgs<{ PULSAR | LOG }, DATABASE>,
     files: &[PathBuf],
+    entries: record::Entries,
 ) -> anyhow::Result<ExitCode> {
     let cfg = settings.load()?;
-    let n = record::publish(&cfg.pulsar, files).await?;
+    let n = record::publish(&cfg.pulsar, files, entries).await?;
     println!("published {n} messages to {}", cfg.pulsar.topic);
     Ok(ExitCode::SUCCESS)
 }
@@ -994,6 +1008,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pulsar_url: args.pulsar_url,
         latency_secs: args.latency_secs,
         latency_rate: args.latency_rate,
+        entries: crate::record::Entries::of(args.producer_batch),
         save_workload: args.save_workload,
         config_files: args.settings.config.clone(),
     };

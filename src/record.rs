@@ -221,11 +221,83 @@ pub async fn record(
     Ok(r)
 }
 
+/// How many messages `publish` puts in one broker entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// One message per entry (no producer batching).
+    Single,
+    /// As Armada's server and scheduler publish (upstream 207cc9e04): the
+    /// Pulsar client's batching with up to this many messages, 4 MiB
+    /// (their `maxAllowedMessageSize`) or 10 ms (the Go client's default
+    /// delay) per entry, zlib at its fastest level. The Go client's default
+    /// count is 1,000.
+    Batched(u32),
+}
+
+impl Entries {
+    /// `n` messages per entry: 0 and 1 mean one.
+    pub fn of(n: u32) -> Entries {
+        if n > 1 {
+            Entries::Batched(n)
+        } else {
+            Entries::Single
+        }
+    }
+
+    /// The producer's options for this (and keyed routing).
+    pub fn producer_options(self) -> pulsar::producer::ProducerOptions {
+        use pulsar::compression::{Compression, CompressionZlib};
+        let routing_policy = Some(pulsar::routing_policy::RoutingPolicy::RoundRobin);
+        match self {
+            Entries::Single => pulsar::producer::ProducerOptions {
+                routing_policy,
+                ..Default::default()
+            },
+            Entries::Batched(n) => pulsar::producer::ProducerOptions {
+                batch_size: Some(n),
+                batch_byte_size: Some(ARMADA_BATCH_BYTES),
+                batch_timeout: Some(ARMADA_BATCH_DELAY),
+                compression: Some(Compression::Zlib(CompressionZlib {
+                    level: flate2::Compression::fast(),
+                })),
+                routing_policy,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Sends awaiting receipts at most: a batch's receipts arrive together
+    /// once the whole entry is stored, so the window holds many batches'
+    /// worth, or the producer would wait for the delay of every entry.
+    pub fn window(self) -> usize {
+        match self {
+            Entries::Single => MAX_PENDING_SENDS,
+            Entries::Batched(n) => MAX_PENDING_SENDS.saturating_mul(n as usize),
+        }
+    }
+
+    /// Payload bytes awaiting receipts at most: two full entries when
+    /// batched.
+    fn window_bytes(self) -> usize {
+        match self {
+            Entries::Single => MAX_PENDING_BYTES,
+            Entries::Batched(_) => 2 * ARMADA_BATCH_BYTES,
+        }
+    }
+}
+
+const ARMADA_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const ARMADA_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Publishes every record of `files` as one message each, in order. The
 /// files are read as they are sent (one record and the producer's queue in
 /// memory, not whole files); a file that cannot be read stops it with the
 /// records before it sent.
-pub async fn publish(cfg: &PulsarConfig, files: &[std::path::PathBuf]) -> anyhow::Result<u64> {
+pub async fn publish(
+    cfg: &PulsarConfig,
+    files: &[std::path::PathBuf],
+    entries: Entries,
+) -> anyhow::Result<u64> {
     // Every file is opened first: a missing one sends nothing.
     let mut readers = Vec::with_capacity(files.len());
     for path in files {
@@ -249,7 +321,7 @@ pub async fn publish(cfg: &PulsarConfig, files: &[std::path::PathBuf]) -> anyhow
             }
         })
     });
-    publish_stream(cfg, records).await
+    publish_stream(cfg, records, entries).await
 }
 
 /// Publishes payloads as one message each, in order, waiting for every receipt.
@@ -257,7 +329,7 @@ pub async fn publish_payloads(
     cfg: &PulsarConfig,
     payloads: impl IntoIterator<Item = Vec<u8>>,
 ) -> anyhow::Result<u64> {
-    publish_stream(cfg, payloads.into_iter().map(Ok)).await
+    publish_stream(cfg, payloads.into_iter().map(Ok), Entries::Single).await
 }
 
 /// Sends awaiting the broker's receipt at most: pulsar-rs refuses
@@ -269,22 +341,31 @@ const MAX_PENDING_SENDS: usize = 64;
 const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
 
 /// Whether a send of `len` bytes must wait while `pending` sends of `bytes`
-/// bytes await receipts. An empty window always takes one, however large.
-fn must_wait(pending: usize, bytes: usize, len: usize) -> bool {
-    pending > 0 && (pending >= MAX_PENDING_SENDS || bytes.saturating_add(len) > MAX_PENDING_BYTES)
+/// bytes await receipts, at most `max` sends and `max_bytes` bytes. An
+/// empty window always takes one, however large.
+fn must_wait(pending: usize, bytes: usize, len: usize, (max, max_bytes): (usize, usize)) -> bool {
+    pending > 0 && (pending >= max || bytes.saturating_add(len) > max_bytes)
 }
 
 /// Sends in flight, oldest first, and their payload bytes.
-#[derive(Default)]
 struct Window {
     sends: std::collections::VecDeque<(SendFuture, usize)>,
     bytes: usize,
+    limits: (usize, usize),
 }
 
 impl Window {
+    fn new(entries: Entries) -> Window {
+        Window {
+            sends: Default::default(),
+            bytes: 0,
+            limits: (entries.window(), entries.window_bytes()),
+        }
+    }
+
     /// Whether a send of `len` bytes must wait for the oldest receipt.
     fn full_for(&self, len: usize) -> bool {
-        must_wait(self.sends.len(), self.bytes, len)
+        must_wait(self.sends.len(), self.bytes, len, self.limits)
     }
 
     /// Awaits the oldest receipt.
@@ -324,20 +405,18 @@ fn keyed(payload: Vec<u8>) -> pulsar::producer::Message {
 async fn publish_stream(
     cfg: &PulsarConfig,
     payloads: impl Iterator<Item = anyhow::Result<Vec<u8>>>,
+    entries: Entries,
 ) -> anyhow::Result<u64> {
     let pulsar = client(cfg).await?;
     let mut producer = pulsar
         .producer()
         .with_topic(cfg.topic.clone())
         // Routes a keyed message by its key's hash (round robin otherwise).
-        .with_options(pulsar::producer::ProducerOptions {
-            routing_policy: Some(pulsar::routing_policy::RoutingPolicy::RoundRobin),
-            ..Default::default()
-        })
+        .with_options(entries.producer_options())
         .build()
         .await?;
     let mut sent = 0u64;
-    let mut window = Window::default();
+    let mut window = Window::new(entries);
     let mut failure = None;
     for rec in payloads {
         let rec = match rec {
@@ -375,14 +454,24 @@ mod tests {
     #[test]
     fn the_send_window_is_bounded_by_count_and_bytes() {
         let mib = 1024 * 1024;
+        let single = (Entries::Single.window(), Entries::Single.window_bytes());
         assert!(
-            !must_wait(0, 0, 100 * mib),
+            !must_wait(0, 0, 100 * mib, single),
             "an empty window takes any record"
         );
-        assert!(!must_wait(1, mib, mib));
-        assert!(must_wait(1, mib, mib + 1));
-        assert!(!must_wait(MAX_PENDING_SENDS - 1, 0, 10));
-        assert!(must_wait(MAX_PENDING_SENDS, 0, 10));
+        assert!(!must_wait(1, mib, mib, single));
+        assert!(must_wait(1, mib, mib + 1, single));
+        assert!(!must_wait(MAX_PENDING_SENDS - 1, 0, 10, single));
+        assert!(must_wait(MAX_PENDING_SENDS, 0, 10, single));
+        // Batched, the window holds many entries' messages, still bounded
+        // by bytes.
+        let batched = Entries::of(1000);
+        let limits = (batched.window(), batched.window_bytes());
+        assert!(!must_wait(1000, 0, 10, limits));
+        assert!(must_wait(64_000, 0, 10, limits));
+        assert!(must_wait(1, 8 * mib, 1, limits));
+        assert_eq!(Entries::of(1), Entries::Single);
+        assert_eq!(Entries::of(0), Entries::Single);
     }
 
     #[test]

@@ -115,6 +115,8 @@ async fn bench_with_live_reports_catch_up_and_latency() {
     ])
     .await;
     check_replay(&j, 2000);
+    // Published as Armada publishes, batched (the default).
+    assert_eq!(j["producer_batch"], 1000);
     for key in [
         "live_events_per_s",
         "live_messages_per_s",
@@ -127,6 +129,10 @@ async fn bench_with_live_reports_catch_up_and_latency() {
         "live_p99_latency_ms",
         "live_1k_p50_latency_ms",
         "live_1k_p99_latency_ms",
+        "batched_consume_messages_per_s",
+        "batched_live_messages_per_s",
+        "batched_live_events_per_s",
+        "batched_live_peak_rss_mib",
     ] {
         positive(&j, key);
     }

@@ -425,6 +425,70 @@ fn run_measured(args: &[&str]) -> (i32, String, u64) {
     (status.code().unwrap_or(-1), stderr, kib * 1024)
 }
 
+/// `publish --batch N` puts up to N messages in one broker entry (zlib), as
+/// Armada's publishers do: a consumer gets every record once, in order,
+/// from far fewer entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_batches_messages_into_entries() {
+    use futures::StreamExt;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = payloads(&sample::generate(60, 3));
+    let file = common::write_recording(dir.path().join("s.bin"), &records, false);
+    let url = broker.url();
+    let path = file.display().to_string();
+    let out = cli([
+        "publish",
+        "--pulsar-url",
+        &url,
+        "--topic",
+        "batched",
+        "--batch",
+        "50",
+        &path,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let cfg = broker.pulsar("batched");
+    let client = lookout_ingester::source::pulsar::client(&cfg)
+        .await
+        .expect("client");
+    let mut consumer: pulsar::Consumer<Vec<u8>, _> = client
+        .consumer()
+        .with_topic("batched")
+        .with_subscription("check")
+        .with_options(
+            pulsar::ConsumerOptions::default()
+                .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
+        )
+        .build()
+        .await
+        .expect("consumer");
+    let mut got = Vec::new();
+    let mut entries = std::collections::BTreeSet::new();
+    while got.len() < records.len() {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} records arrived", got.len(), records.len()))
+            .expect("a message")
+            .expect("no error");
+        let id = m.message_id.id.clone();
+        assert!(id.batch_index.is_some(), "not in a batch: {id:?}");
+        entries.insert((id.ledger_id, id.entry_id));
+        got.push(m.payload.data.clone());
+        consumer.ack(&m).await.expect("ack");
+    }
+    assert_eq!(got, records, "records differ or are out of order");
+    // Sent as fast as it reads, the 10 ms delay rarely cuts an entry short.
+    assert!(
+        entries.len() * 10 <= records.len(),
+        "{} entries for {} records",
+        entries.len(),
+        records.len()
+    );
+    broker.stop().await;
+}
+
 /// Finding 15: `publish` reads its files as it sends them, holds at most a
 /// bounded number of bytes awaiting the broker's receipts (its peak RSS does
 /// not follow the file's size), and stops at a broken record with what came

@@ -3,7 +3,9 @@
 //! pulsar-lite sends MESSAGE frames without the optional magic + CRC32C that
 //! pulsar-rs insists on, and its lookup answers name its own address, which
 //! would lead clients around anything placed in between. The proxy fixes both
-//! on the fly (see [`frame`]) and adds switches to cut, stall or refuse
+//! on the fly (see [`frame`]). pulsar-lite also counts a batched entry as one
+//! permit; the proxy holds messages until the client's permits allow them, as
+//! Pulsar's dispatcher does (see [`flow`]). It adds switches to cut, stall or refuse
 //! connections so the ingester's failure handling can be tested (see
 //! [`ProxyHandle`]: `cut_all`, `stall`, `refuse` (ECONNREFUSED, retried by
 //! pulsar-rs) and `hangup` (accept-then-close, fatal to pulsar-rs)).
@@ -21,6 +23,7 @@
 //! # let _ = url; Ok(()) }
 //! ```
 
+pub mod flow;
 pub mod frame;
 pub mod proxy;
 

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::flow::Flow;
 use crate::frame::{self, Fixup};
 
 /// How long we wait for pulsar-lite to accept a connection before giving up
@@ -536,6 +537,7 @@ async fn serve_stream<S>(
 
     let (client_rd, client_wr) = tokio::io::split(client);
     let (broker_rd, broker_wr) = broker.into_split();
+    let flow = FlowLink::default();
     let up = pump(
         client_rd,
         broker_wr,
@@ -543,6 +545,7 @@ async fn serve_stream<S>(
         &advertised,
         shared,
         initial,
+        &flow,
     );
     let down = pump(
         broker_rd,
@@ -551,6 +554,7 @@ async fn serve_stream<S>(
         &advertised,
         shared,
         BytesMut::new(),
+        &flow,
     );
     // Whichever side ends first ends the connection: a Pulsar connection is
     // useless half-open, and dropping both halves closes both sockets.
@@ -592,8 +596,24 @@ fn with_tls_url(f: bytes::Bytes, advertised: &str) -> bytes::Bytes {
     }
 }
 
-/// Copies frames from `src` to `dst`, fixing up broker→client frames, and
-/// holding them while the proxy is stalled.
+/// A connection's flow control (see [`crate::flow`]): the client's FLOWs
+/// grant permits, the broker's MESSAGEs are held until they allow them.
+#[derive(Default)]
+struct FlowLink {
+    flow: std::sync::Mutex<Flow>,
+    /// Permits were granted: the broker→client pump releases held frames.
+    granted: tokio::sync::Notify,
+}
+
+impl FlowLink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Copies frames from `src` to `dst`, fixing up broker→client frames,
+/// holding messages until the client's permits allow them, and holding
+/// everything while the proxy is stalled.
 async fn pump<R, W>(
     mut src: R,
     mut dst: W,
@@ -601,6 +621,7 @@ async fn pump<R, W>(
     advertised: &str,
     shared: &Shared,
     initial: BytesMut,
+    link: &FlowLink,
 ) -> PumpEnd
 where
     R: AsyncReadExt + Unpin,
@@ -614,10 +635,19 @@ where
     let mut pending = !inbuf.is_empty();
     loop {
         if !pending {
-            match src.read_buf(&mut inbuf).await {
-                Ok(0) => return PumpEnd::Eof,
-                Ok(_) => {}
-                Err(e) => return PumpEnd::Io(e),
+            // Broker→client also wakes when permits are granted (read_buf
+            // is cancel safe: nothing is read when the other branch wins).
+            let read = match dir {
+                Direction::ToBroker => Some(src.read_buf(&mut inbuf).await),
+                Direction::ToClient => tokio::select! {
+                    r = src.read_buf(&mut inbuf) => Some(r),
+                    _ = link.granted.notified() => None,
+                },
+            };
+            match read {
+                Some(Ok(0)) => return PumpEnd::Eof,
+                Some(Err(e)) => return PumpEnd::Io(e),
+                Some(Ok(_)) | None => {}
             }
         }
         pending = false;
@@ -629,10 +659,19 @@ where
             };
             match dir {
                 Direction::ToBroker => {
-                    // Only validated: the client's frames are what pulsar-lite
-                    // expects already.
-                    if let Err(e) = frame::split_frame(&frame) {
-                        return PumpEnd::Malformed(e);
+                    // Forwarded as they are (the client's frames are what
+                    // pulsar-lite expects); FLOW and CLOSE_CONSUMER are
+                    // also noted for the flow control.
+                    match frame::split_frame(&frame) {
+                        Err(e) => return PumpEnd::Malformed(e),
+                        Ok(parts) if parts.rest.is_empty() => {
+                            if let Ok(c) = frame::decode_command(&frame) {
+                                if link.lock().from_client(&c) {
+                                    link.granted.notify_one();
+                                }
+                            }
+                        }
+                        Ok(_) => {}
                     }
                     out.extend_from_slice(&frame);
                 }
@@ -657,11 +696,18 @@ where
                                 debug!(to = advertised, "rewrote broker URL");
                             }
                         }
-                        out.extend_from_slice(&fixed);
+                        match link.lock().from_broker(fixed) {
+                            Ok(Some(f)) => out.extend_from_slice(&f),
+                            Ok(None) => {}
+                            Err(e) => return PumpEnd::Malformed(e),
+                        }
                     }
                     Err(e) => return PumpEnd::Malformed(e),
                 },
             }
+        }
+        if let Direction::ToClient = dir {
+            link.lock().release(&mut out);
         }
         if out.is_empty() {
             continue;
@@ -730,6 +776,19 @@ mod tests {
             // client → broker: byte-exact.
             client.write_all(&ping()).await.unwrap();
             assert_eq!(read_frame(&mut broker).await, ping());
+
+            // The client grants a permit (messages wait for one, see
+            // crate::flow); the FLOW reaches the broker as it was.
+            let grant = encode_simple(&BaseCommand {
+                r#type: base_command::Type::Flow as i32,
+                flow: Some(CommandFlow {
+                    consumer_id: 0,
+                    message_permits: 1,
+                }),
+                ..Default::default()
+            });
+            client.write_all(&grant).await.unwrap();
+            assert_eq!(read_frame(&mut broker).await, grant);
 
             // broker → client: checksum inserted.
             let cmd = BaseCommand {
