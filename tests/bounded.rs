@@ -83,6 +83,17 @@ fn good_start() -> (Vec<u8>, usize) {
     (bytes, records.len())
 }
 
+/// A replay that ended with dead letters (exit 3), or its output.
+fn assert_dead_lettered(r: &Run) {
+    assert_eq!(
+        r.code,
+        Some(3),
+        "{}\n{}",
+        r.stdout,
+        common::tail(&r.stderr, 20)
+    );
+}
+
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
@@ -123,13 +134,7 @@ async fn many_empty_records_replay_in_bounded_memory_and_few_log_lines() {
         let r = run_blocking(args, &small_batches, dir.path())
             .await
             .expect("join");
-        assert_eq!(
-            r.code,
-            Some(3),
-            "{}\n{}",
-            r.stdout,
-            common::tail(&r.stderr, 20)
-        );
+        assert_dead_lettered(&r);
         peaks.push(r.peak_rss_kib);
         db.drop_db().await;
     }
@@ -144,13 +149,7 @@ async fn many_empty_records_replay_in_bounded_memory_and_few_log_lines() {
     let db = TestDb::migrated().await;
     let args = replay_args(&db, &spool, &FORCE, &f);
     let r = run_blocking(args, &[], dir.path()).await.expect("join");
-    assert_eq!(
-        r.code,
-        Some(3),
-        "{}\n{}",
-        r.stdout,
-        common::tail(&r.stderr, 20)
-    );
+    assert_dead_lettered(&r);
     assert!(
         r.peak_rss_kib < PEAK_KIB,
         "peak RSS {} KiB\n{}",
@@ -225,13 +224,7 @@ async fn gzip_bomb_of_zeros_stops_as_one_corrupt_region_in_bounded_memory() {
     let r = run_blocking(replay_args(&db, &spool, &[], &b), &[], dir.path())
         .await
         .expect("join");
-    assert_eq!(
-        r.code,
-        Some(3),
-        "{}\n{}",
-        r.stdout,
-        common::tail(&r.stderr, 20)
-    );
+    assert_dead_lettered(&r);
     assert!(r.peak_rss_kib < PEAK_KIB, "peak RSS {} KiB", r.peak_rss_kib);
     assert!(r.elapsed < Duration::from_secs(60), "took {:?}", r.elapsed);
     let corrupt = format!("corrupt from record {good}");
