@@ -39,6 +39,8 @@ pub struct Stats {
     pub urls_rewritten: u64,
     /// Connections closed because a frame could not be parsed.
     pub malformed: u64,
+    /// MESSAGE frames held now, waiting for their consumer's permits.
+    pub held: u64,
 }
 
 #[derive(Default)]
@@ -49,6 +51,7 @@ struct Counters {
     checksums_added: AtomicU64,
     urls_rewritten: AtomicU64,
     malformed: AtomicU64,
+    held: AtomicU64,
 }
 
 struct Shared {
@@ -251,6 +254,7 @@ impl ProxyHandle {
             checksums_added: c.checksums_added.load(Ordering::Relaxed),
             urls_rewritten: c.urls_rewritten.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
+            held: c.held.load(Ordering::Relaxed),
         }
     }
 
@@ -288,7 +292,7 @@ impl ProxyHandle {
         let s = self.stats();
         format!(
             "ok connections={} stalled={} refusing={} hangup={} accepted={} hung_up={} cut={} \
-             checksums_added={} urls_rewritten={} malformed={}",
+             checksums_added={} urls_rewritten={} malformed={} held={}",
             self.connections(),
             self.is_stalled(),
             self.is_refusing(),
@@ -298,7 +302,8 @@ impl ProxyHandle {
             s.cut,
             s.checksums_added,
             s.urls_rewritten,
-            s.malformed
+            s.malformed,
+            s.held
         )
     }
 
@@ -538,6 +543,8 @@ async fn serve_stream<S>(
     let (client_rd, client_wr) = tokio::io::split(client);
     let (broker_rd, broker_wr) = broker.into_split();
     let flow = FlowLink::default();
+    // What this connection holds is dropped with it, however it ends.
+    let _uncount = Uncount(&flow, shared);
     let up = pump(
         client_rd,
         broker_wr,
@@ -603,11 +610,33 @@ struct FlowLink {
     flow: std::sync::Mutex<Flow>,
     /// Permits were granted: the broker→client pump releases held frames.
     granted: tokio::sync::Notify,
+    /// This connection's held frames as last added to the proxy's count.
+    counted: std::sync::atomic::AtomicUsize,
 }
 
 impl FlowLink {
     fn lock(&self) -> std::sync::MutexGuard<'_, Flow> {
         self.flow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the proxy's count of held frames by this connection's change.
+    fn count_held(&self, now: usize, shared: &Shared) {
+        let before = self.counted.swap(now, Ordering::Relaxed);
+        let held = &shared.counters.held;
+        if now >= before {
+            held.fetch_add((now - before) as u64, Ordering::Relaxed);
+        } else {
+            held.fetch_sub((before - now) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes a connection's held frames out of the proxy's count when dropped.
+struct Uncount<'a>(&'a FlowLink, &'a Shared);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.count_held(0, self.1);
     }
 }
 
@@ -707,7 +736,9 @@ where
             }
         }
         if let Direction::ToClient = dir {
-            link.lock().release(&mut out);
+            let mut flow = link.lock();
+            flow.release(&mut out);
+            link.count_held(flow.held(), shared);
         }
         if out.is_empty() {
             continue;
