@@ -60,7 +60,7 @@ pub struct Options {
     /// catch-up rate (to compare builds at one rate).
     pub latency_rate: Option<f64>,
     /// How the live parts' messages go into broker entries.
-    pub entries: crate::record::Entries,
+    pub entries: Entries,
     /// Also keep the generated recording here.
     pub save_workload: Option<PathBuf>,
     /// The `--config` files, handed to every child.
@@ -323,10 +323,7 @@ pub async fn run(cfg: Config, opts: Options) -> anyhow::Result<Figures> {
 async fn measure(env: &Env, opts: &Options) -> anyhow::Result<Figures> {
     let mut f = Figures {
         failure_info: opts.workload.failure_info,
-        producer_batch: match opts.entries {
-            crate::record::Entries::Single => 1,
-            crate::record::Entries::Batched(n) => n,
-        },
+        producer_batch: opts.entries.per_entry(),
         ..Figures::default()
     };
     // 1. The workload.
@@ -979,9 +976,10 @@ async fn catch_up(
     f: &Figures,
     entries: Entries,
 ) -> anyhow::Result<CatchUp> {
-    let (batch, shape) = match entries {
-        Entries::Single => (1, "one message per entry".to_string()),
-        Entries::Batched(n) => (n, format!("up to {n} messages per entry")),
+    let batch = entries.per_entry();
+    let shape = match entries {
+        Entries::Single => "one message per entry".to_string(),
+        Entries::Batched(n) => format!("up to {n} messages per entry"),
     };
     let topic = format!("bench-{}-{batch}", env.tag);
     let db = env.create_db(&format!("live_{batch}")).await?;

@@ -244,6 +244,14 @@ impl Entries {
         }
     }
 
+    /// Messages per entry at most (1 unbatched).
+    pub fn per_entry(self) -> u32 {
+        match self {
+            Entries::Single => 1,
+            Entries::Batched(n) => n,
+        }
+    }
+
     /// The producer's options for this (and keyed routing).
     pub fn producer_options(self) -> pulsar::producer::ProducerOptions {
         use pulsar::compression::{Compression, CompressionZlib};

@@ -102,10 +102,11 @@ impl Broker {
         assert_eq!(sent, n);
     }
 
-    /// Publishes as Armada's producers do: batched (`per_batch` messages to
-    /// an entry) and zlib-compressed.
+    /// Publishes as Armada's producers do (`publish --batch`'s options):
+    /// batched and zlib-compressed, but with entries cut by count only
+    /// (`per_batch` messages), not by the 10 ms delay, so that their
+    /// boundaries do not depend on the machine's speed.
     pub async fn publish_batched(&self, topic: &str, payloads: Vec<Vec<u8>>, per_batch: u32) {
-        use pulsar::compression::{Compression, CompressionZlib};
         let client = lookout_ingester::source::pulsar::client(&self.pulsar(topic))
             .await
             .expect("client");
@@ -113,10 +114,8 @@ impl Broker {
             .producer()
             .with_topic(topic)
             .with_options(pulsar::producer::ProducerOptions {
-                batch_size: Some(per_batch),
                 batch_timeout: Some(Duration::from_secs(5)),
-                compression: Some(Compression::Zlib(CompressionZlib::default())),
-                ..Default::default()
+                ..lookout_ingester::record::Entries::of(per_batch).producer_options()
             })
             .build()
             .await

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -694,7 +695,7 @@ where
                     match frame::split_frame(&frame) {
                         Err(e) => return PumpEnd::Malformed(e),
                         Ok(parts) if parts.rest.is_empty() => {
-                            if let Ok(c) = frame::decode_command(&frame) {
+                            if let Ok(c) = frame::proto::BaseCommand::decode(parts.command) {
                                 if link.lock().from_client(&c) {
                                     link.granted.notify_one();
                                 }

@@ -19,6 +19,16 @@ async fn produce(
     topic: &str,
     range: std::ops::Range<usize>,
 ) {
+    produce_with(pulsar, topic, range, ProducerOptions::default()).await
+}
+
+/// [`produce`] with these producer options (batching, say).
+async fn produce_with(
+    pulsar: &pulsar::Pulsar<TokioExecutor>,
+    topic: &str,
+    range: std::ops::Range<usize>,
+    options: ProducerOptions,
+) {
     let mut producer = pulsar
         .producer()
         .with_topic(topic)
@@ -26,7 +36,7 @@ async fn produce(
             // Otherwise send_non_blocking fails with SlowDown when the
             // client's outbound queue fills up.
             block_queue_if_full: true,
-            ..Default::default()
+            ..options
         })
         .build()
         .await
@@ -240,30 +250,17 @@ async fn batched_entries_wait_in_the_proxy_for_permits() {
     timeout(Duration::from_secs(120), async {
         let pulsar = client(&proxy.url()).await;
         let topic = unique_topic("e2e-permits");
-        let mut producer = pulsar
-            .producer()
-            .with_topic(&topic)
-            .with_options(ProducerOptions {
+        produce_with(
+            &pulsar,
+            &topic,
+            0..ENTRIES * PER_ENTRY,
+            ProducerOptions {
                 batch_size: Some(PER_ENTRY as u32),
                 batch_timeout: Some(Duration::from_secs(5)),
-                block_queue_if_full: true,
                 ..Default::default()
-            })
-            .build()
-            .await
-            .expect("producer");
-        let mut receipts = Vec::new();
-        for i in 0..ENTRIES * PER_ENTRY {
-            receipts.push(
-                producer
-                    .send_non_blocking(format!("m-{i}"))
-                    .await
-                    .expect("send"),
-            );
-        }
-        for r in receipts {
-            r.await.expect("receipt");
-        }
+            },
+        )
+        .await;
         let mut consumer: Consumer<String, TokioExecutor> = pulsar
             .consumer()
             .with_topic(&topic)
@@ -279,11 +276,7 @@ async fn batched_entries_wait_in_the_proxy_for_permits() {
         // One message read: pulsar-rs asked for 10 messages, the proxy let
         // one read (10 entries, 500 messages) go and holds the rest; the
         // client's queue is full, so it asks for no more.
-        let first = timeout(Duration::from_secs(20), consumer.next())
-            .await
-            .expect("no message for 20 s")
-            .expect("stream ended")
-            .expect("consumer error");
+        let first = next_within_20s(&mut consumer).await;
         assert_eq!(first.deserialize().unwrap(), "m-0");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while proxy.stats().held == 0 {
@@ -297,11 +290,7 @@ async fn batched_entries_wait_in_the_proxy_for_permits() {
         consumer.ack(&first).await.expect("ack");
         let mut next = 1;
         while next < ENTRIES * PER_ENTRY {
-            let msg = timeout(Duration::from_secs(20), consumer.next())
-                .await
-                .expect("no message for 20 s")
-                .expect("stream ended")
-                .expect("consumer error");
+            let msg = next_within_20s(&mut consumer).await;
             let i = index(&msg.deserialize().unwrap());
             // pulsar-lite may deliver again; never skip ahead.
             assert!(i <= next, "m-{i} before m-{next}");
@@ -317,4 +306,15 @@ async fn batched_entries_wait_in_the_proxy_for_permits() {
     .unwrap_or_else(|_| panic!("timed out; pulsar-lite log:\n{}", lite.log()));
     proxy.shutdown().await;
     lite.stop().await;
+}
+
+/// The consumer's next message; fails the test after 20 s without one.
+async fn next_within_20s(
+    consumer: &mut Consumer<String, TokioExecutor>,
+) -> pulsar::consumer::Message<String> {
+    timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("no message for 20 s")
+        .expect("stream ended")
+        .expect("consumer error")
 }
