@@ -268,7 +268,7 @@ impl<B: Block> Held<B> {
         numbers: std::ops::Range<u64>,
         hold: bool,
         limits: Limits,
-        keep: impl FnOnce() -> B,
+        keep: impl FnOnce() -> Arc<B>,
     ) -> Passed<B> {
         self.batch += 1;
         let batch = self.batch;
@@ -306,7 +306,7 @@ impl<B: Block> Held<B> {
             }
         }
         if !keep_numbers.range(numbers.clone()).is_empty() {
-            let block = Arc::new(keep());
+            let block = keep();
             let (first, end) = (numbers.start, numbers.end);
             blocks.insert(
                 first,
@@ -498,43 +498,56 @@ fn split(all: Tagged, kept: &Keys) -> (Tagged, Tagged) {
         run_creates,
         run_updates,
     } = all;
-    for (j, n) in set.jobs_to_create.into_iter().zip(job_creates) {
-        let to = if kept.jobs.contains(&j.job_id) {
-            &mut keep
-        } else {
-            &mut write
-        };
-        to.set.jobs_to_create.push(j);
-        to.job_creates.push(n);
-    }
-    for (u, n) in set.jobs_to_update.into_iter().zip(job_updates) {
-        let to = if kept.jobs.contains(&u.job_id) {
-            &mut keep
-        } else {
-            &mut write
-        };
-        to.set.jobs_to_update.push(u);
-        to.job_updates.push(n);
-    }
-    for (r, n) in set.runs_to_create.into_iter().zip(run_creates) {
-        let to = if kept.runs.contains(&r.run_id) {
-            &mut keep
-        } else {
-            &mut write
-        };
-        to.set.runs_to_create.push(r);
-        to.run_creates.push(n);
-    }
-    for (u, n) in set.runs_to_update.into_iter().zip(run_updates) {
-        let to = if kept.runs.contains(&u.run_id) {
-            &mut keep
-        } else {
-            &mut write
-        };
-        to.set.runs_to_update.push(u);
-        to.run_updates.push(n);
-    }
+    (
+        (write.set.jobs_to_create, write.job_creates),
+        (keep.set.jobs_to_create, keep.job_creates),
+    ) = divide(set.jobs_to_create, job_creates, |j| {
+        kept.jobs.contains(&j.job_id)
+    });
+    (
+        (write.set.jobs_to_update, write.job_updates),
+        (keep.set.jobs_to_update, keep.job_updates),
+    ) = divide(set.jobs_to_update, job_updates, |u| {
+        kept.jobs.contains(&u.job_id)
+    });
+    (
+        (write.set.runs_to_create, write.run_creates),
+        (keep.set.runs_to_create, keep.run_creates),
+    ) = divide(set.runs_to_create, run_creates, |r| {
+        kept.runs.contains(&r.run_id)
+    });
+    (
+        (write.set.runs_to_update, write.run_updates),
+        (keep.set.runs_to_update, keep.run_updates),
+    ) = divide(set.runs_to_update, run_updates, |u| {
+        kept.runs.contains(&u.run_id)
+    });
     write.set.job_errors_to_create = set.job_errors_to_create;
+    (write, keep)
+}
+
+/// Instructions and their message numbers, divided in order into those
+/// not `held` and those held. Each goes straight into a vector of its final
+/// size: pushing into growing ones copied the held rows (a few hundred bytes
+/// each, tens of megabytes under a backlog) two or three times a batch.
+type Numbered<T> = (Vec<T>, Vec<u64>);
+fn divide<T>(
+    items: Vec<T>,
+    numbers: Vec<u64>,
+    held: impl Fn(&T) -> bool,
+) -> (Numbered<T>, Numbered<T>) {
+    let flags: Vec<bool> = items.iter().map(held).collect();
+    let kept = flags.iter().filter(|&&f| f).count();
+    let mut write = (
+        Vec::with_capacity(items.len() - kept),
+        Vec::with_capacity(items.len() - kept),
+    );
+    let mut keep = (Vec::with_capacity(kept), Vec::with_capacity(kept));
+    for ((item, n), f) in items.into_iter().zip(numbers).zip(flags) {
+        let to = if f { &mut keep } else { &mut write };
+        to.0.push(item);
+        to.1.push(n);
+    }
     (write, keep)
 }
 
@@ -630,7 +643,7 @@ mod tests {
             own.extend(m, first + i as u64);
         }
         held.pass(own, first..end, hold, limits, || {
-            Messages((first..end).collect())
+            Arc::new(Messages((first..end).collect()))
         })
     }
 

@@ -22,6 +22,7 @@ pub mod heartbeat;
 pub mod hold;
 pub mod http;
 pub mod idhash;
+pub mod kept;
 pub mod live;
 pub mod logging;
 pub mod metrics;

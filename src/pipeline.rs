@@ -45,6 +45,8 @@ use crate::convert::sanitize::Action;
 use crate::convert::{Converter, Problem, Reason};
 use crate::deadletter::{self, DeadLetter, DeadLetters, Reasons};
 use crate::hold::{self, Held, Keys, Tagged};
+pub use crate::kept::MessageOutcome;
+use crate::kept::{self, Kept};
 use crate::model::{Generation, InstructionSet};
 use crate::proto::armadaevents::EventSequence;
 use crate::source::{Message, Origin};
@@ -283,14 +285,15 @@ const PIECES_QUEUED: usize = 8;
 /// converting them counted, summed over the batch.
 struct ConvertedBatch {
     generation: Generation,
-    messages: Vec<MessageOutcome>,
+    /// Every message of the batch, its payload compressed.
+    messages: Arc<Kept>,
     /// The messages' instructions, merged and split for the store.
     prepared: PreparedBatch,
     counted: Counted,
     /// Messages of earlier batches whose held rows this batch writes
     /// ([`hold`]; their problems were counted with their own batch), and
     /// the keys of those rows.
-    released: Vec<hold::Released<KeptMessages>>,
+    released: Vec<hold::Released<Kept>>,
     released_keys: Keys,
     /// The batch's number, and the lowest batch number that still has rows
     /// held once it is committed (every batch below may be acknowledged).
@@ -342,7 +345,10 @@ impl ConvertedBatch {
                 .extend(hold::restrict(set, &self.released_keys), 0);
         }
         p.add(
-            self.messages.into_iter().map(MessageOutcome::into_decoded),
+            self.messages
+                .all()
+                .into_iter()
+                .map(MessageOutcome::into_decoded),
             converter,
         );
         ConvertedBatch {
@@ -362,6 +368,9 @@ struct Planning {
     /// Each tagged with its message's number: `first` + its index in the
     /// batch.
     instructions: Tagged,
+    /// The batch's messages as judged, their payloads compressed as they
+    /// come (see `kept`).
+    kept: kept::Builder,
     first: u64,
 }
 
@@ -370,7 +379,7 @@ impl Planning {
         Planning {
             batch: ConvertedBatch {
                 generation,
-                messages: Vec::new(),
+                messages: Arc::default(),
                 prepared: PreparedBatch::default(),
                 counted: Counted::default(),
                 released: Vec::new(),
@@ -380,6 +389,7 @@ impl Planning {
                 cut: true,
             },
             instructions: Tagged::default(),
+            kept: kept::Builder::default(),
             first,
         }
     }
@@ -387,17 +397,23 @@ impl Planning {
     fn add(&mut self, messages: impl IntoIterator<Item = Decoded>, converter: &Converter) {
         for m in messages {
             let mut j = judge(m, converter);
-            let number = self.first + self.batch.messages.len() as u64;
+            let number = self.first + self.kept.len() as u64;
             self.instructions
                 .extend(std::mem::take(&mut j.instructions), number);
-            self.batch.messages.push(std::mem::take(&mut j.message));
+            self.kept.push(std::mem::take(&mut j.message));
             self.batch.counted.add(j);
         }
+    }
+
+    /// Messages added so far.
+    fn len(&self) -> u64 {
+        self.kept.len() as u64
     }
 
     /// Merges and splits the instructions for the store.
     fn finish(mut self) -> ConvertedBatch {
         self.batch.prepared = Store::prepare(std::mem::take(&mut self.instructions.set));
+        self.batch.messages = Arc::new(self.kept.finish());
         self.batch
     }
 
@@ -405,7 +421,7 @@ impl Planning {
     /// holds, converted for `converter`'s generation (as the held rows
     /// are); its first message would be `next`.
     fn release(
-        held: &mut Held<KeptMessages>,
+        held: &mut Held<Kept>,
         converter: &Converter,
         next: u64,
         limits: hold::Limits,
@@ -420,14 +436,15 @@ impl Planning {
     /// held (only if `hold`) and added those it releases.
     fn finish_holding(
         mut self,
-        held: &mut Held<KeptMessages>,
+        held: &mut Held<Kept>,
         hold: bool,
         limits: hold::Limits,
     ) -> ConvertedBatch {
         let own = std::mem::take(&mut self.instructions);
-        let messages = &self.batch.messages;
+        let messages = Arc::new(std::mem::take(&mut self.kept).finish());
         let numbers = self.first..self.first + messages.len() as u64;
-        let passed = held.pass(own, numbers, hold, limits, || KeptMessages::new(messages));
+        self.batch.messages = Arc::clone(&messages);
+        let passed = held.pass(own, numbers, hold, limits, || messages);
         metrics::HELD_ROWS.set(passed.held_rows as i64);
         metrics::HELD_BYTES.set(passed.held_bytes as i64);
         self.batch.prepared = Store::prepare(passed.write);
@@ -482,18 +499,6 @@ async fn current_generation(store: &Store) -> Result<Generation, StoreError> {
     }
 }
 
-/// One message after conversion: kept until its batch is committed, so that
-/// what could not be applied can be dead-lettered byte for byte.
-#[derive(Debug, Clone, Default)]
-pub struct MessageOutcome {
-    pub origin: Option<Origin>,
-    pub payload: Vec<u8>,
-    pub publish_time: Option<Timestamp>,
-    pub problems: Vec<Problem>,
-    /// The indexes of the events judged ([`Decoded::only`]); `None`: all.
-    pub only: Option<Vec<usize>>,
-}
-
 impl MessageOutcome {
     /// The message again as received, to be judged anew.
     fn into_decoded(self) -> Decoded {
@@ -504,117 +509,14 @@ impl MessageOutcome {
     }
 }
 
-/// A batch's messages, kept while rows they asked for are held ([`hold`]):
-/// their payloads compressed together (zstd at level 1 makes a batch of
-/// the benchmark's messages about a tenth of its size in a few tens of
-/// milliseconds), needed again only if a held row fails or the schema
-/// generation changes.
-pub struct KeptMessages {
-    payloads: Payloads,
-    /// Per message, in order.
-    index: Vec<KeptHeader>,
-}
-
-/// What is kept of a message besides its payload.
-struct KeptHeader {
-    origin: Option<Origin>,
-    publish_time: Option<Timestamp>,
-    only: Option<Vec<usize>>,
-    len: usize,
-}
-
-enum Payloads {
-    Zstd(Vec<u8>),
-    /// Compressing failed (out of memory): kept as they are.
-    Raw(Vec<u8>),
-}
-
-impl KeptMessages {
-    const LEVEL: i32 = 1;
-
-    fn new(messages: &[MessageOutcome]) -> KeptMessages {
-        use std::io::Write as _;
-        let index = (messages.iter())
-            .map(|m| KeptHeader {
-                origin: m.origin.clone(),
-                publish_time: m.publish_time,
-                only: m.only.clone(),
-                len: m.payload.len(),
-            })
-            .collect();
-        let compressed = zstd::stream::Encoder::new(Vec::new(), Self::LEVEL).and_then(|mut e| {
-            for m in messages {
-                e.write_all(&m.payload)?;
-            }
-            e.finish()
-        });
-        let payloads = match compressed {
-            Ok(mut z) => {
-                z.shrink_to_fit();
-                Payloads::Zstd(z)
-            }
-            Err(e) => {
-                tracing::warn!("kept messages are not compressed: {e}");
-                Payloads::Raw(
-                    messages
-                        .iter()
-                        .flat_map(|m| m.payload.iter().copied())
-                        .collect(),
-                )
-            }
-        };
-        KeptMessages { payloads, index }
-    }
-
-    /// The messages numbered `numbers` (the first of the block is `first`),
-    /// without their problems: those were counted with their own batch.
-    fn messages(&self, first: u64, numbers: &[u64]) -> Vec<MessageOutcome> {
-        let all = match &self.payloads {
-            Payloads::Raw(raw) => std::borrow::Cow::Borrowed(raw.as_slice()),
-            Payloads::Zstd(z) => match zstd::stream::decode_all(z.as_slice()) {
-                Ok(all) => std::borrow::Cow::Owned(all),
-                Err(e) => {
-                    // Written by this process a moment ago: cannot happen
-                    // short of memory corruption; say so loudly.
-                    tracing::error!("kept messages cannot be read back: {e}");
-                    std::borrow::Cow::Owned(Vec::new())
-                }
-            },
-        };
-        let mut out = Vec::with_capacity(numbers.len());
-        let mut at = 0usize;
-        let mut wanted = numbers.iter().peekable();
-        for (i, h) in self.index.iter().enumerate() {
-            let n = first + i as u64;
-            let payload = all.get(at..at + h.len).unwrap_or_default();
-            at += h.len;
-            if wanted.peek() == Some(&&n) {
-                wanted.next();
-                out.push(MessageOutcome {
-                    origin: h.origin.clone(),
-                    payload: payload.to_vec(),
-                    publish_time: h.publish_time,
-                    problems: Vec::new(),
-                    only: h.only.clone(),
-                });
-            }
-        }
-        out
-    }
-}
-
-impl hold::Block for KeptMessages {
+impl hold::Block for Kept {
     fn weight(&self) -> usize {
-        const PER_MESSAGE: usize = 64;
-        let payloads = match &self.payloads {
-            Payloads::Zstd(b) | Payloads::Raw(b) => b.capacity(),
-        };
-        payloads + self.index.len() * PER_MESSAGE
+        Kept::weight(self)
     }
 }
 
 /// The messages of `released`, in order.
-fn released_messages(released: &[hold::Released<KeptMessages>]) -> Vec<MessageOutcome> {
+fn released_messages(released: &[hold::Released<Kept>]) -> Vec<MessageOutcome> {
     (released.iter())
         .flat_map(|r| r.block.messages(r.first, &r.numbers))
         .collect()
@@ -673,13 +575,13 @@ pub fn judge(m: Decoded, converter: &Converter) -> Judged {
 }
 
 /// The one place where what conversion counted becomes metrics and logs.
-fn count_converted(counted: &Counted, messages: &[MessageOutcome]) {
+fn count_converted(counted: &Counted, messages: &Kept) {
     telemetry::events(&counted.events_by_kind);
     telemetry::sanitised(&counted.sanitised);
-    messages.iter().for_each(count_problems);
+    messages.headers().iter().for_each(count_problems);
 }
 
-fn count_problems(m: &MessageOutcome) {
+fn count_problems(m: &kept::Header) {
     for problem in &m.problems {
         let unapplied = unapplied(problem);
         match &m.origin {
@@ -933,7 +835,7 @@ pub async fn redrive(
         count_converted(&c.counted, &c.messages);
         count_written(&write);
         let written = converter.with_generation(c.generation);
-        match dead_letters(&c.messages, &write, &written).pop() {
+        match dead_letters(&c.messages.all(), &write, &written).pop() {
             None => {
                 dead.delete(id).await?;
                 out.applied.push(id);
@@ -1234,7 +1136,7 @@ async fn converting(
     pending: watch::Receiver<usize>,
 ) -> anyhow::Result<()> {
     let mut planning: Option<Planning> = None;
-    let mut held: Held<KeptMessages> = Held::default();
+    let mut held: Held<Kept> = Held::default();
     // The number of the next message.
     let mut next: u64 = 0;
     let send = |c: ConvertedBatch| async {
@@ -1279,7 +1181,7 @@ async fn converting(
         p.add(piece.messages, &converter);
         if piece.last {
             if let Some(p) = planning.take() {
-                next += p.batch.messages.len() as u64;
+                next += p.len();
                 send(p.finish_holding(&mut held, piece.behind, limits)).await?;
             }
         }
@@ -1287,7 +1189,7 @@ async fn converting(
     // The batcher cuts what it holds before it ends; should a batch still
     // be open, it is written rather than lost. Then what is held.
     if let Some(p) = planning {
-        next += p.batch.messages.len() as u64;
+        next += p.len();
         send(p.finish_holding(&mut held, false, limits)).await?;
     }
     if !held.is_empty() {
@@ -1322,7 +1224,15 @@ async fn storing(
         let messages = c.messages;
         count_written(&write);
         let written = converter.with_generation(c_generation);
-        let mut letters = dead_letters(&messages, &write, &written);
+        // Payloads are read back only for a batch that has a dead letter.
+        let mut letters = if write.failed.is_empty()
+            && write.unmatched.is_empty()
+            && !(messages.headers().iter()).any(|m| m.problems.iter().any(unapplied))
+        {
+            Vec::new()
+        } else {
+            dead_letters(&messages.all(), &write, &written)
+        };
         // Held rows written now that failed trace back to the messages kept
         // for them, for those rows only.
         let held = released_only(&write, &c.released_keys);
@@ -1339,8 +1249,7 @@ async fn storing(
             write: &write,
             dead_letters: letters.len(),
             took: started.elapsed(),
-            oldest_publish: messages
-                .iter()
+            oldest_publish: (messages.headers().iter())
                 .filter_map(|m| m.publish_time)
                 .min_by_key(|t| (t.seconds, t.nanos)),
         });
@@ -1348,14 +1257,15 @@ async fn storing(
         let mut origins = Vec::with_capacity(messages.len());
         let mut problems = Vec::new();
         let mut last_publish: Option<Timestamp> = None;
-        for m in messages {
+        // Held rows may still share the batch's messages.
+        for m in messages.headers() {
             last_publish = newest(last_publish, m.publish_time);
-            let Some(origin) = m.origin else { continue };
-            problems.extend(m.problems.into_iter().map(|problem| Located {
+            let Some(origin) = &m.origin else { continue };
+            problems.extend(m.problems.iter().map(|problem| Located {
                 origin: origin.clone(),
-                problem,
+                problem: problem.clone(),
             }));
-            origins.push(origin);
+            origins.push(origin.clone());
         }
         let done = Committed {
             origins,
