@@ -16,10 +16,12 @@
 //!    (started behind the fix-up proxy, or a broker given with
 //!    `--pulsar-url`); a receive-and-acknowledge-only consumer reads the
 //!    backlog through the same client and path, then `lookout-ingester run`
-//!    catches up on it on a fresh database.
+//!    catches up on it on a fresh database; then once more on the last
+//!    backlog with nothing held (`batchHoldOpen: 0`, as under a steady
+//!    load): the sustained maximum.
 //! 5. Latency: `run` on an empty topic while workload messages are published
-//!    at a fixed rate (half the catch-up rate, then 1,000/s); see
-//!    [`latency`].
+//!    at a fixed rate (half the sustained maximum, then 1,000/s, then half
+//!    the holding catch-up rate); see [`latency`].
 //!
 //! Every child, database and file it makes is removed at the end, also after
 //! an error or SIGINT/SIGTERM.
@@ -101,6 +103,11 @@ pub struct Figures {
     /// and the seconds of those stalls left out of its time.
     pub live_restarts: Option<u32>,
     pub live_stalled_s: Option<f64>,
+    /// The sustained maximum: `run` catching up on the last backlog with
+    /// `batchHoldOpen: 0`, writing every batch whole as under a steady
+    /// load (where nothing is held, so that jobs show one batch after their
+    /// events). The latency part runs at half of it.
+    pub steady_max_messages_per_s: Option<f64>,
     pub latency_rate_per_s: Option<f64>,
     pub live_p50_latency_ms: Option<f64>,
     pub live_p95_latency_ms: Option<f64>,
@@ -108,6 +115,12 @@ pub struct Figures {
     pub live_1k_p50_latency_ms: Option<f64>,
     pub live_1k_p95_latency_ms: Option<f64>,
     pub live_1k_p99_latency_ms: Option<f64>,
+    /// Latency at half the (holding) catch-up rate, the fourth session's
+    /// rate: above the steady maximum, so batches grow until the store
+    /// keeps up.
+    pub catch_up_half_rate_per_s: Option<f64>,
+    pub catch_up_half_p50_latency_ms: Option<f64>,
+    pub catch_up_half_p99_latency_ms: Option<f64>,
     /// The catch-up on the backlog published as Armada publishes
     /// (`producer_batch` messages per entry); the `live_*` and `consume_*`
     /// figures above are for one message per entry.
@@ -232,6 +245,10 @@ impl Figures {
                     ),
                 ]);
             }
+            rows.push((
+                "steady maximum (run, nothing held)".into(),
+                opt(self.steady_max_messages_per_s, " messages/s"),
+            ));
             rows.extend([
                 (
                     format!(
@@ -257,6 +274,17 @@ impl Figures {
                         opt(self.live_1k_p50_latency_ms, " ms"),
                         opt(self.live_1k_p95_latency_ms, " ms"),
                         opt(self.live_1k_p99_latency_ms, " ms")
+                    ),
+                ),
+                (
+                    format!(
+                        "latency at {} (half the catch-up)",
+                        opt(self.catch_up_half_rate_per_s, " msgs/s")
+                    ),
+                    format!(
+                        "p50 {} p99 {}",
+                        opt(self.catch_up_half_p50_latency_ms, " ms"),
+                        opt(self.catch_up_half_p99_latency_ms, " ms")
                     ),
                 ),
             ]);
@@ -895,6 +923,7 @@ fn pulsar_config(url: &str, topic: &str) -> PulsarConfig {
 /// One catch-up: the backlog published in one shape, the consumer's
 /// ceiling on it, and `run` catching up on it.
 struct CatchUp {
+    topic: String,
     /// Seconds of the receive-and-acknowledge consumer, stalls left out.
     consumed_s: f64,
     consume_stalls: u32,
@@ -919,6 +948,7 @@ async fn live(
     // the consumer unpacks a thousand messages per entry and is no
     // ceiling for anything that writes them).
     let single = catch_up(env, &url, file, expected, f, Entries::Single).await?;
+    let mut last_topic = single.topic.clone();
     let messages_per_s = rate(f.messages, single.run_s);
     f.consume_ceiling_messages_per_s = Some(rate(f.messages, single.consumed_s));
     (f.consume_stalls, f.consume_stalled_s) =
@@ -935,6 +965,7 @@ async fn live(
     let mut sustained = messages_per_s;
     if let Entries::Batched(_) = opts.entries {
         let b = catch_up(env, &url, file, expected, f, opts.entries).await?;
+        last_topic = b.topic.clone();
         sustained = rate(f.messages, b.run_s);
         f.batched_consume_messages_per_s = Some(rate(f.messages, b.consumed_s));
         f.batched_live_messages_per_s = Some(sustained);
@@ -943,9 +974,14 @@ async fn live(
         f.batched_live_restarts = Some(b.restarts + b.consume_stalls);
     }
 
+    // The sustained maximum: the last backlog again, nothing held.
+    let steady = run_catch_up(env, &url, &last_topic, expected, f, false).await?;
+    let steady_max = rate(f.messages, steady.run_s);
+    f.steady_max_messages_per_s = Some(steady_max);
+
     let half = opts
         .latency_rate
-        .unwrap_or(sustained / 2.0)
+        .unwrap_or(steady_max / 2.0)
         .max(1.0)
         .round();
     let seed = opts.workload.seed.wrapping_add(1);
@@ -962,6 +998,15 @@ async fn live(
         f.live_1k_p95_latency_ms,
         f.live_1k_p99_latency_ms,
     ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
+    if opts.latency_rate.is_none() {
+        let rate = (sustained / 2.0).max(1.0).round();
+        let at = latency(env, opts, &url, rate, seed.wrapping_add(2), "catch-up-half").await?;
+        f.catch_up_half_rate_per_s = Some(rate);
+        (
+            f.catch_up_half_p50_latency_ms,
+            f.catch_up_half_p99_latency_ms,
+        ) = (Some(at[0]), Some(at[2]));
+    }
     Ok(())
 }
 
@@ -982,7 +1027,8 @@ async fn catch_up(
         Entries::Batched(n) => format!("up to {n} messages per entry"),
     };
     let topic = format!("bench-{}-{batch}", env.tag);
-    let db = env.create_db(&format!("live_{batch}")).await?;
+    // `publish` reads the usual settings, a database among them.
+    let db = env.create_db(&format!("publish_{batch}")).await?;
     let url_arg = ["--pulsar-url", url, "--topic", topic.as_str()];
     let batch = batch.to_string();
     let out = env
@@ -993,6 +1039,7 @@ async fn catch_up(
             &format!("publish-{batch}"),
         )
         .await?;
+    env.drop_db(db).await?;
     if out.code != Some(0) {
         bail!("publish exited with {:?}: {}", out.code, out.tail());
     }
@@ -1007,10 +1054,36 @@ async fn catch_up(
         "receive-and-acknowledge consumer: {consumed_s:.2}s ({consume_stalls} broker stalls, {consume_stalled_s:.1}s left out)"
     ));
 
+    let run = run_catch_up(env, url, &topic, expected, f, true).await?;
+    Ok(CatchUp {
+        topic,
+        consumed_s,
+        consume_stalls,
+        consume_stalled_s,
+        ..run
+    })
+}
+
+/// Times `run` catching up on `topic` (published already) into a fresh
+/// database, holding open jobs' rows (`hold`, the default) or not.
+async fn run_catch_up(
+    env: &Env,
+    url: &str,
+    topic: &str,
+    expected: &FinalRows,
+    f: &Figures,
+    hold: bool,
+) -> anyhow::Result<CatchUp> {
+    let name = format!(
+        "{}{}",
+        topic.rsplit('-').next().unwrap_or("run"),
+        if hold { "" } else { "_steady" }
+    );
+    let db = env.create_db(&format!("live_{name}")).await?;
     env.settle().await;
     let started = Instant::now();
-    let mut log = format!("run-{batch}");
-    let (mut pid, mut port) = env.start_run(&db, url, &topic, &log)?;
+    let mut log = format!("run-{name}");
+    let (mut pid, mut port) = env.start_run(&db, url, topic, &log, hold)?;
     let client = env.connect(&db).await?;
     // Done once it has received as many messages as were published (counting
     // redeliveries, so the tables are checked too) with none in flight.
@@ -1059,23 +1132,25 @@ async fn catch_up(
             ));
             let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
             rss = rss.max(r);
-            log = format!("run-{batch}-{restarts}");
-            (pid, port) = env.start_run(&db, url, &topic, &log)?;
+            log = format!("run-{name}-{restarts}");
+            (pid, port) = env.start_run(&db, url, topic, &log, hold)?;
             (last_got, last_change) = (-1.0, Instant::now());
         }
     }
     let run_s = started.elapsed().saturating_sub(stalled).as_secs_f64();
     let (_, r) = env.stop(pid, Duration::from_secs(15)).await?;
     progress(&format!(
-        "run caught up in {run_s:.2}s ({restarts} restarts after broker stalls, {:.0}s left out)",
+        "run{} caught up in {run_s:.2}s ({restarts} restarts after broker stalls, {:.0}s left out)",
+        if hold { "" } else { " (nothing held)" },
         stalled.as_secs_f64()
     ));
     drop(client);
     env.drop_db(db).await?;
     Ok(CatchUp {
-        consumed_s,
-        consume_stalls,
-        consume_stalled_s,
+        topic: topic.to_string(),
+        consumed_s: 0.0,
+        consume_stalls: 0,
+        consume_stalled_s: 0.0,
         run_s,
         restarts,
         stalled_s: stalled.as_secs_f64(),
@@ -1085,11 +1160,18 @@ async fn catch_up(
 
 impl Env {
     /// Starts `run` on `topic` with its own subscription and metrics port.
-    fn start_run(&self, db: &Db, url: &str, topic: &str, log: &str) -> anyhow::Result<(i32, u16)> {
+    fn start_run(
+        &self,
+        db: &Db,
+        url: &str,
+        topic: &str,
+        log: &str,
+        hold: bool,
+    ) -> anyhow::Result<(i32, u16)> {
         let port = free_port()?;
         let port_s = port.to_string();
         let subscription = format!("bench-{log}");
-        let c = self.command(
+        let mut c = self.command(
             &[
                 "run",
                 "--pulsar-url",
@@ -1106,6 +1188,9 @@ impl Env {
             db,
             log,
         )?;
+        if !hold {
+            c.env("ARMADA_BATCHHOLDOPEN", "0");
+        }
         Ok((self.spawn(c)?, port))
     }
 }
@@ -1270,7 +1355,7 @@ async fn latency(
     let topic = format!("bench-{}-latency-{what}", env.tag);
     let db = env.create_db(&format!("latency_{what}")).await?;
     env.settle().await;
-    let (pid, port) = env.start_run(&db, url, &topic, &format!("latency-{what}"))?;
+    let (pid, port) = env.start_run(&db, url, &topic, &format!("latency-{what}"), true)?;
     // Ready: subscribed and the database answering.
     let ready_by = Instant::now() + Duration::from_secs(60);
     while !matches!(http_get(port, "/readyz").await, Some((true, _))) {

@@ -133,9 +133,19 @@ async fn bench_with_live_reports_catch_up_and_latency() {
         "batched_live_messages_per_s",
         "batched_live_events_per_s",
         "batched_live_peak_rss_mib",
+        "steady_max_messages_per_s",
+        "catch_up_half_rate_per_s",
+        "catch_up_half_p50_latency_ms",
+        "catch_up_half_p99_latency_ms",
     ] {
         positive(&j, key);
     }
     assert!(positive(&j, "live_p99_latency_ms") >= positive(&j, "live_p50_latency_ms"));
+    // The latency part runs at half the sustained maximum (nothing held),
+    // and again at half the holding catch-up rate.
+    let half = (positive(&j, "steady_max_messages_per_s") / 2.0).max(1.0).round();
+    assert_eq!(positive(&j, "latency_rate_per_s"), half);
+    let catch_up = (positive(&j, "batched_live_messages_per_s") / 2.0).max(1.0).round();
+    assert_eq!(positive(&j, "catch_up_half_rate_per_s"), catch_up);
     broker.stop().await;
 }
