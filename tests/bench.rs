@@ -143,9 +143,13 @@ async fn bench_with_live_reports_catch_up_and_latency() {
     assert!(positive(&j, "live_p99_latency_ms") >= positive(&j, "live_p50_latency_ms"));
     // The latency part runs at half the sustained maximum (nothing held),
     // and again at half the holding catch-up rate.
-    let half = (positive(&j, "steady_max_messages_per_s") / 2.0).max(1.0).round();
+    let half = (positive(&j, "steady_max_messages_per_s") / 2.0)
+        .max(1.0)
+        .round();
     assert_eq!(positive(&j, "latency_rate_per_s"), half);
-    let catch_up = (positive(&j, "batched_live_messages_per_s") / 2.0).max(1.0).round();
+    let catch_up = (positive(&j, "batched_live_messages_per_s") / 2.0)
+        .max(1.0)
+        .round();
     assert_eq!(positive(&j, "catch_up_half_rate_per_s"), catch_up);
     broker.stop().await;
 }
