@@ -196,9 +196,8 @@ impl Builder {
 
     /// Keeps `m`; its payload is dropped here (copied into the chunk).
     pub fn push(&mut self, m: MessageOutcome) {
-        if self.staging.is_empty() {
-            self.staging.reserve(m.payload.len().max(CHUNK));
-        }
+        // Grown as needed (a steady load's batches are a few kilobytes),
+        // and reused for the next chunk once one is compressed.
         self.staging.extend_from_slice(&m.payload);
         self.staged += 1;
         self.kept.headers.push(Header {
