@@ -108,6 +108,8 @@ pub struct Figures {
     /// load (where nothing is held, so that jobs show one batch after their
     /// events). The latency part runs at half of it.
     pub steady_max_messages_per_s: Option<f64>,
+    /// Its restarts after broker stalls (their waits left out).
+    pub steady_restarts: Option<u32>,
     pub latency_rate_per_s: Option<f64>,
     pub live_p50_latency_ms: Option<f64>,
     pub live_p95_latency_ms: Option<f64>,
@@ -247,7 +249,14 @@ impl Figures {
             }
             rows.push((
                 "steady maximum (run, nothing held)".into(),
-                opt(self.steady_max_messages_per_s, " messages/s"),
+                format!(
+                    "{}{}",
+                    opt(self.steady_max_messages_per_s, " messages/s"),
+                    match self.steady_restarts {
+                        Some(n) if n > 0 => format!(", {n} restarts after broker stalls"),
+                        _ => String::new(),
+                    }
+                ),
             ));
             rows.extend([
                 (
@@ -978,6 +987,7 @@ async fn live(
     let steady = run_catch_up(env, &url, &last_topic, expected, f, false).await?;
     let steady_max = rate(f.messages, steady.run_s);
     f.steady_max_messages_per_s = Some(steady_max);
+    f.steady_restarts = Some(steady.restarts);
 
     let half = opts
         .latency_rate
@@ -999,9 +1009,17 @@ async fn live(
         f.live_1k_p99_latency_ms,
     ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
     if opts.latency_rate.is_none() {
-        let rate = (sustained / 2.0).max(1.0).round();
-        let at = latency(env, opts, &url, rate, seed.wrapping_add(2), "catch-up-half").await?;
-        f.catch_up_half_rate_per_s = Some(rate);
+        let half_catch_up = (sustained / 2.0).max(1.0).round();
+        let at = latency(
+            env,
+            opts,
+            &url,
+            half_catch_up,
+            seed.wrapping_add(2),
+            "catch-up-half",
+        )
+        .await?;
+        f.catch_up_half_rate_per_s = Some(half_catch_up);
         (
             f.catch_up_half_p50_latency_ms,
             f.catch_up_half_p99_latency_ms,

@@ -52,7 +52,7 @@ pub struct Limits {
 }
 
 /// The messages of one batch, kept while any of their instructions is
-/// held (the pipeline keeps them compressed).
+/// held (the pipeline's are `kept::Kept`).
 pub trait Block {
     /// Bytes it takes.
     fn weight(&self) -> usize;
@@ -526,11 +526,13 @@ fn split(all: Tagged, kept: &Keys) -> (Tagged, Tagged) {
     (write, keep)
 }
 
+/// Instructions and the numbers of their messages.
+type Numbered<T> = (Vec<T>, Vec<u64>);
+
 /// Instructions and their message numbers, divided in order into those
 /// not `held` and those held. Each goes straight into a vector of its final
 /// size: pushing into growing ones copied the held rows (a few hundred bytes
 /// each, tens of megabytes under a backlog) two or three times a batch.
-type Numbered<T> = (Vec<T>, Vec<u64>);
 fn divide<T>(
     items: Vec<T>,
     numbers: Vec<u64>,

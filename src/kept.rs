@@ -9,9 +9,9 @@
 //! about a third of a replay's peak heap (60 MB of 156 MB at 1,000,000
 //! events, heaptrack). zstd at level 1 makes them about a tenth, in chunks
 //! of [`CHUNK`] bytes, each compressed as soon as it is full, so that a
-//! payload leaves memory right after its message is converted. A batch
-//! smaller than [`TAIL`] stays as it is (a steady load's small batches pay
-//! nothing).
+//! payload leaves memory right after its message is converted. The last,
+//! partly filled chunk of a batch stays as it is when smaller than [`TAIL`]
+//! (so a steady load's small batches pay nothing).
 
 use crate::convert::Problem;
 use crate::source::Origin;
@@ -105,15 +105,19 @@ impl Kept {
         &self.headers
     }
 
-    /// Bytes it takes (payloads as kept, and an estimate per message).
+    /// Bytes it takes: payloads as kept, headers, and their problems'
+    /// texts (an estimate: the rest of a header's heap is small).
     pub fn weight(&self) -> usize {
-        const PER_MESSAGE: usize = 64;
         let payloads: usize = (self.chunks.iter())
             .map(|c| match &c.payloads {
                 Payloads::Zstd(b) | Payloads::Raw(b) => b.capacity(),
             })
             .sum();
-        payloads + self.headers.len() * PER_MESSAGE
+        let problems: usize = (self.headers.iter())
+            .flat_map(|h| &h.problems)
+            .map(|p| std::mem::size_of::<Problem>() + p.detail.capacity())
+            .sum();
+        payloads + self.headers.capacity() * std::mem::size_of::<Header>() + problems
     }
 
     /// Every message, with its problems.

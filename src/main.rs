@@ -27,7 +27,9 @@ fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
     // SAFETY: a process flag, no memory passed; failure leaves THP as it was.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        // prctl is variadic; the kernel reads unsigned longs.
+        let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, one, zero, zero, zero);
     }
     lookout_ingester::cli::main()
 }

@@ -909,7 +909,7 @@ pub fn spawn(
     let limits = hold::Limits {
         max_age: settings.hold_open,
         // Held rows take about what four batches' worth of payloads
-        // convert to; the kept messages, compressed, come on top.
+        // convert to; the kept messages (see `kept`) come on top.
         max_bytes: (settings.batch_max_bytes).saturating_mul(HOLD_BATCHES_OF_BYTES),
         // `replay` acknowledges nothing.
         max_messages: if settings.always_behind {
