@@ -937,7 +937,12 @@ struct CatchUp {
     consumed_s: f64,
     consume_stalls: u32,
     consume_stalled_s: f64,
-    /// Seconds of `run`, stalls left out.
+    run: RunCatchUp,
+}
+
+/// `run` catching up on a published backlog.
+struct RunCatchUp {
+    /// Seconds, stalls left out.
     run_s: f64,
     restarts: u32,
     stalled_s: f64,
@@ -958,33 +963,33 @@ async fn live(
     // ceiling for anything that writes them).
     let single = catch_up(env, &url, file, expected, f, Entries::Single).await?;
     let mut last_topic = single.topic.clone();
-    let messages_per_s = rate(f.messages, single.run_s);
+    let messages_per_s = rate(f.messages, single.run.run_s);
     f.consume_ceiling_messages_per_s = Some(rate(f.messages, single.consumed_s));
     (f.consume_stalls, f.consume_stalled_s) =
         (Some(single.consume_stalls), Some(single.consume_stalled_s));
-    f.live_restarts = Some(single.restarts);
-    f.live_stalled_s = Some(single.stalled_s);
+    f.live_restarts = Some(single.run.restarts);
+    f.live_stalled_s = Some(single.run.stalled_s);
     f.live_messages_per_s = Some(messages_per_s);
-    f.live_events_per_s = Some(rate(f.events, single.run_s));
+    f.live_events_per_s = Some(rate(f.events, single.run.run_s));
     f.live_to_consume_ceiling_ratio =
         Some(ratio(messages_per_s, rate(f.messages, single.consumed_s)));
-    f.live_peak_rss_mib = Some(single.rss_kib as f64 / 1024.0);
-    // Then as Armada publishes, which sets the latency part's rate: the
-    // sustained maximum on Armada's topics.
-    let mut sustained = messages_per_s;
+    f.live_peak_rss_mib = Some(single.run.rss_kib as f64 / 1024.0);
+    // Then as Armada publishes: the holding catch-up rate on Armada's
+    // topics, whose half is the last latency measurement.
+    let mut catch_up_rate = messages_per_s;
     if let Entries::Batched(_) = opts.entries {
         let b = catch_up(env, &url, file, expected, f, opts.entries).await?;
         last_topic = b.topic.clone();
-        sustained = rate(f.messages, b.run_s);
+        catch_up_rate = rate(f.messages, b.run.run_s);
         f.batched_consume_messages_per_s = Some(rate(f.messages, b.consumed_s));
-        f.batched_live_messages_per_s = Some(sustained);
-        f.batched_live_events_per_s = Some(rate(f.events, b.run_s));
-        f.batched_live_peak_rss_mib = Some(b.rss_kib as f64 / 1024.0);
-        f.batched_live_restarts = Some(b.restarts + b.consume_stalls);
+        f.batched_live_messages_per_s = Some(catch_up_rate);
+        f.batched_live_events_per_s = Some(rate(f.events, b.run.run_s));
+        f.batched_live_peak_rss_mib = Some(b.run.rss_kib as f64 / 1024.0);
+        f.batched_live_restarts = Some(b.run.restarts + b.consume_stalls);
     }
 
     // The sustained maximum: the last backlog again, nothing held.
-    let steady = run_catch_up(env, &url, &last_topic, expected, f, false).await?;
+    let steady = run_catch_up(env, &url, &last_topic, "steady", expected, f, false).await?;
     let steady_max = rate(f.messages, steady.run_s);
     f.steady_max_messages_per_s = Some(steady_max);
     f.steady_restarts = Some(steady.restarts);
@@ -1009,7 +1014,7 @@ async fn live(
         f.live_1k_p99_latency_ms,
     ) = (Some(at_1k[0]), Some(at_1k[1]), Some(at_1k[2]));
     if opts.latency_rate.is_none() {
-        let half_catch_up = (sustained / 2.0).max(1.0).round();
+        let half_catch_up = (catch_up_rate / 2.0).max(1.0).round();
         let at = latency(
             env,
             opts,
@@ -1072,31 +1077,28 @@ async fn catch_up(
         "receive-and-acknowledge consumer: {consumed_s:.2}s ({consume_stalls} broker stalls, {consume_stalled_s:.1}s left out)"
     ));
 
-    let run = run_catch_up(env, url, &topic, expected, f, true).await?;
+    let run = run_catch_up(env, url, &topic, &batch, expected, f, true).await?;
     Ok(CatchUp {
         topic,
         consumed_s,
         consume_stalls,
         consume_stalled_s,
-        ..run
+        run,
     })
 }
 
 /// Times `run` catching up on `topic` (published already) into a fresh
-/// database, holding open jobs' rows (`hold`, the default) or not.
+/// database named for `name`, holding open jobs' rows (`hold`, the
+/// default) or not.
 async fn run_catch_up(
     env: &Env,
     url: &str,
     topic: &str,
+    name: &str,
     expected: &FinalRows,
     f: &Figures,
     hold: bool,
-) -> anyhow::Result<CatchUp> {
-    let name = format!(
-        "{}{}",
-        topic.rsplit('-').next().unwrap_or("run"),
-        if hold { "" } else { "_steady" }
-    );
+) -> anyhow::Result<RunCatchUp> {
     let db = env.create_db(&format!("live_{name}")).await?;
     env.settle().await;
     let started = Instant::now();
@@ -1164,11 +1166,7 @@ async fn run_catch_up(
     ));
     drop(client);
     env.drop_db(db).await?;
-    Ok(CatchUp {
-        topic: topic.to_string(),
-        consumed_s: 0.0,
-        consume_stalls: 0,
-        consume_stalled_s: 0.0,
+    Ok(RunCatchUp {
         run_s,
         restarts,
         stalled_s: stalled.as_secs_f64(),

@@ -240,7 +240,7 @@ pub struct FailuresArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLetterAction {
-    /// One line per dead letter (oldest first); --json prints one JSON object per line.
+    /// One line per dead letter (oldest first, at most --limit N, 1000); --json: one JSON object per line.
     List {
         /// One JSON object per line instead of one summary line per dead letter.
         #[arg(long)]
@@ -254,7 +254,7 @@ pub enum DeadLetterAction {
         /// The dead letter's id (the first column of `list`).
         id: i64,
     },
-    /// Send dead letters through the normal path again; those that now apply are removed.
+    /// Send one dead letter (ID) or every one (--all) through the normal path again; those that now apply are removed.
     Retry {
         /// The dead letter to retry.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -263,7 +263,7 @@ pub enum DeadLetterAction {
         #[arg(long)]
         all: bool,
     },
-    /// Delete dead letters older than a duration (e.g. 30d or 720h).
+    /// Delete dead letters older than --older-than DURATION (e.g. 30d or 720h).
     Purge {
         /// Age of the dead letters to delete: a duration such as 30d, 12h or 90m.
         #[arg(long, value_name = "DURATION")]

@@ -104,22 +104,6 @@ impl Kept {
     pub fn headers(&self) -> &[Header] {
         &self.headers
     }
-
-    /// Bytes it takes: payloads as kept, headers, and their problems'
-    /// texts (an estimate: the rest of a header's heap is small).
-    pub fn weight(&self) -> usize {
-        let payloads: usize = (self.chunks.iter())
-            .map(|c| match &c.payloads {
-                Payloads::Zstd(b) | Payloads::Raw(b) => b.capacity(),
-            })
-            .sum();
-        let problems: usize = (self.headers.iter())
-            .flat_map(|h| &h.problems)
-            .map(|p| std::mem::size_of::<Problem>() + p.detail.capacity())
-            .sum();
-        payloads + self.headers.capacity() * std::mem::size_of::<Header>() + problems
-    }
-
     /// Every message, with its problems.
     pub fn all(&self) -> Vec<MessageOutcome> {
         self.select(|_| true, true)
@@ -177,6 +161,23 @@ impl Kept {
             }
         }
         out
+    }
+}
+
+impl crate::hold::Block for Kept {
+    /// Payloads as kept, headers, and their problems' texts (an estimate:
+    /// the rest of a header's heap is small).
+    fn weight(&self) -> usize {
+        let payloads: usize = (self.chunks.iter())
+            .map(|c| match &c.payloads {
+                Payloads::Zstd(b) | Payloads::Raw(b) => b.capacity(),
+            })
+            .sum();
+        let problems: usize = (self.headers.iter())
+            .flat_map(|h| &h.problems)
+            .map(|p| std::mem::size_of::<Problem>() + p.detail.capacity())
+            .sum();
+        payloads + self.headers.capacity() * std::mem::size_of::<Header>() + problems
     }
 }
 
@@ -266,6 +267,7 @@ fn zstd(data: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hold::Block as _;
     use std::sync::Arc;
 
     fn message(i: u64, len: usize) -> MessageOutcome {

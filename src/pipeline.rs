@@ -509,12 +509,6 @@ impl MessageOutcome {
     }
 }
 
-impl hold::Block for Kept {
-    fn weight(&self) -> usize {
-        Kept::weight(self)
-    }
-}
-
 /// The messages of `released`, in order.
 fn released_messages(released: &[hold::Released<Kept>]) -> Vec<MessageOutcome> {
     (released.iter())
@@ -791,6 +785,23 @@ pub fn dead_letters(
     out
 }
 
+/// [`dead_letters`] of a batch's kept messages, whose payloads are read
+/// back only when there is a letter: a message with an unapplied problem,
+/// a failed row or an unmatched update (the only reasons it gives one).
+fn kept_dead_letters(
+    messages: &Kept,
+    write: &WriteReport,
+    converter: &Converter,
+) -> Vec<DeadLetter> {
+    let none = write.failed.is_empty()
+        && write.unmatched.is_empty()
+        && !(messages.headers().iter()).any(|m| m.problems.iter().any(unapplied));
+    if none {
+        return Vec::new();
+    }
+    dead_letters(&messages.all(), write, converter)
+}
+
 /// What a redrive did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RedriveReport {
@@ -835,7 +846,7 @@ pub async fn redrive(
         count_converted(&c.counted, &c.messages);
         count_written(&write);
         let written = converter.with_generation(c.generation);
-        match dead_letters(&c.messages.all(), &write, &written).pop() {
+        match kept_dead_letters(&c.messages, &write, &written).pop() {
             None => {
                 dead.delete(id).await?;
                 out.applied.push(id);
@@ -1224,15 +1235,7 @@ async fn storing(
         let messages = c.messages;
         count_written(&write);
         let written = converter.with_generation(c_generation);
-        // Payloads are read back only for a batch that has a dead letter.
-        let mut letters = if write.failed.is_empty()
-            && write.unmatched.is_empty()
-            && !(messages.headers().iter()).any(|m| m.problems.iter().any(unapplied))
-        {
-            Vec::new()
-        } else {
-            dead_letters(&messages.all(), &write, &written)
-        };
+        let mut letters = kept_dead_letters(&messages, &write, &written);
         // Held rows written now that failed trace back to the messages kept
         // for them, for those rows only.
         let held = released_only(&write, &c.released_keys);
